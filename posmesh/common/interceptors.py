@@ -1,0 +1,243 @@
+"""The one gRPC server interceptor every service runs: it authenticates the caller, checks the
+tenant and the permission table, exposes the caller to the servicer, and turns every error into a
+google.rpc.Status with an ErrorInfo reason. Unexpected exceptions become INTERNAL and are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from posmesh.common import context, permissions, security_events
+from posmesh.common.authn import Authenticator
+from posmesh.common.errors import (
+    ERROR_DOMAIN,
+    ApiError,
+    Internal,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from posmesh.common.tokens import token_invalid
+
+log = logging.getLogger(__name__)
+
+# Headers Envoy adds to every request it forwards; their presence means "came through the edge".
+_EDGE_HEADERS = ("x-envoy-external-address", "x-forwarded-for", "x-envoy-original-path")
+
+
+def server_interceptors(authenticator: Authenticator) -> list[grpc.aio.ServerInterceptor]:
+    return [AuthorizationInterceptor(authenticator)]
+
+
+def to_status(error: ApiError) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
+                                       metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return rpc_status.to_status(
+        status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail]))
+
+
+async def abort(ctx: grpc.aio.ServicerContext, error: ApiError) -> None:
+    status = to_status(error)
+    await ctx.abort(status.code, status.details, status.trailing_metadata)
+
+
+def infrastructure_error(exc: BaseException) -> ApiError | None:
+    """A failing database or Redis is a retryable UNAVAILABLE, never an opaque INTERNAL."""
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return Unavailable("DATABASE_BUSY", "the database connection pool is exhausted; retry shortly",
+                           retryable="true")
+    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
+                           retryable="true")
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return Unavailable("REDIS_UNAVAILABLE", "the cache is unavailable; retry shortly",
+                           retryable="true")
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return Unavailable("DEPENDENCY_UNAVAILABLE", "a dependency is unavailable; retry shortly",
+                           retryable="true")
+    return None
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {key: value for key, value in (details.invocation_metadata or ())
+            if isinstance(value, str)}
+
+
+def _client_ip(metadata: dict[str, str], ctx: grpc.aio.ServicerContext) -> str:
+    # Envoy (use_remote_address) sets x-envoy-external-address; the rightmost XFF entry is the
+    # one Envoy appended itself. The leftmost is whatever the client claimed and is never trusted.
+    if ip := metadata.get("x-envoy-external-address"):
+        return ip
+    if xff := metadata.get("x-forwarded-for"):
+        return xff.split(",")[-1].strip()
+    peer = ctx.peer() or ""
+    return peer.rsplit(":", 1)[0].removeprefix("ipv4:").removeprefix("ipv6:") if peer else ""
+
+
+def _bearer(metadata: dict[str, str]) -> str:
+    value = metadata.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _requested_restaurants(request: Any, metadata: dict[str, str]) -> list[tuple[str, str]]:
+    """(where, restaurant id) pairs the request names: header, top-level field, nested message."""
+    found = []
+    if header := metadata.get("x-restaurant-id", "").strip():
+        found.append(("X-Restaurant-Id header", header))
+    descriptor = getattr(request, "DESCRIPTOR", None)
+    if descriptor is None:
+        return found
+    for field in descriptor.fields:
+        if field.name == "restaurant_id" and getattr(request, field.name):
+            found.append(("request", getattr(request, field.name)))
+        elif (field.message_type is not None and not field.is_repeated
+              and request.HasField(field.name)):
+            nested = getattr(request, field.name)
+            if "restaurant_id" in nested.DESCRIPTOR.fields_by_name and nested.restaurant_id:
+                found.append((f"request {field.name}", nested.restaurant_id))
+    return found
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        rule = permissions.rule_for(method)
+        metadata = _metadata(details)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, rule, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, rule, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        # Client- and bidi-streaming RPCs are only used by infrastructure (reflection).
+        if rule is not None and rule.access is permissions.Access.PUBLIC:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(self._refuse_unlisted(method))
+
+    def _refuse_unlisted(self, method: str) -> Callable:
+        async def refuse(request, ctx):
+            await abort(ctx, PermissionDenied("ROLE_FORBIDDEN", f"{method} is not callable"))
+        return refuse
+
+    def _wrap_unary(self, behaviour, method, rule, metadata):
+        async def wrapped(request, ctx):
+            try:
+                await self._admit(request, ctx, method, rule, metadata)
+                return await behaviour(request, ctx)
+            except grpc.aio.AbortError:
+                raise  # the servicer aborted the call itself
+            except ApiError as error:
+                await abort(ctx, error)
+            except Exception as exc:
+                await abort(ctx, self._unexpected(method, exc))
+        return wrapped
+
+    def _wrap_stream(self, behaviour, method, rule, metadata):
+        async def wrapped(request, ctx):
+            try:
+                await self._admit(request, ctx, method, rule, metadata)
+                async for response in behaviour(request, ctx):
+                    yield response
+            except grpc.aio.AbortError:
+                raise  # the servicer aborted the call itself
+            except ApiError as error:
+                await abort(ctx, error)
+            except Exception as exc:
+                await abort(ctx, self._unexpected(method, exc))
+        return wrapped
+
+    @staticmethod
+    def _unexpected(method: str, exc: Exception) -> ApiError:
+        if (translated := infrastructure_error(exc)) is not None:
+            log.warning("%s failed on a dependency: %r", method, exc)
+            return translated
+        log.exception("unhandled error in %s", method)
+        return Internal("INTERNAL", "internal error; it has been logged")
+
+    async def _admit(self, request, ctx, method: str, rule: permissions.Rule | None,
+                     metadata: dict[str, str]) -> None:
+        ip = _client_ip(metadata, ctx)
+        token = _bearer(metadata)
+        context.set_request(context.RequestInfo(method=method, client_ip=ip, bearer_token=token,
+                                                request_id=metadata.get("x-request-id", "")))
+        context.set_caller(None)
+        if rule is None:
+            raise PermissionDenied("ROLE_FORBIDDEN", f"{method} has no entry in the permission table")
+        if rule.access is permissions.Access.PUBLIC:
+            return
+        if rule.access is permissions.Access.INTERNAL:
+            if any(header in metadata for header in _EDGE_HEADERS):
+                security_events.record("INTERNAL_RPC_FROM_EDGE", severity=security_events.CRITICAL,
+                                       ip=ip, method=method)
+                raise PermissionDenied("INTERNAL_ONLY", f"{method} is internal and not callable from outside")
+            return
+        if not token:
+            raise token_invalid("this call needs an 'Authorization: Bearer <access token>' header")
+        try:
+            claims = await self._authenticator.authenticate(token)
+        except Unauthenticated as error:
+            if error.reason == "SESSION_REVOKED":
+                security_events.record("REVOKED_SESSION_USE", ip=ip, method=method)
+            raise
+        caller = context.Caller(user_id=claims.sub, session_id=claims.sid,
+                                restaurant_id=claims.restaurant_id, role=claims.role,
+                                token_id=claims.jti, expires_at=claims.exp, client_ip=ip)
+        context.set_caller(caller)
+        if rule.tenant_checked:
+            for where, requested in _requested_restaurants(request, metadata):
+                if requested != claims.restaurant_id:
+                    security_events.record("TENANT_MISMATCH", ip=ip, user_id=claims.sub,
+                                           restaurant_id=claims.restaurant_id, method=method,
+                                           requested_restaurant_id=requested)
+                    if not claims.restaurant_id:
+                        raise _no_context(method)
+                    raise PermissionDenied(
+                        "TENANT_MISMATCH",
+                        f"the {where} names restaurant {requested} but your token is for "
+                        f"restaurant {claims.restaurant_id}; switch restaurant first",
+                        token_restaurant_id=claims.restaurant_id, requested_restaurant_id=requested)
+        if rule.access is permissions.Access.RESTAURANT:
+            if not claims.restaurant_id:
+                raise _no_context(method)
+            if claims.role not in rule.roles:
+                name = permissions.permission_name(method)
+                security_events.record("ACCESS_DENIED", ip=ip, user_id=claims.sub,
+                                       restaurant_id=claims.restaurant_id, permission=name,
+                                       role=claims.role)
+                raise PermissionDenied(
+                    "ROLE_FORBIDDEN",
+                    f"permission {name} needs role {' or '.join(sorted(rule.roles))}; "
+                    f"your role in this restaurant is {claims.role or 'none'}",
+                    permission=name, role=claims.role)
+
+
+def _no_context(method: str) -> PermissionDenied:
+    return PermissionDenied(
+        "NO_RESTAURANT_CONTEXT",
+        f"{permissions.permission_name(method)} needs a restaurant: your token has none; call "
+        "POST /api/v1/auth/switch-restaurant with a restaurant you belong to",
+        hint="POST /api/v1/auth/switch-restaurant")

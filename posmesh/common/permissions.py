@@ -1,0 +1,135 @@
+"""The permission table: who may call each RPC. The only place access is decided.
+
+Every RPC a service serves must have a row here; an RPC without one is refused (default deny).
+Domain rules that depend on the data (a manager may not touch an owner's record) live in the
+domain and raise the same ROLE_FORBIDDEN reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+OWNER, MANAGER, STAFF = "owner", "manager", "staff"
+ROLES = (OWNER, MANAGER, STAFF)
+EVERY_ROLE = frozenset(ROLES)
+MANAGERS = frozenset({OWNER, MANAGER})
+
+
+class Access(Enum):
+    PUBLIC = "public"  # no token needed
+    SIGNED_IN = "signed-in"  # any valid token; no restaurant context needed
+    RESTAURANT = "restaurant"  # a token with a restaurant context and one of `roles`
+    INTERNAL = "internal"  # service-to-service only; refused when it arrives through the edge
+
+
+@dataclass(frozen=True)
+class Rule:
+    access: Access
+    roles: frozenset[str] = frozenset()
+    # Whether a `restaurant_id` in the request (path, body, X-Restaurant-Id) must equal the token's.
+    tenant_checked: bool = True
+
+    @property
+    def permission(self) -> str:
+        return self.access.value if self.access is not Access.RESTAURANT else "+".join(
+            role for role in ROLES if role in self.roles)
+
+
+PUBLIC = Rule(Access.PUBLIC, tenant_checked=False)
+SIGNED_IN = Rule(Access.SIGNED_IN)
+INTERNAL = Rule(Access.INTERNAL, tenant_checked=False)
+
+
+def restaurant(*roles: str) -> Rule:
+    return Rule(Access.RESTAURANT, frozenset(roles))
+
+
+_AUTH = "/posmesh.auth.v1.AuthService/"
+_AUTH_ADMIN = "/posmesh.auth.v1.AuthAdminService/"
+_STAFF = "/posmesh.staff.v1.StaffService/"
+_MENU = "/posmesh.orders.v1.MenuService/"
+_ORDERS = "/posmesh.orders.v1.OrderService/"
+_REALTIME = "/posmesh.realtime.v1.RealtimeService/"
+
+PERMISSIONS: dict[str, Rule] = {
+    # Infrastructure.
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
+    "/posmesh.health.v1.SystemHealthService/GetSystemHealth": PUBLIC,
+    # Auth.
+    _AUTH + "Register": PUBLIC,
+    _AUTH + "Login": PUBLIC,
+    _AUTH + "RefreshToken": PUBLIC,
+    _AUTH + "VerifyToken": PUBLIC,  # introspection answers valid=false itself
+    _AUTH + "GetJwks": PUBLIC,
+    _AUTH + "Logout": SIGNED_IN,
+    _AUTH + "GetMe": SIGNED_IN,
+    # The target restaurant is the point of the call, so it is not tenant-checked.
+    _AUTH + "SwitchRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False),
+    _AUTH_ADMIN + "EnsureUser": INTERNAL,
+    _AUTH_ADMIN + "BatchGetUsers": INTERNAL,
+    _AUTH_ADMIN + "GrantMembership": INTERNAL,
+    _AUTH_ADMIN + "RevokeMembership": INTERNAL,
+    _AUTH_ADMIN + "RevokeUserSessions": INTERNAL,
+    _AUTH_ADMIN + "RecordSecurityEvent": INTERNAL,
+    # Staff: restaurants the caller belongs to (membership is checked in the domain).
+    _STAFF + "CreateRestaurant": SIGNED_IN,
+    _STAFF + "ListRestaurants": SIGNED_IN,
+    _STAFF + "GetRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False),
+    _STAFF + "UpdateRestaurant": restaurant(OWNER),
+    # Staff: employees of the token's restaurant. Managers manage staff-role employees only.
+    _STAFF + "ListEmployees": restaurant(*EVERY_ROLE),
+    _STAFF + "GetEmployee": restaurant(*EVERY_ROLE),
+    _STAFF + "CreateEmployee": restaurant(*MANAGERS),
+    _STAFF + "UpdateEmployee": restaurant(*MANAGERS),
+    _STAFF + "DeleteEmployee": restaurant(*MANAGERS),
+    # Menu.
+    _MENU + "GetMenu": restaurant(*EVERY_ROLE),
+    _MENU + "CreateMenuCategory": restaurant(*MANAGERS),
+    _MENU + "CreateMenuItem": restaurant(*MANAGERS),
+    _MENU + "UpdateMenuItem": restaurant(*MANAGERS),
+    _MENU + "DeleteMenuItem": restaurant(*MANAGERS),
+    # Orders: everyone on the floor takes and moves orders.
+    _ORDERS + "CreateOrder": restaurant(*EVERY_ROLE),
+    _ORDERS + "ListOrders": restaurant(*EVERY_ROLE),
+    _ORDERS + "ListActiveOrders": restaurant(*EVERY_ROLE),
+    _ORDERS + "GetOrder": restaurant(*EVERY_ROLE),
+    _ORDERS + "UpdateOrderStatus": restaurant(*EVERY_ROLE),
+    _ORDERS + "AddOrderItems": restaurant(*EVERY_ROLE),
+    _ORDERS + "RemoveOrderItem": restaurant(*EVERY_ROLE),
+    _ORDERS + "WatchOrders": restaurant(*EVERY_ROLE),
+    "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders": INTERNAL,
+    # Realtime.
+    _REALTIME + "GetPresence": restaurant(*MANAGERS),
+}
+
+
+def rule_for(method: str) -> Rule | None:
+    return PERMISSIONS.get(method)
+
+
+def permission_name(method: str) -> str:
+    """'orders.CreateOrder' for '/posmesh.orders.v1.OrderService/CreateOrder'."""
+    service, _, rpc = method.strip("/").partition("/")
+    package = service.split(".")[1] if service.startswith("posmesh.") else service
+    return f"{package}.{rpc}"
+
+
+def matrix_markdown() -> str:
+    """The table as the README prints it (a test keeps the README in step)."""
+    lines = ["| RPC | owner | manager | staff | notes |", "|---|---|---|---|---|"]
+    for method, rule in PERMISSIONS.items():
+        if not method.startswith("/posmesh."):
+            continue
+        if rule.access is Access.RESTAURANT:
+            cells = ["yes" if role in rule.roles else "—" for role in ROLES]
+            note = "own restaurant only"
+        else:
+            cells = [rule.access.value] * 3
+            note = {Access.PUBLIC: "no token needed", Access.SIGNED_IN: "any signed-in user",
+                    Access.INTERNAL: "service-to-service; not routed by the edge"}[rule.access]
+        lines.append(f"| `{permission_name(method)}` | " + " | ".join(cells) + f" | {note} |")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Every setting of the system, read from environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+from typing import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    env: str = Field("development", alias="POSMESH_ENV")
+    data_dir: Path = Field(Path(".posmesh"), alias="POSMESH_DATA_DIR")
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+
+    # Backing stores: embedded (real) servers are started by `posmesh run` when these are unset.
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    redis_url: str | None = Field(None, alias="REDIS_URL")
+
+    # Database pool (per service process). The sum over all processes must fit max_connections.
+    db_pool_size: int = Field(20, alias="DB_POOL_SIZE")
+    db_max_overflow: int = Field(40, alias="DB_MAX_OVERFLOW")
+    db_pool_pre_ping: bool = Field(True, alias="DB_POOL_PRE_PING")
+    db_pool_recycle: int = Field(3600, alias="DB_POOL_RECYCLE")
+    db_pool_timeout: float = Field(10.0, alias="DB_POOL_TIMEOUT")
+    db_statement_timeout_ms: int = Field(15000, alias="DB_STATEMENT_TIMEOUT_MS")
+
+    # Service addresses: where each service binds and where the others call it.
+    auth_addr: str = Field("127.0.0.1:50051", alias="AUTH_ADDR")
+    staff_addr: str = Field("127.0.0.1:50052", alias="STAFF_ADDR")
+    orders_addr: str = Field("127.0.0.1:50053", alias="ORDERS_ADDR")
+    realtime_addr: str = Field("127.0.0.1:50054", alias="REALTIME_ADDR")
+    realtime_ws_addr: str = Field("127.0.0.1:8081", alias="REALTIME_WS_ADDR")
+    realtime_ws_addrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="REALTIME_WS_ADDRS"
+    )
+
+    # Edge.
+    edge_host: str = Field("0.0.0.0", alias="EDGE_HOST")
+    edge_port: int = Field(8443, alias="EDGE_PORT")
+    envoy_admin_port: int = Field(9901, alias="ENVOY_ADMIN_PORT")
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["capacitor://localhost", "http://localhost:19006"],
+        alias="CORS_ALLOWED_ORIGINS",
+    )
+    login_rate_limit_per_minute: int = Field(600, alias="EDGE_LOGIN_RATE_LIMIT_PER_MINUTE")
+
+    # Tokens.
+    jwt_issuer: str = Field("https://auth.posmesh.local", alias="JWT_ISSUER")
+    jwt_audience: str = Field("posmesh-api", alias="JWT_AUDIENCE")
+    jwt_leeway_seconds: int = Field(10, alias="JWT_LEEWAY_SECONDS")
+    jwt_keys_dir: Path | None = Field(None, alias="JWT_KEYS_DIR")
+    jwks_refresh_seconds: int = Field(60, alias="JWKS_REFRESH_SECONDS")
+    access_token_ttl_seconds: int = Field(900, alias="ACCESS_TOKEN_TTL_SECONDS")
+    refresh_token_ttl_days: int = Field(30, alias="REFRESH_TOKEN_TTL_DAYS")
+    refresh_token_absolute_days: int = Field(90, alias="REFRESH_TOKEN_ABSOLUTE_DAYS")
+    refresh_grace_seconds: float = Field(5.0, alias="REFRESH_GRACE_SECONDS")
+
+    # Passwords and brute force.
+    password_min_length: int = Field(10, alias="PASSWORD_MIN_LENGTH")
+    argon2_memory_kib: int = Field(19456, alias="ARGON2_MEMORY_KIB")
+    argon2_time_cost: int = Field(2, alias="ARGON2_TIME_COST")
+    argon2_parallelism: int = Field(1, alias="ARGON2_PARALLELISM")
+    password_hash_workers: int = Field(2, alias="PASSWORD_HASH_WORKERS")
+    login_max_failures: int = Field(5, alias="LOGIN_MAX_FAILURES")
+    login_ip_max_failures: int = Field(50, alias="LOGIN_IP_MAX_FAILURES")
+    login_lockout_base_seconds: int = Field(30, alias="LOGIN_LOCKOUT_BASE_SECONDS")
+    login_lockout_max_seconds: int = Field(3600, alias="LOGIN_LOCKOUT_MAX_SECONDS")
+
+    # Realtime.
+    ws_auth_timeout_seconds: float = Field(5.0, alias="WS_AUTH_TIMEOUT_SECONDS")
+    ws_ping_interval_seconds: float = Field(20.0, alias="WS_PING_INTERVAL_SECONDS")
+    ws_token_warning_seconds: int = Field(60, alias="WS_TOKEN_WARNING_SECONDS")
+    ws_send_queue_size: int = Field(256, alias="WS_SEND_QUEUE_SIZE")
+    ws_max_message_bytes: int = Field(65536, alias="WS_MAX_MESSAGE_BYTES")
+    ws_max_connections_per_ip_per_minute: int = Field(120, alias="WS_MAX_CONNECTIONS_PER_IP_PER_MINUTE")
+    ws_max_connections_per_user: int = Field(20, alias="WS_MAX_CONNECTIONS_PER_USER")
+    ws_max_connections_per_restaurant: int = Field(2000, alias="WS_MAX_CONNECTIONS_PER_RESTAURANT")
+
+    # Orders.
+    order_event_stream_maxlen: int = Field(10000, alias="ORDER_EVENT_STREAM_MAXLEN")
+    order_event_replay_limit: int = Field(5000, alias="ORDER_EVENT_REPLAY_LIMIT")
+
+    # Telemetry: OTLP/gRPC export when set, tracing stays in-process (ids in logs) otherwise.
+    otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_sample_ratio: float = Field(1.0, alias="OTEL_SAMPLE_RATIO")
+
+    @field_validator("cors_allowed_origins", "realtime_ws_addrs", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _no_wildcard(cls, origins: list[str]) -> list[str]:
+        if any("*" in origin for origin in origins):
+            raise ValueError("CORS_ALLOWED_ORIGINS must list exact origins; wildcards are refused")
+        return origins
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.jwt_keys_dir or self.data_dir / "keys"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.data_dir / "certs"
+
+    def service_addr(self, service: str) -> str:
+        return getattr(self, f"{service}_addr")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,224 @@
+"""The authorization interceptor, on a real in-process gRPC server with real signed tokens.
+
+No database or Redis: the servicer is a tiny fake of MenuService/OrderFeedService and the
+revocation check is an in-memory set. What is checked is the mechanism every service shares:
+401 vs 403, each reason, tenant checks on header/field/nested field, the internal-only guard, and
+how unexpected and infrastructure errors reach the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import grpc
+import jwt
+import pytest
+import sqlalchemy.exc
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.rpc import error_details_pb2, status_pb2
+
+from posmesh.common import context
+from posmesh.common.authn import Authenticator
+from posmesh.common.interceptors import server_interceptors
+from posmesh.common.tokens import KeySet, TokenVerifier
+from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
+
+ISSUER, AUDIENCE, KID = "https://issuer.test", "posmesh-test", "test-key-1"
+RESTAURANT, OTHER_RESTAURANT = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+class MemoryRevocations:
+    def __init__(self) -> None:
+        self.revoked: set[str] = set()
+
+    async def is_revoked(self, session_id: str) -> bool:
+        return session_id in self.revoked
+
+
+class FakeMenu(orders_pb2_grpc.MenuServiceServicer):
+    """Echoes the caller the interceptor established; fails on demand by item id."""
+
+    async def GetMenu(self, request, ctx):
+        caller = context.current()
+        return orders_pb2.Menu(restaurant_id=caller.restaurant_id)
+
+    async def UpdateMenuItem(self, request, ctx):
+        if request.item_id == "boom":
+            raise RuntimeError("a bug")
+        if request.item_id == "db-down":
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError())
+        return orders_pb2.MenuItem(id=request.item_id)
+
+    async def CreateMenuItem(self, request, ctx):
+        return orders_pb2.MenuItem(id="new")
+
+
+class FakeFeed(orders_pb2_grpc.OrderFeedServiceServicer):
+    async def WatchRestaurantOrders(self, request, ctx):
+        yield orders_pb2.WatchOrdersResponse(heartbeat=True)
+
+
+@pytest.fixture(scope="module")
+def signing_key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="module")
+def revocations():
+    return MemoryRevocations()
+
+
+@pytest.fixture(scope="module")
+async def channel(signing_key, revocations):
+    keys = KeySet()
+    public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(signing_key.public_key()))
+    keys.load_jwks({"keys": [{**public_jwk, "kid": KID, "alg": "ES256", "use": "sig"}]})
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5)
+    server = grpc.aio.server(interceptors=server_interceptors(Authenticator(verifier, revocations)))
+    orders_pb2_grpc.add_MenuServiceServicer_to_server(FakeMenu(), server)
+    orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(FakeFeed(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+        yield chan
+    await server.stop(None)
+
+
+def make_token(signing_key, **overrides) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "sid": str(uuid.uuid4()),
+              "restaurant_id": RESTAURANT, "role": "staff", "jti": str(uuid.uuid4()),
+              "iat": now, "exp": now + 600}
+    claims.update(overrides)
+    claims = {key: value for key, value in claims.items() if value is not None}
+    return jwt.encode(claims, signing_key, algorithm="ES256", headers={"kid": KID})
+
+
+def bearer(token: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"), *extra)
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            info = error_details_pb2.ErrorInfo()
+            assert status.details[0].Unpack(info)
+            return info.reason
+    raise AssertionError(f"no ErrorInfo in {error!r}")
+
+
+async def call_error(coro) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await coro
+    return caught.value
+
+
+async def test_a_valid_token_exposes_its_caller_to_the_servicer(channel, signing_key):
+    menu = orders_pb2_grpc.MenuServiceStub(channel)
+    reply = await menu.GetMenu(orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
+                               metadata=bearer(make_token(signing_key)))
+    assert reply.restaurant_id == RESTAURANT
+
+
+async def test_a_missing_token_is_unauthenticated_token_invalid(channel):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(error) == "TOKEN_INVALID"
+
+
+async def test_an_expired_token_is_unauthenticated_token_expired(channel, signing_key):
+    token = make_token(signing_key, iat=int(time.time()) - 3600, exp=int(time.time()) - 60)
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT), metadata=bearer(token)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(error) == "TOKEN_EXPIRED"
+
+
+async def test_a_revoked_session_is_unauthenticated_session_revoked(channel, signing_key, revocations):
+    session = str(uuid.uuid4())
+    revocations.revoked.add(session)
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
+        metadata=bearer(make_token(signing_key, sid=session))))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_reason(error) == "SESSION_REVOKED"
+
+
+async def test_a_path_restaurant_other_than_the_tokens_is_tenant_mismatch_naming_both(channel, signing_key):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=OTHER_RESTAURANT),
+        metadata=bearer(make_token(signing_key))))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(error) == "TENANT_MISMATCH"
+    assert RESTAURANT in error.details() and OTHER_RESTAURANT in error.details()
+
+
+async def test_an_x_restaurant_id_header_other_than_the_tokens_is_tenant_mismatch(channel, signing_key):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
+        metadata=bearer(make_token(signing_key), ("x-restaurant-id", OTHER_RESTAURANT))))
+    assert error_reason(error) == "TENANT_MISMATCH"
+    assert "X-Restaurant-Id" in error.details()
+
+
+async def test_a_token_without_restaurant_is_no_restaurant_context_with_a_hint(channel, signing_key):
+    token = make_token(signing_key, restaurant_id=None, role=None)
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(), metadata=bearer(token)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(error) == "NO_RESTAURANT_CONTEXT"
+    assert "switch-restaurant" in error.details()
+
+
+async def test_a_role_outside_the_permission_table_is_role_forbidden_naming_permission_and_role(channel, signing_key):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).CreateMenuItem(
+        orders_pb2.CreateMenuItemRequest(restaurant_id=RESTAURANT, item=orders_pb2.MenuItem(name="x")),
+        metadata=bearer(make_token(signing_key, role="staff"))))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(error) == "ROLE_FORBIDDEN"
+    assert "orders.CreateMenuItem" in error.details() and "staff" in error.details()
+
+
+async def test_a_manager_passes_the_same_permission(channel, signing_key):
+    item = await orders_pb2_grpc.MenuServiceStub(channel).CreateMenuItem(
+        orders_pb2.CreateMenuItemRequest(restaurant_id=RESTAURANT, item=orders_pb2.MenuItem(name="x")),
+        metadata=bearer(make_token(signing_key, role="manager")))
+    assert item.id == "new"
+
+
+async def test_an_unexpected_exception_is_internal_without_leaking_its_text(channel, signing_key):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).UpdateMenuItem(
+        orders_pb2.UpdateMenuItemRequest(restaurant_id=RESTAURANT, item_id="boom"),
+        metadata=bearer(make_token(signing_key, role="owner"))))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error_reason(error) == "INTERNAL"
+    assert "a bug" not in error.details()
+
+
+async def test_a_database_outage_is_a_retryable_unavailable(channel, signing_key):
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).UpdateMenuItem(
+        orders_pb2.UpdateMenuItemRequest(restaurant_id=RESTAURANT, item_id="db-down"),
+        metadata=bearer(make_token(signing_key, role="owner"))))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(error) == "DATABASE_UNAVAILABLE"
+
+
+async def test_an_internal_rpc_is_served_to_a_direct_caller(channel):
+    stream = orders_pb2_grpc.OrderFeedServiceStub(channel).WatchRestaurantOrders(
+        orders_pb2.WatchRestaurantOrdersRequest(restaurant_id=RESTAURANT))
+    first = await stream.read()
+    stream.cancel()
+    assert first.heartbeat
+
+
+async def test_an_internal_rpc_arriving_through_the_edge_is_refused(channel):
+    stream = orders_pb2_grpc.OrderFeedServiceStub(channel).WatchRestaurantOrders(
+        orders_pb2.WatchRestaurantOrdersRequest(restaurant_id=RESTAURANT),
+        metadata=(("x-forwarded-for", "203.0.113.9"),))
+    error = await call_error(stream.read())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(error) == "INTERNAL_ONLY"
