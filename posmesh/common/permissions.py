@@ -86,9 +86,12 @@ PERMISSIONS: dict[str, Rule] = {
     _STAFF + "CreateEmployee": restaurant(*MANAGERS),
     _STAFF + "UpdateEmployee": restaurant(*MANAGERS),
     _STAFF + "DeleteEmployee": restaurant(*MANAGERS),
+    _STAFF + "UndeleteEmployee": restaurant(*MANAGERS),
     # Menu.
     _MENU + "GetMenu": restaurant(*EVERY_ROLE),
     _MENU + "CreateMenuCategory": restaurant(*MANAGERS),
+    _MENU + "UpdateMenuCategory": restaurant(*MANAGERS),
+    _MENU + "DeleteMenuCategory": restaurant(*MANAGERS),
     _MENU + "CreateMenuItem": restaurant(*MANAGERS),
     _MENU + "UpdateMenuItem": restaurant(*MANAGERS),
     _MENU + "DeleteMenuItem": restaurant(*MANAGERS),
@@ -101,6 +104,7 @@ PERMISSIONS: dict[str, Rule] = {
     _ORDERS + "AddOrderItems": restaurant(*EVERY_ROLE),
     _ORDERS + "RemoveOrderItem": restaurant(*EVERY_ROLE),
     _ORDERS + "WatchOrders": restaurant(*EVERY_ROLE),
+    # The realtime service's one stream per restaurant; callers are services, not users.
     "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders": INTERNAL,
     # Realtime.
     _REALTIME + "GetPresence": restaurant(*MANAGERS),

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
         alias="CORS_ALLOWED_ORIGINS",
     )
     login_rate_limit_per_minute: int = Field(600, alias="EDGE_LOGIN_RATE_LIMIT_PER_MINUTE")
+    # --- platform edge (owned by stack/ and envoy/) ---
+    # How long Envoy keeps the JWKS it fetched from the auth service before fetching it again.
+    edge_jwks_cache_seconds: int = Field(60, alias="EDGE_JWKS_CACHE_SECONDS")
+    # Largest request body the edge accepts; beyond it the reply is 413 PAYLOAD_TOO_LARGE.
+    edge_max_request_bytes: int = Field(1024 * 1024, alias="EDGE_MAX_REQUEST_BYTES")
+    # Deadline of a unary call through the edge (streams and WebSockets have none).
+    edge_request_timeout_seconds: float = Field(15.0, alias="EDGE_REQUEST_TIMEOUT_SECONDS")
+    # --- end platform edge ---
 
     # Tokens.
     jwt_issuer: str = Field("https://auth.posmesh.local", alias="JWT_ISSUER")
@@ -72,6 +80,20 @@ class Settings(BaseSettings):
     login_lockout_base_seconds: int = Field(30, alias="LOGIN_LOCKOUT_BASE_SECONDS")
     login_lockout_max_seconds: int = Field(3600, alias="LOGIN_LOCKOUT_MAX_SECONDS")
 
+    # --- Auth service (owned by services/auth) ---
+    # Failures older than this no longer count towards a lockout.
+    login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS")
+    # Password hashes queued for the executor beyond this fail fast with UNAVAILABLE.
+    password_hash_max_pending: int = Field(256, alias="PASSWORD_HASH_MAX_PENDING")
+    # A rotated-in key is published this long before it signs; it must exceed every verifier's
+    # JWKS refresh interval (JWKS_REFRESH_SECONDS) so no service sees an unknown kid.
+    jwt_key_publish_lead_seconds: int = Field(300, alias="JWT_KEY_PUBLISH_LEAD_SECONDS")
+    # How long a session's user/restaurant view stays cached in Redis (revocation deletes it).
+    session_cache_ttl_seconds: int = Field(60, alias="SESSION_CACHE_TTL_SECONDS")
+    # How often expired sessions, spent refresh tokens and stale grace secrets are purged.
+    auth_cleanup_interval_seconds: int = Field(600, alias="AUTH_CLEANUP_INTERVAL_SECONDS")
+    # --- end auth service ---
+
     # Realtime.
     ws_auth_timeout_seconds: float = Field(5.0, alias="WS_AUTH_TIMEOUT_SECONDS")
     ws_ping_interval_seconds: float = Field(20.0, alias="WS_PING_INTERVAL_SECONDS")
@@ -81,10 +103,29 @@ class Settings(BaseSettings):
     ws_max_connections_per_ip_per_minute: int = Field(120, alias="WS_MAX_CONNECTIONS_PER_IP_PER_MINUTE")
     ws_max_connections_per_user: int = Field(20, alias="WS_MAX_CONNECTIONS_PER_USER")
     ws_max_connections_per_restaurant: int = Field(2000, alias="WS_MAX_CONNECTIONS_PER_RESTAURANT")
+    # Realtime (added by the realtime service): unsent bytes a socket may hold before it is closed
+    # as a slow consumer (4008); WS_SEND_QUEUE_SIZE bounds the events held while a socket catches up.
+    ws_send_buffer_bytes: int = Field(262144, alias="WS_SEND_BUFFER_BYTES")
 
-    # Orders.
+    # Orders (services/orders; docs/orders.md explains each).
+    # Approximate length each restaurant's Redis stream is trimmed to (XADD MAXLEN ~).
     order_event_stream_maxlen: int = Field(10000, alias="ORDER_EVENT_STREAM_MAXLEN")
+    # The most events a WatchOrders replay sends; a client further behind gets resync_required.
     order_event_replay_limit: int = Field(5000, alias="ORDER_EVENT_REPLAY_LIMIT")
+    # Published events older than this are deleted from the outbox (replays cannot reach them).
+    order_event_retention_days: float = Field(7.0, alias="ORDER_EVENT_RETENTION_DAYS")
+    # The relay wakes on LISTEN/NOTIFY; this poll is its safety net.
+    order_relay_poll_seconds: float = Field(1.0, alias="ORDER_RELAY_POLL_SECONDS")
+    order_relay_batch_size: int = Field(500, alias="ORDER_RELAY_BATCH_SIZE")
+    order_relay_max_backoff_seconds: float = Field(5.0, alias="ORDER_RELAY_MAX_BACKOFF_SECONDS")
+    # A quiet WatchOrders stream sends a heartbeat this often (below Envoy's idle timeouts).
+    order_watch_heartbeat_seconds: float = Field(15.0, alias="ORDER_WATCH_HEARTBEAT_SECONDS")
+    # While Redis is unreadable, watchers poll PostgreSQL this often (and on NOTIFY).
+    order_watch_poll_seconds: float = Field(0.5, alias="ORDER_WATCH_POLL_SECONDS")
+    # An event committed this long ago but not yet on the Redis stream is read from PostgreSQL.
+    order_watch_relay_grace_seconds: float = Field(1.0, alias="ORDER_WATCH_RELAY_GRACE_SECONDS")
+    # How long a restaurant's currency and time zone (from the staff service) are cached.
+    orders_restaurant_cache_seconds: float = Field(60.0, alias="ORDERS_RESTAURANT_CACHE_SECONDS")
 
     # Telemetry: OTLP/gRPC export when set, tracing stays in-process (ids in logs) otherwise.
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -65,7 +65,7 @@ def setup(service: str, settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    for noisy in ("asyncio", "grpc._cython", "alembic.runtime.migration"):
+    for noisy in ("asyncio", "grpc._cython", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
     provider = TracerProvider(
@@ -82,11 +82,14 @@ def setup(service: str, settings: Settings) -> None:
         )
     trace.set_tracer_provider(provider)
 
-    # redis-py (sync and asyncio) is patched globally; gRPC and SQLAlchemy are instrumented where
-    # the server, channels and engines are made (server.py, clients.py, db.py).
+    # redis-py (sync and asyncio) and SQLAlchemy's engine factories are patched globally; gRPC is
+    # instrumented where the server and channels are made (server.py, clients.py).
     from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     RedisInstrumentor().instrument(tracer_provider=provider)
+    # Its version guard stops at SQLAlchemy 2.0; the hooks it uses are unchanged in 2.1.
+    SQLAlchemyInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
 
 
 def shutdown() -> None:

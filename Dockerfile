@@ -1,0 +1,28 @@
+# One image for every service: `posmesh serve <service>` (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    POSMESH_DATA_DIR=/var/lib/posmesh
+WORKDIR /app
+
+# Dependencies first, so code changes do not reinstall them.
+COPY pyproject.toml ./
+RUN mkdir -p posmesh services stack \
+    && touch posmesh/__init__.py services/__init__.py stack/__init__.py \
+    && pip install . && pip uninstall -y posmesh
+
+COPY protos ./protos
+COPY posmesh ./posmesh
+COPY services ./services
+COPY stack ./stack
+COPY envoy ./envoy
+# Editable, so the generated code and envoy/ templates stay where stack/ looks for them.
+RUN pip install --no-deps -e . && python -m stack.codegen
+
+# keys/ exists in the image so a fresh named volume mounted there is owned by posmesh too.
+RUN useradd --system --home /var/lib/posmesh posmesh \
+    && mkdir -p /var/lib/posmesh/keys && chown -R posmesh /var/lib/posmesh
+USER posmesh
+
+ENTRYPOINT ["posmesh"]
+CMD ["--help"]

@@ -1,0 +1,1 @@
+"""posmesh's benchmark: `make bench` (`python -m bench`). See docs/bench.md."""

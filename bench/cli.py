@@ -1,0 +1,572 @@
+"""`python -m bench` (`make bench`, `make bench ARGS=--quick`): the whole benchmark, end to end.
+
+Starts a local stack (or uses `--url`), seeds 20 restaurants through the public API, runs every
+workload from separate generator processes through Envoy over TLS, checks every target of the
+service issues and writes bench/results/<date>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import sys
+import time
+import traceback
+from collections import Counter
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench import ceiling, machine, report, targets
+from bench.fanout import Trigger, analyse, create_orders
+from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
+from bench.openloop import Recorder, percentile, summarise
+from bench.posday import DaySpec, run_day
+from bench.seed import build_world, edge_client
+from bench.sockets import SocketHolder, raise_fd_limit
+from bench.stackrun import BENCH_OVERRIDES, System, running, start_local
+from bench.verification import VerificationSpec, measure
+from bench.world import Target, World
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESTAURANTS = 20
+# Orders-mix targets of the orders issue.
+MIX_P95_MS, MIX_P99_MS = 50.0, 150.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    ceiling_s: float
+    single_s: float
+    single_warmup: float
+    rates: dict  # workload -> offered req/s
+    mix_rate: float
+    mix_s: float
+    mix_warmup: float
+    step_rates: tuple[int, ...]
+    step_s: float
+    step_warmup: float
+    day_people: tuple[int, int, int]  # tills, kitchen screens, phones per restaurant
+    day_s: float
+    day_warmup: float
+    sockets_small: int
+    sockets_large: int  # 0: skip
+    fanout_events_small: int
+    fanout_events_large: int
+    burst_events: int
+    verification_samples: int
+    holders: int
+
+
+FULL = Profile(
+    name="full", ceiling_s=8, single_s=15, single_warmup=3,
+    rates={"login": 50, "refresh": 100, "verify": 300, "list_active": 400, "get_order": 400,
+           "create_order": 100},
+    mix_rate=800, mix_s=60, mix_warmup=5,
+    step_rates=(400, 600, 1000, 1200, 1400, 1600), step_s=10, step_warmup=2,
+    day_people=(30, 10, 10), day_s=45, day_warmup=10,
+    sockets_small=1000, sockets_large=10_000, fanout_events_small=40, fanout_events_large=20,
+    burst_events=20, verification_samples=5000, holders=4,
+)
+QUICK = Profile(
+    name="quick", ceiling_s=3, single_s=5, single_warmup=1,
+    rates={"login": 50, "refresh": 100, "verify": 300, "list_active": 400, "get_order": 400,
+           "create_order": 100},
+    mix_rate=800, mix_s=10, mix_warmup=2,
+    step_rates=(), step_s=0, step_warmup=0,
+    day_people=(6, 2, 2), day_s=10, day_warmup=3,
+    sockets_small=1000, sockets_large=0, fanout_events_small=15, fanout_events_large=0,
+    burst_events=10, verification_samples=2000, holders=2,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    def __init__(self, profile: Profile, system: System, executor: ProcessPoolExecutor) -> None:
+        self.profile = profile
+        self.system = system
+        self.executor = executor
+        host, port = system.edge_host_port
+        self.edge = Target(host, port, system.ca_file)
+        self.world: World | None = None
+        self.restaurants = RESTAURANTS
+        self.ceiling_rps: float | None = None
+        self.results: dict = {"workloads": {}, "websockets": {}, "failures": {},
+                              "notes": list(system.notes)}
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _pool(self, function, *specs):
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(self.executor, function, spec)
+                                      for spec in specs))
+
+    async def http(self, scenario: str, *, rate: float = 0.0, duration: float, warmup: float,
+                   processes: int | None = None, concurrency: int = 0, target: Target | None = None,
+                   extra: dict | None = None, connections: int = 4
+                   ) -> tuple[dict, list[HttpResult]]:
+        processes = processes or (1 if rate <= 450 else 2)
+        start_at = time.monotonic() + 1.5
+        specs = [HttpLoad(scenario, target or self.edge, rate=rate / processes, duration=duration,
+                          warmup=warmup, concurrency=concurrency, connections=connections,
+                          world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF, shard=n, shards=processes,
+                          start_at=start_at, extra=dict(extra or {}))
+                 for n in range(processes)]
+        outcomes = await self._pool(run_http, *specs)
+        merged = Recorder()
+        for outcome in outcomes:
+            merged.merge(outcome.recorder)
+        if scenario == "cancel":
+            duration = max(o.duration for o in outcomes)
+        summary = summarise(merged, duration, offered_rate=rate or None)
+        summary["generator_processes"] = processes
+        if self.ceiling_rps:
+            summary["ratio_to_ceiling"] = round(summary["achieved_rps"] / self.ceiling_rps, 3)
+        return summary, list(outcomes)
+
+    def _print(self, name: str, s: dict) -> None:
+        errors = f", errors {s['errors']} {s['error_kinds']}" if s.get("errors") else ""
+        log(f"  {name}: offered {s.get('offered_rps', 'max')}/s, achieved {s['achieved_rps']}/s, "
+            f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} max {s['max_ms']} ms{errors}")
+
+    async def phase(self, name: str, coroutine) -> None:
+        log(f"{name} ...")
+        started = time.monotonic()
+        try:
+            await coroutine
+        except Exception as exc:
+            self.results["failures"][name] = f"{type(exc).__name__}: {exc}"
+            log(f"  {name} FAILED: {exc!r}")
+            traceback.print_exc()
+        log(f"  ({name}: {time.monotonic() - started:.0f} s)")
+
+    # --- phases -------------------------------------------------------------------------------
+
+    async def seed(self) -> None:
+        self.world = await build_world(self.system.edge_url, self.system.ca_file, self.restaurants)
+        log(f"  {len(self.world.restaurants)} restaurants, "
+            f"{sum(len(r.people) for r in self.world.restaurants)} people, "
+            f"{sum(len(r.order_ids) for r in self.world.restaurants)} open orders")
+
+    async def run_ceiling(self) -> None:
+        p = self.profile
+        envoy = ceiling.CeilingEnvoy(self.system.data_dir or Path("/tmp"),
+                                     *self._cert_and_key())
+        await envoy.start()
+        try:
+            target = Target("127.0.0.1", envoy.port, self.system.ca_file)
+            summary, _ = await self.http("ceiling", duration=p.ceiling_s, warmup=1, processes=2,
+                                         concurrency=64, target=target,
+                                         extra={"path": ceiling.PATH})
+            self.ceiling_rps = summary["achieved_rps"]
+            summary["ratio_to_ceiling"] = 1.0
+            self._print("ceiling (python generator)", summary)
+            h2load = await ceiling.h2load(f"https://localhost:{envoy.port}{ceiling.PATH}",
+                                          duration=max(3, int(p.ceiling_s)))
+            if h2load:
+                log(f"  ceiling (h2load): {h2load.get('rps')} req/s, {h2load.get('failed')} failed")
+            self.results["ceiling"] = {"python": summary, "h2load": h2load}
+        finally:
+            await envoy.stop()
+
+    def _cert_and_key(self) -> tuple[Path, Path]:
+        certs = self.system.settings.certs_dir
+        return certs / "server.pem", certs / "server-key.pem"
+
+    async def run_auth(self) -> None:
+        p = self.profile
+        login, outcomes = await self.http("login", rate=p.rates["login"], duration=p.single_s,
+                                          warmup=p.single_warmup)
+        self._print("login", login)
+        self.results["workloads"]["login"] = login
+        sessions = [token for outcome in outcomes for token in outcome.refresh_tokens]
+        refresh, _ = await self.http("refresh", rate=p.rates["refresh"], duration=p.single_s,
+                                     warmup=p.single_warmup, extra={"refresh_tokens": sessions})
+        self._print("refresh", refresh)
+        self.results["workloads"]["refresh"] = refresh
+        verify, _ = await self.http("verify", rate=p.rates["verify"], duration=p.single_s,
+                                    warmup=p.single_warmup)
+        self._print("verify", verify)
+        self.results["workloads"]["verify"] = verify
+
+    async def run_verification(self) -> None:
+        from stack.supervisor import settings_env
+
+        async with edge_client(self.system.edge_url, self.system.ca_file) as client:
+            jwks = (await client.get("/.well-known/jwks.json")).json()
+        env = {k: v for k, v in settings_env(self.system.settings).items() if v is not None}
+        if not self.system.settings.redis_url:
+            self.results["notes"].append("In-process verification with the revocation check "
+                                         "needs REDIS_URL for a running stack: not measured.")
+            return
+        token = self.world.restaurants[0].staff[0].access_token
+        [result] = await self._pool(measure, VerificationSpec(
+            jwks, token, env, samples=self.profile.verification_samples))
+        self.results["verification"] = result
+        log(f"  verify p99 {result['verify']['p99_ms']} ms; with revocation p99 "
+            f"{result['verify_with_revocation']['p99_ms']} ms")
+
+    async def run_orders(self) -> None:
+        p = self.profile
+        for name in ("list_active", "get_order", "create_order"):
+            summary, outcomes = await self.http(name, rate=p.rates[name], duration=p.single_s,
+                                                warmup=p.single_warmup)
+            self._print(name, summary)
+            self.results["workloads"][name] = summary
+            await self.close_orders(outcomes)
+
+    async def close_orders(self, outcomes: list[HttpResult]) -> None:
+        """Cancels the orders a workload created (outside any measurement), so each workload
+        starts from the same open orders per restaurant (a list of active orders returns up to
+        100 of them: an ever-growing backlog would measure the backlog, not the service)."""
+        created = [(rid, oid) for outcome in outcomes
+                   for rid, ids in outcome.created_orders.items() for oid in ids]
+        if not created:
+            return
+        started = time.monotonic()
+        summary, _ = await self.http("cancel", duration=0, warmup=0, processes=1, concurrency=32,
+                                     extra={"orders": created})
+        log(f"  (closed {len(created)} orders created by the workload in "
+            f"{time.monotonic() - started:.1f} s, {summary['errors']} errors)")
+
+    async def run_mix(self) -> None:
+        p = self.profile
+        summary, outcomes = await self.http("orders_mix", rate=p.mix_rate, duration=p.mix_s,
+                                            warmup=p.mix_warmup)
+        summary["meets"] = self._meets(summary)
+        self._print(f"orders mix at {p.mix_rate}/s for {p.mix_s:g} s", summary)
+        self.results["workloads"]["orders_mix"] = summary
+        await self.close_orders(outcomes)
+        steps = [dict(summary, duration_s=summary["duration_s"])]
+        best = {"rate": p.mix_rate if summary["meets"] else 0}
+        for rate in p.step_rates:
+            if rate > p.mix_rate and not summary["meets"]:
+                break  # already failing at the target rate: higher rates will too
+            if rate < p.mix_rate and summary["meets"]:
+                continue
+            step, outcomes = await self.http("orders_mix", rate=rate, duration=p.step_s,
+                                             warmup=p.step_warmup)
+            step["meets"] = self._meets(step)
+            self._print(f"  step {rate}/s", step)
+            steps.append(step)
+            await self.close_orders(outcomes)
+            if step["meets"]:
+                best["rate"] = max(best["rate"], rate)
+            elif rate > p.mix_rate or rate > best["rate"]:
+                best.update(failed_at=rate, why=self._why(step))
+                if rate > p.mix_rate:
+                    break
+        steps.sort(key=lambda s: s["offered_rps"])
+        self.results["workloads"]["orders_mix_steps"] = steps
+        if p.step_rates:
+            self.results["workloads"]["orders_mix_max_rate"] = best
+        log(f"  highest mix rate meeting p95<{MIX_P95_MS:g} ms, p99<{MIX_P99_MS:g} ms: {best}")
+
+    @staticmethod
+    def _meets(s: dict) -> bool:
+        return s["p95_ms"] < MIX_P95_MS and s["p99_ms"] < MIX_P99_MS and s["errors"] == 0
+
+    @staticmethod
+    def _why(s: dict) -> str:
+        return f"p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms, {s['errors']} errors"
+
+    async def run_pos_day(self) -> None:
+        p = self.profile
+        tills, kitchens, phones = p.day_people
+        halves = [self.world.restaurants[0::2], self.world.restaurants[1::2]]
+        start_at = time.monotonic() + 15  # sockets connect first
+        specs = [DaySpec(self.edge, self.system.edge_url, restaurants, tills, kitchens, phones,
+                         p.day_s, p.day_warmup, seed=n + 1, start_at=start_at)
+                 for n, restaurants in enumerate(halves)]
+        outcomes = await self._pool(run_day, *specs)
+        overall = Recorder()
+        by_kind: dict[str, Recorder] = {}
+        events = []
+        for outcome in outcomes:
+            for kind, recorder in outcome.by_kind.items():
+                overall.merge(recorder)
+                by_kind.setdefault(kind, Recorder()).merge(recorder)
+            events.extend(outcome.event_latencies)
+        users = sum(o.users for o in outcomes)
+        summary = summarise(overall, p.day_s, offered_rate=round(len(overall.latencies) / p.day_s, 1))
+        events.sort()
+        summary.update(
+            users=users, restaurants=len(self.world.restaurants), sockets=sum(o.sockets for o in outcomes),
+            per_restaurant=f"{tills} tills and {kitchens} kitchen screens with sockets, "
+                           f"{phones} managers' phones",
+            socket_failures=dict(sum((o.socket_failures for o in outcomes), Counter())),
+            socket_closes=dict(sum((o.socket_closes for o in outcomes), Counter())),
+            missing_events=sum(o.missing_events for o in outcomes),
+            event_deliveries=len(events),
+            event_p50_ms=round(percentile(events, .5) * 1000, 2),
+            event_p99_ms=round(percentile(events, .99) * 1000, 2),
+            by_kind={kind: summarise(r, p.day_s) for kind, r in by_kind.items()})
+        if self.ceiling_rps:
+            summary["ratio_to_ceiling"] = round(summary["achieved_rps"] / self.ceiling_rps, 3)
+        self._print(f"POS day, {users} users", summary)
+        log(f"  sockets {summary['sockets']} (failures {summary['socket_failures']}, closes "
+            f"{summary['socket_closes']}); events p50 {summary['event_p50_ms']} ms p99 "
+            f"{summary['event_p99_ms']} ms, {summary['missing_events']} missing")
+        self.results["workloads"]["pos_day"] = summary
+
+    async def run_websockets(self) -> None:
+        p = self.profile
+        place = self.world.restaurants[0]
+        # Fresh tokens: the sockets must outlive nothing but this phase.
+        async with edge_client(self.system.edge_url, self.system.ca_file) as client:
+            tokens = []
+            for person in place.people:
+                reply = await client.post("/api/v1/auth/login", json={
+                    "email": person.email, "password": self.world.password,
+                    "restaurant_id": place.id})
+                reply.raise_for_status()
+                tokens.append(reply.json()["access_token"])
+        realtime = psutil.Process(self.system.pid_of("realtime"))
+        envoy_pid = self.system.pid_of("envoy")
+        envoy = psutil.Process(envoy_pid) if envoy_pid else None
+        holders = [SocketHolder(self.system.edge_url, self.system.ca_file) for _ in range(p.holders)]
+        ws = self.results["websockets"]
+        try:
+            await asyncio.sleep(1.0)
+            rss_before = realtime.memory_info().rss
+            envoy_before = envoy.memory_info().rss if envoy else 0
+            held = await self._connect(holders, tokens, place.id, p.sockets_small)
+            await asyncio.sleep(2.0)
+            rss_small = realtime.memory_info().rss
+            idle = self._idle(held, rss_before, rss_small, envoy_before, envoy, p.sockets_small)
+            ws["idle"] = idle
+            log(f"  {held['held']} sockets: realtime {idle['realtime_kib_per_connection']} KiB "
+                f"per connection, Envoy {idle['envoy_kib_per_connection']} KiB")
+            ws["fanout_1000"] = await self._fanout(holders, place, tokens[2], held["held"],
+                                                   p.fanout_events_small, spacing=0.25, via="edge")
+            if not p.sockets_large:
+                ws["deliveries"] = await self._burst(holders, place, tokens[2], held["held"],
+                                                     realtime, via="edge")
+                return
+            more = await self._connect(holders, tokens, place.id, p.sockets_large - held["held"])
+            total = held["held"] + more["held"]
+            await asyncio.sleep(3.0)
+            rss_large = realtime.memory_info().rss
+            idle = self._idle({"held": total, "failed": held["failed"] + more["failed"],
+                               "connect_s": round(held["connect_s"] + more["connect_s"], 1),
+                               "failures": {**held["failures"], **more["failures"]}},
+                              rss_before, rss_large, envoy_before, envoy, total)
+            ws["idle"] = idle
+            log(f"  {total} sockets: realtime {idle['realtime_kib_per_connection']} KiB per "
+                f"connection, Envoy {idle['envoy_kib_per_connection']} KiB")
+            # Every one of Envoy's 10,000 downstream connections is a socket now: the create
+            # goes straight to the orders service (the measured path starts at its response).
+            via = "grpc" if total >= 9_990 else "edge"
+            ws["fanout_10000"] = await self._fanout(holders, place, tokens[2], total,
+                                                    p.fanout_events_large, spacing=1.0, via=via)
+            ws["deliveries"] = await self._burst(holders, place, tokens[2], total, realtime, via=via)
+        finally:
+            statuses = []
+            for holder in holders:
+                try:
+                    statuses.append(await holder.call("status"))
+                except Exception:
+                    pass
+            closes: dict = {}
+            for status in statuses:
+                for code, count in status.get("closes", {}).items():
+                    closes[code] = closes.get(code, 0) + count
+            ws["unexpected_closes"] = closes
+            await asyncio.gather(*(holder.stop() for holder in holders))
+
+    def _idle(self, held: dict, rss_before: int, rss_after: int, envoy_before: int, envoy,
+              count: int) -> dict:
+        envoy_after = envoy.memory_info().rss if envoy else 0
+        n = max(1, held["held"])
+        return {
+            "held": held["held"], "failed": held["failed"], "failures": held["failures"],
+            "connect_s": held["connect_s"], "measured_over": held["held"],
+            "realtime_rss_before_mib": round(rss_before / (1 << 20), 1),
+            "realtime_rss_after_mib": round(rss_after / (1 << 20), 1),
+            "realtime_kib_per_connection": round((rss_after - rss_before) / n / 1024, 1),
+            "envoy_kib_per_connection": round((envoy_after - envoy_before) / n / 1024, 1),
+        }
+
+    async def _connect(self, holders: list[SocketHolder], tokens: list[str], restaurant_id: str,
+                       count: int) -> dict:
+        started = time.monotonic()
+        shares = [count // len(holders) + (1 if n < count % len(holders) else 0)
+                  for n in range(len(holders))]
+        replies = await asyncio.gather(*(
+            holder.call("connect", specs=[("kitchen", restaurant_id, tokens[(n + k) % len(tokens)])
+                                          for k in range(share)], concurrency=48)
+            for n, (holder, share) in enumerate(zip(holders, shares))))
+        failures: dict = {}
+        for reply in replies:
+            for kind, number in reply["failures"].items():
+                failures[kind] = failures.get(kind, 0) + number
+        held = sum(r["connected"] for r in replies)
+        if failures:
+            log(f"  socket failures: {failures}")
+        return {"held": held, "failed": sum(failures.values()), "failures": failures,
+                "connect_s": round(time.monotonic() - started, 1)}
+
+    async def _trigger(self, place, token: str, count: int, spacing: float, via: str):
+        trigger = Trigger(self.edge, token, place.menu_item_ids, count, spacing, via=via,
+                          orders_addr=self.system.settings.orders_addr)
+        [made] = await self._pool(create_orders, trigger)
+        return made
+
+    async def _collect(self, holders: list[SocketHolder]) -> tuple[dict[str, list[float]], int]:
+        receipts: dict[str, list[float]] = {}
+        out_of_order = 0
+        for holder in holders:
+            reply = await holder.call("receipts")
+            out_of_order += reply["out_of_order"]
+            for order_id, times in reply["receipts"].items():
+                receipts.setdefault(order_id, []).extend(times)
+        return receipts, out_of_order
+
+    async def _fanout(self, holders, place, token: str, sockets: int, events: int, *,
+                      spacing: float, via: str) -> dict:
+        for holder in holders:
+            await holder.call("reset")
+        made = await self._trigger(place, token, events, spacing, via)
+        await asyncio.sleep(3.0)
+        receipts, out_of_order = await self._collect(holders)
+        result = analyse(made, receipts, sockets)
+        result.update(via=via, spacing_s=spacing, out_of_order=out_of_order)
+        log(f"  fan-out to {sockets}: last socket p50 {result['last_socket_p50_ms']} ms, p99 "
+            f"{result['last_socket_p99_ms']} ms; delivery p99 {result['delivery_p99_ms']} ms; "
+            f"{result['missing_deliveries']} missing, {out_of_order} out of order")
+        return result
+
+    async def _burst(self, holders, place, token: str, sockets: int, realtime: psutil.Process,
+                     *, via: str) -> dict:
+        """Events back to back (one create in flight at a time): how fast the realtime process
+        can deliver, and at what CPU cost per delivery."""
+        for holder in holders:
+            await holder.call("reset")
+        cpu_before = sum(realtime.cpu_times()[:2])
+        made = await self._trigger(place, token, self.profile.burst_events, 0.0, via)
+        await asyncio.sleep(4.0)
+        cpu = sum(realtime.cpu_times()[:2]) - cpu_before
+        receipts, _ = await self._collect(holders)
+        deliveries = sum(len(times) for times in receipts.values())
+        first_sent = min(sent for _, sent, _ in made)
+        last = max((max(times) for times in receipts.values() if times), default=first_sent)
+        wall = max(1e-6, last - first_sent)
+        result = {"events": len(made), "sockets": sockets, "deliveries": deliveries,
+                  "wall_s": round(wall, 3), "wall_per_second": int(deliveries / wall),
+                  "cpu_seconds": round(cpu, 3),
+                  "per_core": int(deliveries / cpu) if cpu > 0 else 0,
+                  "missing": len(made) * sockets - deliveries, "via": via}
+        log(f"  burst: {deliveries} deliveries in {wall:.2f} s ({result['wall_per_second']}/s), "
+            f"{result['per_core']}/s per core of realtime CPU")
+        return result
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def run(args: argparse.Namespace) -> int:
+    profile = QUICK if args.quick else FULL
+    fd_limit = raise_fd_limit(65536)
+    info = machine.describe()
+    command = machine.command_line()
+    log(f"machine: {machine.summary_line(info)}")
+    log(f"command: {command}")
+    if fd_limit < 2 * profile.sockets_large + 1000:
+        log(f"open-file limit {fd_limit}: fewer sockets than the profile asks for may be held")
+    started = time.monotonic()
+    if args.url:
+        system = running(args.url, args.ca_file)
+        description = f"running stack at {args.url}"
+    else:
+        log("starting the local stack (embedded PostgreSQL and Redis, 4 services, Envoy) ...")
+        system = await start_local()
+        description = ("local stack via stack.supervisor.Stack, one realtime process, temp data dir; "
+                       "bench overrides: " + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
+        log(f"  up in {system.stack.started_in:.1f} s at {system.edge_url}")
+    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(max_workers=4, mp_context=context, initializer=warm_up_process)
+    settings = system.settings
+    bench = Bench(profile, system, executor)
+    bench.restaurants = args.restaurants
+    # Start every generator process now (imports included), so the first workload starts on time.
+    await bench._pool(_pause, *[0.5] * 4)
+    bench.results.update(
+        date=dt.date.today().isoformat(), mode=profile.name, command=command, machine=info,
+        stack={"description": description, "argon2": {
+            "memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
+            "parallelism": settings.argon2_parallelism},
+            "overrides": BENCH_OVERRIDES if not args.url else {}},
+        generator={"processes": "1–4", "client": "asyncio + h2 (HTTP/2, TLS), websockets"})
+    try:
+        only = set(args.only.split(",")) if args.only else None
+        phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
+                  ("verification", bench.run_verification), ("auth", bench.run_auth),
+                  ("orders", bench.run_orders), ("mix", bench.run_mix),
+                  ("pos_day", bench.run_pos_day), ("websockets", bench.run_websockets)]
+        for name, phase in phases:
+            if only and name not in only and name != "seed":
+                continue
+            await bench.phase(name, phase())
+            if name == "seed" and bench.world is None:
+                break
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        if not args.url:
+            log("stopping the stack ...")
+        await system.stop()
+    results = bench.results
+    results["elapsed_s"] = round(time.monotonic() - started)
+    results["generator"]["processes"] = "1–4"
+    checks = targets.evaluate(results)
+    name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}")
+    out_dir = Path(args.out) if args.out else RESULTS_DIR
+    paths = report.write(results, checks, out_dir, name=name,
+                         update_latest=profile.name == "full" and not args.only)
+    print()
+    print(f"{'area':<9} {'verdict':<8} target — figure")
+    for check in checks:
+        print(f"{check.area:<9} {check.verdict:<8} {check.target} — {check.figure}")
+    print()
+    for line in report.workloads_table(results):
+        print(line)
+    print()
+    if results["failures"]:
+        print("phases that failed: " + json.dumps(results["failures"], indent=1))
+    log(f"done in {results['elapsed_s']} s; wrote " + ", ".join(str(p) for p in paths.values()))
+    return 1 if results["failures"] else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
+    parser.add_argument("--url", help="bench a running stack (e.g. https://localhost:8443) "
+                                      "instead of starting one")
+    parser.add_argument("--ca-file", help="CA to trust with --url (default: <data dir>/certs/ca.pem)")
+    parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
+                                       "orders, mix, pos_day, websockets")
+    parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
+                        help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
+    parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+        code = uvloop.run(run(args))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The run's outputs: bench/results/<date>.json, <date>.md (Markdown tables) and <date>.png
+(latency percentiles against offered rate), plus latest.* copies for the README to link."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from bench.targets import Check
+
+WORKLOAD_LABELS = {
+    "ceiling": "Envoy direct_response (ceiling)",
+    "login": "login",
+    "refresh": "refresh",
+    "verify": "verify (POST /api/v1/auth/verify)",
+    "list_active": "list active orders",
+    "get_order": "get order",
+    "create_order": "create order",
+    "orders_mix": "orders mix 70/20/10",
+}
+
+
+def _ms(value) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+def workloads_table(results: dict) -> list[str]:
+    lines = ["| workload | offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | max ms | "
+             "errors | × ceiling |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    workloads = results.get("workloads", {})
+    ceiling = results.get("ceiling", {}).get("python")
+    rows = [("ceiling", ceiling)] + [(name, workloads.get(name)) for name in WORKLOAD_LABELS
+                                     if name != "ceiling"]
+    for name, s in rows:
+        if not s:
+            continue
+        offered = s.get("offered_rps", "max (closed loop)")
+        lines.append(f"| {WORKLOAD_LABELS[name]} | {offered} | {s['achieved_rps']} | "
+                     f"{_ms(s['p50_ms'])} | {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | "
+                     f"{_ms(s['max_ms'])} | {s['errors']} | {s.get('ratio_to_ceiling', '—')} |")
+    day = workloads.get("pos_day")
+    if day:
+        lines.append(f"| mixed POS day ({day['users']} users, {day['sockets']} sockets) | "
+                     f"{day['offered_rps']} | {day['achieved_rps']} | {_ms(day['p50_ms'])} | "
+                     f"{_ms(day['p95_ms'])} | {_ms(day['p99_ms'])} | {_ms(day['max_ms'])} | "
+                     f"{day['errors']} | {day.get('ratio_to_ceiling', '—')} |")
+    return lines
+
+
+def markdown(results: dict, checks: list[Check]) -> str:
+    machine = results["machine"]
+    out = [f"# posmesh bench — {results['date']} ({results['mode']} run)", "",
+           f"- Machine: {machine['cores']} cores, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+           f"{machine['os']}, Python {machine['python']}; load average at start "
+           f"{' '.join(map(str, machine['load_average_at_start']))}",
+           f"- Command: `{results['command']}`",
+           f"- Stack: {results['stack']['description']}",
+           f"- Load: open loop (fixed arrival schedule, latency from the scheduled send time), "
+           f"from {results['generator']['processes']} separate generator process(es), "
+           f"HTTP/2 over TLS through Envoy, warm-up discarded. Ran in {results['elapsed_s']} s.",
+           "", "## Targets", "", "| area | target | figure | verdict |", "|---|---|---|---|"]
+    for check in checks:
+        verdict = {"MET": "**MET**", "NOT MET": "**NOT MET**"}.get(check.verdict, check.verdict)
+        out.append(f"| {check.area} | {check.target} | {check.figure} | {verdict} |")
+    out += ["", "## HTTP workloads", ""] + workloads_table(results)
+    ceiling = results.get("ceiling", {})
+    if ceiling.get("h2load"):
+        h = ceiling["h2load"]
+        out += ["", f"Envoy's own ceiling with a C client (`{h.get('command', 'h2load')}`): "
+                    f"{h.get('rps', '—')} req/s, mean {h.get('mean_ms', '—')} ms, "
+                    f"{h.get('failed', '—')} failed. Ratios above use the Python generator's "
+                    f"ceiling, the same client as every workload."]
+    steps = results.get("workloads", {}).get("orders_mix_steps") or []
+    if steps:
+        out += ["", "## Orders mix: step search", "",
+                "| offered req/s | achieved req/s | p50 ms | p95 ms | p99 ms | errors | meets p95<50, p99<150 |",
+                "|---:|---:|---:|---:|---:|---:|---|"]
+        for s in steps:
+            out.append(f"| {s['offered_rps']} | {s['achieved_rps']} | {s['p50_ms']} | {s['p95_ms']} | "
+                       f"{s['p99_ms']} | {s['errors']} | {'yes' if s['meets'] else 'no'} |")
+    day = results.get("workloads", {}).get("pos_day")
+    if day:
+        out += ["", "## Mixed POS day", "",
+                f"{day['users']} simulated users in {day['restaurants']} restaurants "
+                f"({day['per_restaurant']}), about one action per second each (exponential think "
+                f"time), {day['sockets']} live sockets; {day['duration_s']} s measured. Order events "
+                f"to the restaurant's sockets: p50 {day['event_p50_ms']} ms, p99 "
+                f"{day['event_p99_ms']} ms over {day['event_deliveries']:,} deliveries, "
+                f"{day['missing_events']} missing.", "",
+                "| action | requests | p50 ms | p95 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+        for kind, s in sorted(day["by_kind"].items()):
+            out.append(f"| {kind} | {s['requests']} | {s['p50_ms']} | {s['p95_ms']} | {s['p99_ms']} | "
+                       f"{s['errors']} |")
+    ws = results.get("websockets", {})
+    if ws:
+        out += ["", "## WebSockets", ""]
+        idle = ws.get("idle")
+        if idle:
+            out.append(f"- Idle: {idle['held']:,} authenticated sockets through Envoy held by one realtime "
+                       f"process (connected in {idle['connect_s']} s, {idle['failed']} failed); realtime "
+                       f"RSS {idle['realtime_rss_before_mib']} → {idle['realtime_rss_after_mib']} MiB = "
+                       f"**{idle['realtime_kib_per_connection']} KiB per connection**; Envoy "
+                       f"{idle['envoy_kib_per_connection']} KiB per connection.")
+        for key in ("fanout_1000", "fanout_10000"):
+            fan = ws.get(key)
+            if fan:
+                out.append(f"- Fan-out to {fan['sockets']:,} sockets ({fan['events']} events, create via "
+                           f"{fan['via']}): create response → last socket p50 {fan['last_socket_p50_ms']} ms, "
+                           f"p99 **{fan['last_socket_p99_ms']} ms**, max {fan['last_socket_max_ms']} ms; "
+                           f"per delivery p50 {fan['delivery_p50_ms']} ms, p99 {fan['delivery_p99_ms']} ms; "
+                           f"{fan['missing_deliveries']} missing, {fan['duplicate_deliveries']} duplicated, "
+                           f"{fan['out_of_order']} out of order.")
+        rate = ws.get("deliveries")
+        if rate:
+            out.append(f"- Throughput: {rate['deliveries']:,} deliveries in a burst of {rate['events']} events "
+                       f"to {rate['sockets']:,} sockets: {rate['wall_per_second']:,}/s wall clock, realtime "
+                       f"process CPU {rate['cpu_seconds']} s → **{rate['per_core']:,} deliveries/s per core**.")
+    verification = results.get("verification")
+    if verification:
+        out += ["", "## Token verification in-process", "", "| check | p50 ms | p99 ms | p99.9 ms | per second, one core |",
+                "|---|---:|---:|---:|---:|"]
+        for key, label in (("verify", "signature, alg, iss/aud, expiry"),
+                           ("verify_with_revocation", "+ revocation check in Redis")):
+            s = verification[key]
+            out.append(f"| {label} | {s['p50_ms']} | {s['p99_ms']} | {s['p999_ms']} | {s['per_second_one_core']:,} |")
+    notes = results.get("notes") or []
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    out += ["", "![latency against offered rate](" + results["plot_name"] + ")", ""]
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    steps = results.get("workloads", {}).get("orders_mix_steps") or []
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    if steps:
+        rates = [s["offered_rps"] for s in steps]
+        for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
+            ax.plot(rates, [max(s[key], 0.1) for s in steps], style,
+                    label=f"orders mix {key.split('_')[0]}")
+    workloads = results.get("workloads", {})
+    for name in ("login", "refresh", "verify", "list_active", "get_order", "create_order"):
+        s = workloads.get(name)
+        if s:
+            ax.plot([s["offered_rps"]], [max(s["p95_ms"], 0.1)], "x", markersize=8)
+            ax.annotate(f"{name} p95", (s["offered_rps"], max(s["p95_ms"], 0.1)),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)
+    day = workloads.get("pos_day")
+    if day:
+        ax.plot([day["offered_rps"]], [max(day["p95_ms"], 0.1)], "D", markersize=6)
+        ax.annotate("POS day p95", (day["offered_rps"], max(day["p95_ms"], 0.1)),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)
+    ax.axhline(150, color="grey", linestyle=":", linewidth=0.8)
+    ax.text(ax.get_xlim()[0], 52, " p95 target 50 ms", fontsize=8, color="grey")
+    ax.text(ax.get_xlim()[0], 156, " p99 target 150 ms", fontsize=8, color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (requests/s, open loop)")
+    ax.set_ylabel("latency (ms, from scheduled send)")
+    machine = results["machine"]
+    ax.set_title(f"posmesh through Envoy+TLS — {machine['cores']} cores, {results['date']} "
+                 f"({results['mode']})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict, checks: list[Check], out_dir: Path, *, name: str,
+          update_latest: bool = True) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{name}.png"
+    results["plot_name"] = png.name
+    results["targets"] = [c.as_dict() for c in checks]
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
+    if plot(results, png):
+        paths["png"] = png
+    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    paths["md"].write_text(markdown(results, checks))
+    if update_latest:
+        for kind, path in list(paths.items()):
+            latest = out_dir / f"latest.{kind}"
+            if kind == "md":
+                latest.write_text(path.read_text().replace(f"]({png.name})", "](latest.png)"))
+            else:
+                shutil.copyfile(path, latest)
+    return paths

@@ -1,0 +1,117 @@
+"""Every target of the service issues, checked against one run's results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+OWASP_ARGON2 = {"memory_kib": 19456, "time_cost": 2, "parallelism": 1}
+
+
+@dataclass
+class Check:
+    area: str
+    target: str
+    figure: str
+    met: bool | None  # None: not measured in this run (says why in `figure`)
+
+    @property
+    def verdict(self) -> str:
+        return "MET" if self.met else ("NOT RUN" if self.met is None else "NOT MET")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def _get(results: dict, *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _check(area: str, target: str, value: Any, passes: Callable[[Any], bool],
+           figure: Callable[[Any], str]) -> Check:
+    if value is None:
+        return Check(area, target, "not measured in this run", None)
+    return Check(area, target, figure(value), bool(passes(value)))
+
+
+def evaluate(results: dict) -> list[Check]:
+    w = results.get("workloads", {})
+    checks: list[Check] = []
+    add = checks.append
+
+    # --- auth (issue 3) ---------------------------------------------------------------------
+    argon = _get(results, "stack", "argon2")
+    add(_check("auth", "argon2id at no less than OWASP's minimum (19 MiB, t=2, p=1)", argon,
+               lambda a: all(a[k] >= v for k, v in OWASP_ARGON2.items()),
+               lambda a: f"{a['memory_kib']} KiB, t={a['time_cost']}, p={a['parallelism']}"))
+    login = w.get("login")
+    add(_check("auth", "login p95 < 60 ms through Envoy+TLS", login,
+               lambda s: s["p95_ms"] < 60, lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s"))
+    add(_check("auth", "≥ 50 logins/s sustained, zero errors", login,
+               lambda s: s["achieved_rps"] >= 50 and s["errors"] == 0,
+               lambda s: f"{s['achieved_rps']}/s for {s['duration_s']} s, {s['errors']} errors"))
+    refresh = w.get("refresh")
+    add(_check("auth", "refresh p95 < 15 ms", refresh, lambda s: s["p95_ms"] < 15,
+               lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s, {s['errors']} errors"))
+    verification = results.get("verification")
+    add(_check("auth", "token verification in-process p99 < 1 ms (keys parsed once)",
+               _get(results, "verification", "verify"), lambda s: s["p99_ms"] < 1,
+               lambda s: f"p99 {s['p99_ms']} ms ({s['per_second_one_core']}/s on one core)"))
+    add(_check("auth", "with the revocation check (Redis) p99 < 3 ms",
+               _get(results, "verification", "verify_with_revocation"), lambda s: s["p99_ms"] < 3,
+               lambda s: f"p99 {s['p99_ms']} ms"))
+    del verification
+
+    # --- orders (issue 5) -------------------------------------------------------------------
+    mix = w.get("orders_mix")
+    add(_check("orders", "mix at 800 req/s for 60 s: p95 < 50 ms", mix,
+               lambda s: s["p95_ms"] < 50 and s["offered_rps"] >= 800 and s["duration_s"] >= 60,
+               lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s for {s['duration_s']} s"))
+    add(_check("orders", "mix: p99 < 150 ms", mix, lambda s: s["p99_ms"] < 150,
+               lambda s: f"p99 {s['p99_ms']} ms"))
+    add(_check("orders", "mix: zero errors", mix, lambda s: s["errors"] == 0,
+               lambda s: f"{s['errors']} errors of {s['requests']}"
+                         + (f" ({s['error_kinds']})" if s["errors"] else "")))
+    best = w.get("orders_mix_max_rate")
+    add(_check("orders", "highest mix rate meeting p95 < 50 ms and p99 < 150 ms (reported)",
+               best, lambda b: b.get("rate", 0) > 0,
+               lambda b: f"{b['rate']} req/s" + (f" (next step {b['failed_at']}/s failed: {b['why']})"
+                                                  if b.get("failed_at") else " (highest step tried)")))
+
+    # --- realtime (issue 6) -----------------------------------------------------------------
+    ws = results.get("websockets", {})
+    idle = ws.get("idle")
+    add(_check("realtime", "10,000 concurrent authenticated connections on one realtime process",
+               idle, lambda s: s["held"] >= 10_000,
+               lambda s: f"{s['held']} held by one process ({s['failed']} failed)"))
+    add(_check("realtime", "memory per idle connection < 20 KiB (RSS delta / N)", idle,
+               lambda s: s["realtime_kib_per_connection"] < 20,
+               lambda s: f"{s['realtime_kib_per_connection']} KiB (over {s['measured_over']} sockets)"))
+    for sockets, limit in ((1000, 100), (10000, 500)):
+        fan = ws.get(f"fanout_{sockets}")
+        add(_check("realtime", f"event to {sockets:,} sockets: p99 < {limit} ms (create response → last socket)",
+                   fan, lambda s, limit=limit: s["last_socket_p99_ms"] < limit and
+                   s["missing_deliveries"] == 0 and s["sockets"] >= sockets,
+                   lambda s: f"p99 {s['last_socket_p99_ms']} ms over {s['events']} events to "
+                             f"{s['sockets']} sockets; {s['missing_deliveries']} missing"))
+    rate = ws.get("deliveries")
+    add(_check("realtime", "≥ 50,000 deliveries/s per core", rate,
+               lambda s: s["per_core"] >= 50_000,
+               lambda s: f"{s['per_core']:,}/s per core of the realtime process "
+                         f"({s['wall_per_second']:,}/s wall, {s['deliveries']:,} deliveries)"))
+
+    # --- everything ---------------------------------------------------------------------------
+    runs = {name: s for name, s in w.items() if isinstance(s, dict) and "errors" in s}
+    day = w.get("pos_day")
+    if day:
+        runs["pos_day"] = day
+    total_errors = sum(s["errors"] for s in runs.values())
+    add(Check("all", "zero errors in every workload", ", ".join(
+        f"{name}: {s['errors']}" for name, s in runs.items() if s["errors"]) or
+        f"0 errors over {sum(s['requests'] for s in runs.values()):,} requests", total_errors == 0))
+    return checks

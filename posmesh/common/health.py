@@ -1,0 +1,102 @@
+"""posmesh.health.v1.SystemHealthService: the aggregated health any service process can answer.
+
+Each service's standard grpc.health.v1 Check, concurrently with a short deadline, plus this
+process's own database (pool statistics and a round trip) and Redis (PING).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import metadata
+from typing import Awaitable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+
+from posmesh.common import clients
+from posmesh.common.db import pool_stats
+from posmesh.common.settings import Settings
+from posmesh.health.v1 import health_pb2 as system_pb2
+from posmesh.health.v1 import health_pb2_grpc as system_pb2_grpc
+
+CHECK_TIMEOUT_SECONDS = 1.0
+SERVING, NOT_SERVING = "SERVING", "NOT_SERVING"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("posmesh")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _timed(name: str, probe: Awaitable[str | None]) -> system_pb2.ComponentHealth:
+    """Run `probe` (which returns an error text or None) into a ComponentHealth."""
+    started = time.perf_counter()
+    try:
+        error = await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        error = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s"
+    except grpc.aio.AioRpcError as exc:
+        error = f"{exc.code().name}: {exc.details() or ''}".strip()
+    except Exception as exc:  # a health check reports failures, it never raises them
+        error = f"{type(exc).__name__}: {exc}"
+    return system_pb2.ComponentHealth(
+        name=name,
+        status=NOT_SERVING if error else SERVING,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        error=error or "",
+    )
+
+
+class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
+    def __init__(self, name: str, settings: Settings, *, engine=None, redis=None) -> None:
+        self._name = name
+        self._settings = settings
+        self._engine = engine
+        self._redis = redis
+        self._version = _version()
+
+    async def GetSystemHealth(self, request, context) -> system_pb2.GetSystemHealthResponse:
+        return await self.check()
+
+    async def check(self) -> system_pb2.GetSystemHealthResponse:
+        probes = [_timed(service, self._check_service(service)) for service in clients.SERVICES]
+        if self._engine is not None:
+            probes.append(_timed("database", self._check_database()))
+        if self._redis is not None:
+            probes.append(_timed("redis", self._check_redis()))
+        results = await asyncio.gather(*probes)
+        services, dependencies = results[: len(clients.SERVICES)], results[len(clients.SERVICES):]
+        for component in dependencies:
+            if component.name == "database":
+                component.pool.CopyFrom(system_pb2.PoolStats(**pool_stats(self._engine)))
+        healthy = all(component.status == SERVING for component in results)
+        return system_pb2.GetSystemHealthResponse(
+            status=SERVING if healthy else "DEGRADED",
+            answered_by=self._name,
+            services=services,
+            dependencies=dependencies,
+            version=self._version,
+        )
+
+    async def _check_service(self, service: str) -> str | None:
+        stub = health_pb2_grpc.HealthStub(clients.channel(service, self._settings))
+        # wait_for_ready: a channel still backing off after the peer restarted gets the whole
+        # timeout to reconnect instead of failing at once.
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=CHECK_TIMEOUT_SECONDS,
+                                 wait_for_ready=True)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return None
+
+    async def _check_database(self) -> str | None:
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return None
+
+    async def _check_redis(self) -> str | None:
+        await self._redis.ping()
+        return None

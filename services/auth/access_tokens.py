@@ -1,0 +1,43 @@
+"""Signing access tokens with the key ring's current key (ES256, `kid` header)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+from posmesh.common.settings import Settings
+from services.auth.keys import KeyRing
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    token: str
+    jti: str
+    expires_at: int  # unix seconds
+
+
+class AccessTokenIssuer:
+    def __init__(self, settings: Settings, keyring: KeyRing) -> None:
+        self._keyring = keyring
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.ttl_seconds = settings.access_token_ttl_seconds
+
+    def issue(self, *, user_id: str, session_id: str, restaurant_id: str, role: str,
+              now: float | None = None) -> IssuedAccessToken:
+        moment = time.time() if now is None else now
+        key = self._keyring.signing_key(moment)  # the exact time: a key may start mid-second
+        issued_at = int(moment)
+        jti = str(uuid.uuid4())
+        expires_at = issued_at + self.ttl_seconds
+        claims = {
+            "iss": self._issuer, "aud": self._audience, "sub": user_id, "sid": session_id,
+            "restaurant_id": restaurant_id, "role": role, "jti": jti,
+            "iat": issued_at, "exp": expires_at,
+        }
+        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm,
+                           headers={"kid": key.kid, "typ": "JWT"})
+        return IssuedAccessToken(token, jti, expires_at)

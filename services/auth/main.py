@@ -1,0 +1,122 @@
+"""Wires the auth service: migrations, key ring, database, Redis, the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from posmesh.common import db, security_events
+from posmesh.common.authn import Authenticator, build_verifier
+from posmesh.common.interceptors import server_interceptors
+from posmesh.common.migrations import run_migrations
+from posmesh.common.redis import create_redis
+from posmesh.common.server import run_grpc_service
+from posmesh.common.settings import Settings, get_settings
+from posmesh.common.tokens import KeySet, RevocationChecker
+from services.auth import keys
+from services.auth.access_tokens import AccessTokenIssuer
+from services.auth.domain import AuthDomain
+from services.auth.passwords import PasswordHashing
+from services.auth.rate_limits import LoginLimiter
+from services.auth.security_sink import DatabaseSecurityEventSink
+from services.auth.servicer import AuthAdminServicer, AuthServicer
+from services.auth.sessions import RevocationPublisher, SessionCache
+from services.auth.store import AuthStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "auth"
+KEY_CHECK_INTERVAL_SECONDS = 1.0
+# Ended sessions (and their spent refresh tokens) are kept this long for investigations.
+KEEP_ENDED_SESSIONS = timedelta(days=7)
+
+
+async def _keep_keys_fresh(keyring: keys.KeyRing, keyset: KeySet) -> None:
+    """Follows `posmesh keys rotate` (a file change) and the scheduled publish/sign times."""
+    published = keyring.jwks()
+    while True:
+        await asyncio.sleep(KEY_CHECK_INTERVAL_SECONDS)
+        keyring.reload_if_changed(min_interval=0)
+        current = keyring.jwks()
+        if current != published:
+            keyset.load_jwks(current)
+            published = current
+            log.info("verification keys now %s", keyset.kids())
+
+
+async def _purge_periodically(store: AuthStore, interval_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(interval_seconds)
+        now = datetime.now(timezone.utc)
+        try:
+            counts = await store.purge(now=now, keep_ended_sessions_until=now - KEEP_ENDED_SESSIONS)
+            if any(counts.values()):
+                log.info("purged auth data", extra=counts)
+        except Exception as exc:  # housekeeping must not take the service down
+            log.warning("auth purge failed: %r", exc)
+
+
+async def serve(settings: Settings) -> None:
+    await run_migrations(settings, Path(__file__).parent, SCHEMA)
+    await asyncio.to_thread(keys.ensure_keys, settings)
+    keyring = keys.KeyRing(settings)
+    await asyncio.to_thread(keyring.load)
+    keyset = KeySet()
+    keyset.load_jwks(keyring.jwks())
+
+    engine = db.create_engine(settings, SCHEMA)
+    redis = create_redis(settings)
+    store = AuthStore(engine)
+    security_events.configure(DatabaseSecurityEventSink(store))
+    # Tokens are verified in-process against this service's own published keys.
+    authenticator = Authenticator(build_verifier(settings, keyset), RevocationChecker(redis))
+    passwords = PasswordHashing.from_settings(settings)
+    revocations = RevocationPublisher(redis, settings)
+    domain = AuthDomain(
+        settings=settings, store=store, passwords=passwords, limiter=LoginLimiter(redis, settings),
+        issuer=AccessTokenIssuer(settings, keyring), keyring=keyring, authenticator=authenticator,
+        cache=SessionCache(redis, settings), revocations=revocations)
+
+    resynced = await revocations.resync(store)
+    log.info("revocation markers re-published for %d recently ended session(s)", resynced)
+    revocations.start()
+    background = [
+        asyncio.create_task(_keep_keys_fresh(keyring, keyset), name="auth-keys"),
+        asyncio.create_task(_purge_periodically(store, settings.auth_cleanup_interval_seconds),
+                            name="auth-purge"),
+    ]
+
+    def register(server) -> list[str]:
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(domain), server)
+        auth_pb2_grpc.add_AuthAdminServiceServicer_to_server(AuthAdminServicer(domain), server)
+        return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name
+                for name in ("AuthService", "AuthAdminService")]
+
+    async def on_shutdown() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await revocations.stop()
+        await security_events.flush()
+        security_events.configure(None)
+        passwords.close()
+
+    await run_grpc_service("auth", settings, register=register,
+                           interceptors=server_interceptors(authenticator), engine=engine,
+                           redis=redis, on_shutdown=on_shutdown)
+
+
+def main() -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""The auth service's SQL (schema `auth`), with SQLAlchemy Core on an asyncpg engine.
+
+Every method is one transaction; the refresh rotation is a unit of work (`refresh_unit`) that
+holds the refresh token's row lock while the domain decides, so concurrent refreshes of one
+token are serialised by PostgreSQL and each sees the previous one's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import AsyncIterator, Sequence
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    email: str
+    full_name: str
+    password_hash: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipRecord:
+    restaurant_id: str
+    restaurant_name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    session_id: str
+    user_id: str
+    restaurant_id: str | None
+    now: datetime
+    expires_at: datetime
+    absolute_expires_at: datetime
+    client_ip: str
+    refresh_token_id: str
+    refresh_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedSession:
+    session_id: str
+    user_id: str
+    restaurant_id: str  # "" when the session had none
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A session with the user and membership it stands for (what introspection shows)."""
+    session_id: str
+    user_id: str
+    email: str
+    full_name: str
+    restaurant_id: str
+    restaurant_name: str
+    role: str  # the membership's current role; "" when no context or no longer a member
+    is_member: bool
+    expires_at: datetime
+    absolute_expires_at: datetime
+    revoked_at: datetime | None
+    revoke_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockedRefreshToken:
+    id: str
+    rotated_at: datetime | None
+    grace_until: datetime | None
+    sealed_successor: bytes | None
+    session: SessionView
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    membership: MembershipRecord
+    previous_role: str  # "" when the membership is new
+    revoked: list[RevokedSession]
+
+
+def _uuid(value) -> str:
+    return str(value) if value is not None else ""
+
+
+def _user(row: Row) -> UserRecord:
+    return UserRecord(id=str(row.id), email=row.email, full_name=row.full_name,
+                      password_hash=row.password_hash, created_at=row.created_at)
+
+
+def _session_view(row: Row) -> SessionView:
+    return SessionView(
+        session_id=str(row.session_id), user_id=str(row.user_id), email=row.email,
+        full_name=row.full_name, restaurant_id=_uuid(row.restaurant_id),
+        restaurant_name=row.restaurant_name or "", role=row.role or "",
+        is_member=row.role is not None, expires_at=row.expires_at,
+        absolute_expires_at=row.absolute_expires_at, revoked_at=row.revoked_at,
+        revoke_reason=row.revoke_reason or "")
+
+
+_SESSION_VIEW_COLUMNS = """
+    s.id AS session_id, s.user_id, u.email, u.full_name, s.restaurant_id, m.restaurant_name,
+    m.role, s.expires_at, s.absolute_expires_at, s.revoked_at, s.revoke_reason
+"""
+_SESSION_VIEW_JOINS = """
+    JOIN users u ON u.id = s.user_id
+    LEFT JOIN memberships m ON m.user_id = s.user_id AND m.restaurant_id = s.restaurant_id
+"""
+
+_REVOKE_RETURNING = "RETURNING id, user_id, restaurant_id"
+
+
+def _revoked(rows: Sequence[Row]) -> list[RevokedSession]:
+    return [RevokedSession(str(row.id), str(row.user_id), _uuid(row.restaurant_id)) for row in rows]
+
+
+class EmailTaken(Exception):
+    pass
+
+
+class UserNotFound(Exception):
+    pass
+
+
+class AuthStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # --- users -------------------------------------------------------------------------------
+
+    async def create_user(self, *, email: str, full_name: str, password_hash: str | None,
+                          now: datetime) -> UserRecord:
+        """Raises EmailTaken when the (normalised) email exists, also against a racing insert."""
+        user, created = await self._insert_user(email, full_name, password_hash, now)
+        if not created:
+            raise EmailTaken(email)
+        return user
+
+    async def ensure_user(self, *, email: str, full_name: str, password_hash: str | None,
+                          now: datetime) -> tuple[UserRecord, bool]:
+        return await self._insert_user(email, full_name, password_hash, now)
+
+    async def _insert_user(self, email: str, full_name: str, password_hash: str | None,
+                           now: datetime) -> tuple[UserRecord, bool]:
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(text("""
+                INSERT INTO users (id, email, full_name, password_hash, password_changed_at,
+                                   created_at, updated_at)
+                VALUES (:id, :email, :full_name, :password_hash, :password_changed_at, :now, :now)
+                ON CONFLICT (email) DO NOTHING
+                RETURNING id, email, full_name, password_hash, created_at
+            """), {"id": uuid.uuid4(), "email": email, "full_name": full_name,
+                   "password_hash": password_hash,
+                   "password_changed_at": now if password_hash is not None else None,
+                   "now": now})).first()
+            if row is not None:
+                return _user(row), True
+            row = (await conn.execute(text("""
+                SELECT id, email, full_name, password_hash, created_at FROM users WHERE email = :email
+            """), {"email": email})).one()
+            return _user(row), False
+
+    async def user_for_login(self, email: str) -> tuple[UserRecord, list[MembershipRecord]] | None:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text("""
+                SELECT u.id, u.email, u.full_name, u.password_hash, u.created_at,
+                       m.restaurant_id, m.restaurant_name, m.role
+                FROM users u LEFT JOIN memberships m ON m.user_id = u.id
+                WHERE u.email = :email
+                ORDER BY m.created_at
+            """), {"email": email})).all()
+        if not rows:
+            return None
+        memberships = [MembershipRecord(str(row.restaurant_id), row.restaurant_name, row.role)
+                       for row in rows if row.restaurant_id is not None]
+        return _user(rows[0]), memberships
+
+    async def user_with_memberships(self, user_id: str) -> tuple[UserRecord, list[MembershipRecord]] | None:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text("""
+                SELECT u.id, u.email, u.full_name, u.password_hash, u.created_at,
+                       m.restaurant_id, m.restaurant_name, m.role
+                FROM users u LEFT JOIN memberships m ON m.user_id = u.id
+                WHERE u.id = :id
+                ORDER BY m.created_at
+            """), {"id": user_id})).all()
+        if not rows:
+            return None
+        memberships = [MembershipRecord(str(row.restaurant_id), row.restaurant_name, row.role)
+                       for row in rows if row.restaurant_id is not None]
+        return _user(rows[0]), memberships
+
+    async def users_by_ids(self, user_ids: Sequence[str]) -> list[UserRecord]:
+        if not user_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text("""
+                SELECT id, email, full_name, password_hash, created_at
+                FROM users WHERE id = ANY(CAST(:ids AS uuid[]))
+            """), {"ids": list(user_ids)})).all()
+        return [_user(row) for row in rows]
+
+    async def replace_password_hash(self, user_id: str, *, old_hash: str, new_hash: str,
+                                    now: datetime) -> bool:
+        """Compare-and-set, so a re-hash never overwrites a password changed meanwhile."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(text("""
+                UPDATE users SET password_hash = :new_hash, updated_at = :now
+                WHERE id = :id AND password_hash = :old_hash
+            """), {"id": user_id, "old_hash": old_hash, "new_hash": new_hash, "now": now})
+            return result.rowcount == 1
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def create_session(self, new: NewSession) -> None:
+        async with self.engine.begin() as conn:
+            await self._insert_session(conn, new)
+
+    @staticmethod
+    async def _insert_session(conn: AsyncConnection, new: NewSession) -> None:
+        await conn.execute(text("""
+            WITH session AS (
+                INSERT INTO sessions (id, user_id, restaurant_id, created_at, last_refreshed_at,
+                                      expires_at, absolute_expires_at, client_ip)
+                VALUES (:sid, :user_id, :restaurant_id, :now, :now, :expires_at,
+                        :absolute_expires_at, :client_ip)
+                RETURNING id
+            )
+            INSERT INTO refresh_tokens (id, session_id, token_hash, created_at)
+            SELECT :token_id, id, :digest, :now FROM session
+        """), {"sid": new.session_id, "user_id": new.user_id, "restaurant_id": new.restaurant_id,
+               "now": new.now, "expires_at": new.expires_at,
+               "absolute_expires_at": new.absolute_expires_at, "client_ip": new.client_ip,
+               "token_id": new.refresh_token_id, "digest": new.refresh_digest})
+
+    async def session_view(self, session_id: str) -> SessionView | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(text(f"""
+                SELECT {_SESSION_VIEW_COLUMNS} FROM sessions s {_SESSION_VIEW_JOINS}
+                WHERE s.id = :sid
+            """), {"sid": session_id})).first()
+        return _session_view(row) if row is not None else None
+
+    async def switch_session(self, *, old_session_id: str, new: NewSession,
+                             reason: str) -> tuple[RevokedSession, datetime] | None:
+        """Revokes the old session and opens `new` in its place, keeping the old absolute
+        expiry (switching must not extend a sign-in). Returns the old session and the new one's
+        expiry; None when the old one is no longer live."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(text(f"""
+                UPDATE sessions SET revoked_at = :now, revoke_reason = :reason
+                WHERE id = :sid AND revoked_at IS NULL AND absolute_expires_at > :now
+                {_REVOKE_RETURNING}, absolute_expires_at
+            """), {"sid": old_session_id, "now": new.now, "reason": reason})).first()
+            if row is None:
+                return None
+            absolute = min(row.absolute_expires_at, new.absolute_expires_at)
+            expires_at = min(new.expires_at, absolute)
+            await self._insert_session(conn, NewSession(
+                session_id=new.session_id, user_id=new.user_id, restaurant_id=new.restaurant_id,
+                now=new.now, expires_at=expires_at, absolute_expires_at=absolute,
+                client_ip=new.client_ip, refresh_token_id=new.refresh_token_id,
+                refresh_digest=new.refresh_digest))
+            await self._wipe_sealed(conn, [row.id])
+            return _revoked([row])[0], expires_at
+
+    async def revoke_session(self, session_id: str, *, reason: str, now: datetime) -> list[RevokedSession]:
+        return await self._revoke("id = :sid", {"sid": session_id}, reason, now)
+
+    async def revoke_user_sessions(self, user_id: str, *, restaurant_id: str | None, reason: str,
+                                   now: datetime) -> list[RevokedSession]:
+        if restaurant_id:
+            return await self._revoke("user_id = :uid AND restaurant_id = :rid",
+                                      {"uid": user_id, "rid": restaurant_id}, reason, now)
+        return await self._revoke("user_id = :uid", {"uid": user_id}, reason, now)
+
+    async def _revoke(self, where: str, params: dict, reason: str, now: datetime) -> list[RevokedSession]:
+        async with self.engine.begin() as conn:
+            return await self._revoke_in(conn, where, params, reason, now)
+
+    async def _revoke_in(self, conn: AsyncConnection, where: str, params: dict, reason: str,
+                         now: datetime) -> list[RevokedSession]:
+        rows = (await conn.execute(text(f"""
+            UPDATE sessions SET revoked_at = :now, revoke_reason = :reason
+            WHERE {where} AND revoked_at IS NULL
+            {_REVOKE_RETURNING}
+        """), {**params, "now": now, "reason": reason})).all()
+        await self._wipe_sealed(conn, [row.id for row in rows])
+        return _revoked(rows)
+
+    @staticmethod
+    async def _wipe_sealed(conn: AsyncConnection, session_ids: list) -> None:
+        if session_ids:
+            await conn.execute(text("""
+                UPDATE refresh_tokens SET sealed_successor = NULL
+                WHERE session_id = ANY(CAST(:ids AS uuid[])) AND sealed_successor IS NOT NULL
+            """), {"ids": [str(sid) for sid in session_ids]})
+
+    async def recently_revoked(self, since: datetime) -> list[tuple[RevokedSession, str]]:
+        """Sessions revoked since `since`, with the reason each was revoked for."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text("""
+                SELECT id, user_id, restaurant_id, revoke_reason FROM sessions
+                WHERE revoked_at >= :since
+            """), {"since": since})).all()
+        return [(session, row.revoke_reason or "REVOKED")
+                for session, row in zip(_revoked(rows), rows)]
+
+    # --- refresh rotation --------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def refresh_unit(self, digest: bytes) -> AsyncIterator["RefreshUnit"]:
+        """A transaction holding the refresh token's row lock (FOR UPDATE) for the domain's
+        decision; committed when the block exits normally, rolled back when it raises."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(text(f"""
+                SELECT t.id, t.rotated_at, t.grace_until, t.sealed_successor,
+                       {_SESSION_VIEW_COLUMNS}
+                FROM refresh_tokens t
+                JOIN sessions s ON s.id = t.session_id
+                {_SESSION_VIEW_JOINS}
+                WHERE t.token_hash = :digest
+                FOR UPDATE OF t
+            """), {"digest": digest})).first()
+            token = None
+            if row is not None:
+                token = LockedRefreshToken(id=str(row.id), rotated_at=row.rotated_at,
+                                           grace_until=row.grace_until,
+                                           sealed_successor=row.sealed_successor,
+                                           session=_session_view(row))
+            yield RefreshUnit(self, conn, token)
+
+    # --- memberships -------------------------------------------------------------------------
+
+    async def grant_membership(self, *, user_id: str, restaurant_id: str, restaurant_name: str,
+                               role: str, now: datetime, revoke_reason: str) -> MembershipChange:
+        """Creates or changes a membership; a changed role ends the user's sessions there."""
+        async with self.engine.begin() as conn:
+            exists = (await conn.execute(text("SELECT 1 FROM users WHERE id = :uid FOR KEY SHARE"),
+                                         {"uid": user_id})).first()
+            if exists is None:
+                raise UserNotFound(user_id)
+            params = {"uid": user_id, "rid": restaurant_id, "name": restaurant_name, "role": role,
+                      "now": now}
+            inserted = (await conn.execute(text("""
+                INSERT INTO memberships (user_id, restaurant_id, restaurant_name, role, created_at,
+                                         updated_at)
+                VALUES (:uid, :rid, :name, :role, :now, :now)
+                ON CONFLICT (user_id, restaurant_id) DO NOTHING
+                RETURNING restaurant_name, role
+            """), params)).first()
+            previous_role = ""
+            if inserted is None:
+                current = (await conn.execute(text("""
+                    SELECT role, restaurant_name FROM memberships
+                    WHERE user_id = :uid AND restaurant_id = :rid FOR UPDATE
+                """), params)).one()
+                previous_role = current.role
+                await conn.execute(text("""
+                    UPDATE memberships SET role = :role, updated_at = :now,
+                           restaurant_name = CASE WHEN :name = '' THEN restaurant_name ELSE :name END
+                    WHERE user_id = :uid AND restaurant_id = :rid
+                """), params)
+            if restaurant_name:
+                # The name belongs to the restaurant: keep every member's copy in step.
+                await conn.execute(text("""
+                    UPDATE memberships SET restaurant_name = :name, updated_at = :now
+                    WHERE restaurant_id = :rid AND restaurant_name <> :name
+                """), params)
+            revoked: list[RevokedSession] = []
+            if previous_role and previous_role != role:
+                revoked = await self._revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
+                                                {"uid": user_id, "rid": restaurant_id},
+                                                revoke_reason, now)
+            name = (await conn.execute(text("""
+                SELECT restaurant_name FROM memberships WHERE user_id = :uid AND restaurant_id = :rid
+            """), params)).scalar_one()
+        return MembershipChange(MembershipRecord(restaurant_id, name, role), previous_role, revoked)
+
+    async def revoke_membership(self, *, user_id: str, restaurant_id: str, now: datetime,
+                                reason: str) -> tuple[bool, list[RevokedSession]]:
+        async with self.engine.begin() as conn:
+            deleted = (await conn.execute(text("""
+                DELETE FROM memberships WHERE user_id = :uid AND restaurant_id = :rid RETURNING role
+            """), {"uid": user_id, "rid": restaurant_id})).first()
+            revoked = await self._revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
+                                            {"uid": user_id, "rid": restaurant_id}, reason, now)
+        return deleted is not None, revoked
+
+    # --- security events ---------------------------------------------------------------------
+
+    async def insert_security_event(self, *, type: str, severity: str, source: str, ip: str,
+                                    user_id: str, restaurant_id: str, details: dict) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(text("""
+                INSERT INTO security_events (type, severity, source, ip, user_id, restaurant_id,
+                                             details)
+                VALUES (:type, :severity, :source, :ip, :user_id, :restaurant_id,
+                        CAST(:details AS jsonb))
+            """), {"type": type, "severity": severity, "source": source, "ip": ip,
+                   "user_id": user_id, "restaurant_id": restaurant_id,
+                   "details": json.dumps(details, default=str)})
+
+    # --- housekeeping ------------------------------------------------------------------------
+
+    async def purge(self, *, now: datetime, keep_ended_sessions_until: datetime) -> dict[str, int]:
+        """Wipes sealed pairs past their window; deletes sessions (and their tokens) that ended
+        before `keep_ended_sessions_until`. Only one replica does it at a time."""
+        async with self.engine.begin() as conn:
+            got_lock = (await conn.execute(text(
+                "SELECT pg_try_advisory_xact_lock(hashtext('posmesh-auth-purge'))"))).scalar_one()
+            if not got_lock:
+                return {}
+            wiped = await conn.execute(text("""
+                UPDATE refresh_tokens SET sealed_successor = NULL
+                WHERE sealed_successor IS NOT NULL AND grace_until < :now
+            """), {"now": now})
+            deleted = await conn.execute(text("""
+                DELETE FROM sessions
+                WHERE (revoked_at IS NOT NULL AND revoked_at < :cutoff)
+                   OR expires_at < :cutoff OR absolute_expires_at < :cutoff
+            """), {"cutoff": keep_ended_sessions_until})
+        return {"sealed_wiped": wiped.rowcount, "sessions_deleted": deleted.rowcount}
+
+
+class RefreshUnit:
+    """The refresh token row locked by `AuthStore.refresh_unit`, and what may be done with it."""
+
+    def __init__(self, store: AuthStore, conn: AsyncConnection, token: LockedRefreshToken | None) -> None:
+        self._store = store
+        self._conn = conn
+        self.token = token
+
+    async def rotate(self, *, successor_id: str, successor_digest: bytes, sealed: bytes,
+                     grace_until: datetime, session_expires_at: datetime, now: datetime) -> bool:
+        """Marks the token rotated (keeping the sealed successor), stores the successor and
+        slides the session's expiry. False when the session was revoked meanwhile."""
+        assert self.token is not None
+        live = (await self._conn.execute(text("""
+            UPDATE sessions SET last_refreshed_at = :now, expires_at = :expires_at
+            WHERE id = :sid AND revoked_at IS NULL
+            RETURNING id
+        """), {"sid": self.token.session.session_id, "now": now,
+               "expires_at": session_expires_at})).first()
+        if live is None:
+            return False
+        await self._conn.execute(text("""
+            WITH successor AS (
+                INSERT INTO refresh_tokens (id, session_id, token_hash, created_at)
+                VALUES (:successor_id, :sid, :digest, :now)
+            )
+            UPDATE refresh_tokens
+            SET rotated_at = :now, successor_id = :successor_id, grace_until = :grace_until,
+                sealed_successor = :sealed
+            WHERE id = :id
+        """), {"successor_id": successor_id, "sid": self.token.session.session_id,
+               "digest": successor_digest, "now": now, "grace_until": grace_until,
+               "sealed": sealed, "id": self.token.id})
+        return True
+
+    async def revoke_session(self, *, reason: str, now: datetime) -> list[RevokedSession]:
+        assert self.token is not None
+        return await self._store._revoke_in(self._conn, "id = :sid",
+                                            {"sid": self.token.session.session_id}, reason, now)

@@ -1,0 +1,493 @@
+"""One WebSocket: the auth handshake (first message or `Authorization: Bearer` on the upgrade),
+the live loop (ping/pong, reauth, errors, floods), token expiry warnings and the close.
+
+Writes never wait: a frame goes straight into the socket's transport unless its unsent buffer is
+over WS_SEND_BUFFER_BYTES (then the client is a slow consumer and is closed with 4008), so one
+slow phone never holds up the loop that feeds every other screen. Per socket there is the
+handler task websockets runs, this object (slots), and two timer handles; nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from posmesh.common import security_events
+from posmesh.common.errors import Unauthenticated
+from posmesh.common.permissions import MANAGERS
+from posmesh.common.tokens import token_expired
+
+from services.realtime import protocol
+from services.realtime.limits import LimitPolicy, MessageBudget
+from services.realtime.protocol import CloseCode, ProtocolError, Target
+
+if TYPE_CHECKING:
+    from services.realtime.gateway import RealtimeGateway
+    from services.realtime.hub import RestaurantFeed
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_SECONDS = 3.0
+TOO_MANY_CONNECTIONS_RETRY_MS = 5000
+
+
+class AuthFailed(Exception):
+    def __init__(self, reason: str, message: str, *, retry_after_ms: int = 0,
+                 action: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+        self.action = action
+
+
+class Connection:
+    __slots__ = (
+        "gateway", "ws", "target", "ip", "connection_id", "user_id", "session_id", "role",
+        "expires_at", "authenticated", "closed", "closing", "admitted", "feed", "delivered",
+        "pending", "catchup", "last_seen", "budget", "_warn_handle", "_expire_handle",
+        "_abort_handle", "__weakref__",
+    )
+
+    def __init__(self, gateway: RealtimeGateway, ws, target: Target, ip: str) -> None:
+        self.gateway = gateway
+        self.ws = ws
+        self.target = target
+        self.ip = ip
+        self.connection_id = uuid.uuid4().hex
+        self.user_id = ""
+        self.session_id = ""
+        self.role = ""
+        self.expires_at = 0
+        self.authenticated = False
+        self.closed = False
+        self.closing = False
+        self.admitted = False
+        self.feed: RestaurantFeed | None = None
+        self.delivered = 0
+        self.pending = None
+        self.catchup: asyncio.Task | None = None
+        self.last_seen = time.monotonic()
+        self.budget = MessageBudget()
+        self._warn_handle: asyncio.TimerHandle | None = None
+        self._expire_handle: asyncio.TimerHandle | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def restaurant_id(self) -> str:
+        return self.target.restaurant_id
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def push(self, message: bytes) -> bool:
+        """Queue one JSON message (a text frame) without waiting; False if the socket cannot
+        take it."""
+        return self.push_event(protocol.wire_text_frame(message))
+
+    def push_event(self, frame: bytes) -> bool:
+        """Write one complete WebSocket frame (framed once for every socket) without waiting."""
+        ws = self.ws
+        if self.closing or ws.protocol.state is not State.OPEN:
+            return False
+        transport = ws.transport
+        if transport.get_write_buffer_size() > self.gateway.send_buffer_limit:
+            self.gateway.metrics.slow_consumers += 1
+            log.info("closing a slow consumer", extra={"connection_id": self.connection_id,
+                                                       "restaurant_id": self.restaurant_id})
+            self.drop(CloseCode.SLOW_CONSUMER, "SLOW_CONSUMER")
+            return False
+        try:
+            # Straight to the transport: no compression is negotiated and nothing else of the
+            # protocol is in flight between our writes, so the bytes are the protocol's own.
+            transport.write(frame)
+        except Exception:  # the transport is going away; the handler sees the close
+            return False
+        return True
+
+    def send(self, kind: str, data: dict[str, Any]) -> bool:
+        return self.push(protocol.encode(kind, data, self.restaurant_id))
+
+    def send_error(self, code: str, message: str) -> None:
+        self.push(protocol.error_frame(code, message, self.restaurant_id))
+
+    def send_resync(self) -> None:
+        self.send(protocol.RESYNC_REQUIRED, {
+            "reason": "the events since your last_event_id are no longer available; reload "
+                      "the orders (GET /api/v1/orders/active) and keep listening"})
+
+    def drop(self, code: int, reason: str) -> None:
+        """Start the closing handshake now; abort the TCP connection if it does not finish."""
+        if self.closing or self.closed:
+            return
+        self.closing = True
+        self.gateway.metrics.count_close(code)
+        self._cancel_token_timers()
+        ws = self.ws
+        if ws.protocol.state is State.OPEN:
+            try:
+                ws.protocol.send_close(code, reason[:120])
+                ws.send_data()
+            except Exception:
+                pass
+        self._abort_handle = asyncio.get_running_loop().call_later(
+            CLOSE_TIMEOUT_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_handle = None
+        if self.ws.protocol.state is not State.CLOSED:
+            self.ws.transport.abort()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        gateway = self.gateway
+        try:
+            if await self._authenticate():
+                await self._serve()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("connection handler failed", extra={"connection_id": self.connection_id})
+            self.drop(1011, "INTERNAL_ERROR")
+        finally:
+            self.closed = True
+            self._cancel_token_timers()
+            if self._abort_handle is not None and self.ws.protocol.state is State.CLOSED:
+                self._abort_handle.cancel()
+            if not self.authenticated:
+                gateway.pending.remove(self.ip)
+            if self.feed is not None:
+                if self.authenticated:
+                    self.feed.leave(self)
+                else:
+                    self.feed.unreserve()
+                self.feed = None
+            gateway.index.remove(self)
+            if self.admitted:
+                self.admitted = False
+                await gateway.registry.release(self.user_id, self.restaurant_id,
+                                               self.target.connection_type)
+
+    async def _authenticate(self) -> bool:
+        gateway = self.gateway
+        header_token = bearer_token(self.ws.request.headers.get("Authorization", ""))
+        try:
+            if header_token:
+                raw_resume = self.ws.request.headers.get("Last-Event-ID")
+                try:
+                    after, resume_invalid = protocol.parse_event_id(raw_resume), False
+                except ProtocolError:
+                    after, resume_invalid = None, True
+                request = protocol.AuthRequest(header_token, "", "", after, resume_invalid)
+                return await self._admit(request, from_header=True)
+            try:
+                async with asyncio.timeout(gateway.settings.ws_auth_timeout_seconds):
+                    request = await self._wait_for_authenticate()
+            except TimeoutError:
+                await gateway.ip_window.hit(self.ip, self._policy().attempts_per_ip_per_minute)
+                raise AuthFailed(
+                    "AUTH_TIMEOUT",
+                    f"no authenticate message within {gateway.settings.ws_auth_timeout_seconds:g}s "
+                    "of opening the socket") from None
+            if request is None:
+                return False
+            return await self._admit(request, from_header=False)
+        except AuthFailed as failure:
+            self._fail(failure)
+            return False
+
+    async def _wait_for_authenticate(self) -> protocol.AuthRequest | None:
+        """Messages until an `authenticate` (pings are answered meanwhile); None if closed."""
+        async for raw in self.ws:
+            message = self._accept(raw)
+            if message is None:
+                if self.closing:
+                    return None
+                continue
+            if message.type in (protocol.AUTHENTICATE, protocol.REAUTH):
+                return protocol.auth_request(message)
+            if message.type == protocol.PING:
+                self.push(protocol.pong_frame(message.field("timestamp"), self.restaurant_id))
+            elif message.type != protocol.PONG:
+                self.send_error("NOT_AUTHENTICATED", "send an authenticate message first")
+        return None
+
+    def _policy(self) -> LimitPolicy:
+        return LimitPolicy.for_client(self.gateway.settings, self.ip)
+
+    async def _admit(self, request: protocol.AuthRequest, *, from_header: bool) -> bool:
+        gateway = self.gateway
+        authenticator = gateway.authenticator
+        target = self.target
+        policy = self._policy()
+
+        # Signature and expiry first (no I/O): an expired token is counted in its own window.
+        error: Unauthenticated | None = None
+        claims = None
+        try:
+            claims = authenticator.verify_signature(request.token)
+            if claims.exp <= time.time():
+                error = token_expired()
+        except Unauthenticated as exc:
+            error = exc
+        expired = error is not None and error.reason == "TOKEN_EXPIRED"
+        limit = (policy.expired_attempts_per_ip_per_minute if expired
+                 else policy.attempts_per_ip_per_minute)
+        verdict = await gateway.ip_window.hit(self.ip, limit, expired_token=expired)
+        if not verdict.allowed:
+            security_events.record("WS_CONNECTION_RATE_LIMITED", ip=self.ip,
+                                   restaurant_id=target.restaurant_id, expired_token=expired)
+            raise AuthFailed("RATE_LIMITED", "too many connection attempts from this address; "
+                             "wait before reconnecting", retry_after_ms=verdict.retry_after_ms)
+        if error is not None:
+            raise AuthFailed(error.reason, error.message)
+        assert claims is not None
+        if await authenticator.revocations.is_revoked(claims.sid):
+            security_events.record("REVOKED_SESSION_USE", ip=self.ip, user_id=claims.sub,
+                                   method="websocket")
+            raise AuthFailed("SESSION_REVOKED", "this session has been signed out; sign in again")
+
+        # The user and restaurant come from the token; what the message says must agree with it.
+        if not from_header or request.user_id:
+            if not request.user_id:
+                raise AuthFailed("USER_ID_MISSING",
+                                 "the authenticate message has no user_id (or a zero one)")
+            if request.user_id != claims.sub:
+                security_events.record("WS_USER_MISMATCH", ip=self.ip, user_id=claims.sub,
+                                       restaurant_id=claims.restaurant_id)
+                raise AuthFailed("USER_ID_MISMATCH",
+                                 "the user_id in the message is not the token's user")
+        if request.restaurant_id and request.restaurant_id != target.restaurant_id:
+            raise AuthFailed("TENANT_MISMATCH",
+                             f"the message names restaurant {request.restaurant_id[:64]} but the "
+                             f"path names {target.restaurant_id}")
+        if not claims.restaurant_id:
+            raise AuthFailed("NO_RESTAURANT_CONTEXT",
+                             "your token has no restaurant; call POST "
+                             "/api/v1/auth/switch-restaurant first")
+        if claims.restaurant_id != target.restaurant_id:
+            security_events.record("TENANT_MISMATCH", ip=self.ip, user_id=claims.sub,
+                                   restaurant_id=claims.restaurant_id, method="websocket",
+                                   requested_restaurant_id=target.restaurant_id)
+            raise AuthFailed("TENANT_MISMATCH",
+                             f"your token is for restaurant {claims.restaurant_id}, not "
+                             f"{target.restaurant_id}; switch restaurant first")
+        if target.connection_type == protocol.MANAGEMENT and claims.role not in MANAGERS:
+            raise AuthFailed("ROLE_FORBIDDEN",
+                             f"management connections need role owner or manager; yours is "
+                             f"{claims.role or 'none'}")
+
+        admission = await gateway.registry.admit(
+            claims.sub, target.restaurant_id, target.connection_type,
+            per_user=policy.connections_per_user, per_restaurant=policy.connections_per_restaurant)
+        if not admission.admitted:
+            what = "user" if admission.reason == "user" else "restaurant"
+            raise AuthFailed("TOO_MANY_CONNECTIONS",
+                             f"this {what} already has {admission.count} live connections",
+                             retry_after_ms=TOO_MANY_CONNECTIONS_RETRY_MS)
+        self.admitted = True
+        self.user_id, self.session_id, self.role = claims.sub, claims.sid, claims.role
+        self.expires_at = claims.exp
+        # Index first, then check again: a revocation published in between is not missed.
+        gateway.index.add(self)
+        if await authenticator.revocations.is_revoked(claims.sid):
+            raise AuthFailed("SESSION_REVOKED", "this session has been signed out; sign in again")
+
+        self.feed = await gateway.hub.prepare(target.restaurant_id)
+        if self.closing:
+            return False
+        # No await from here on: auth_success, then the feed attaches, so nothing falls between.
+        self.authenticated = True
+        gateway.pending.remove(self.ip)
+        self.push(self._auth_success())
+        self._schedule_token_timers()
+        if request.last_event_id_invalid:
+            self.send_resync()
+        self.feed.start(self, request.last_event_id)
+        log.info("socket authenticated", extra={
+            "connection_id": self.connection_id, "user_id": self.user_id,
+            "restaurant_id": self.restaurant_id, "connection_type": target.connection_type,
+            "resume": request.last_event_id is not None})
+        return True
+
+    def _auth_success(self) -> bytes:
+        return protocol.encode(protocol.AUTH_SUCCESS, {
+            "user_id": self.user_id,
+            "restaurant_id": self.restaurant_id,
+            "role": self.role,
+            "connection_id": self.connection_id,
+            "connection_type": self.target.connection_type,
+            "expires_in": max(0, int(self.expires_at - time.time())),
+        }, self.restaurant_id)
+
+    def _fail(self, failure: AuthFailed) -> None:
+        self.gateway.metrics.auth_failures[failure.reason] += 1
+        log.info("socket authentication failed", extra={
+            "reason": failure.reason, "restaurant_id": self.restaurant_id, "ip": self.ip})
+        self.push(protocol.auth_error_frame(failure.reason, failure.message, self.restaurant_id,
+                                            retry_after_ms=failure.retry_after_ms,
+                                            action=failure.action))
+        self.drop(protocol.auth_failure(failure.reason)[1], failure.reason)
+
+    # --- the live loop ---------------------------------------------------------------------
+
+    def _accept(self, raw: str | bytes) -> protocol.ClientMessage | None:
+        """Flood and validity checks for one inbound message; None when it is not handled."""
+        self.last_seen = time.monotonic()
+        budget = self.budget
+        if not budget.take():
+            if budget.exhausted:
+                self.drop(CloseCode.POLICY_VIOLATION, "MESSAGE_FLOOD")
+            elif budget.dropped % 25 == 1:
+                self.send_error("RATE_LIMITED", "too many messages; slow down or be disconnected")
+            return None
+        try:
+            return protocol.parse_client_message(raw)
+        except ProtocolError as exc:
+            budget.invalid += 1
+            self.gateway.metrics.invalid_messages += 1
+            if budget.exhausted:
+                self.drop(CloseCode.POLICY_VIOLATION, "TOO_MANY_INVALID_MESSAGES")
+            else:
+                self.send_error(exc.code, exc.message)
+            return None
+
+    async def _serve(self) -> None:
+        async for raw in self.ws:
+            message = self._accept(raw)
+            if message is None:
+                if self.closing:
+                    return
+                continue
+            kind = message.type
+            if kind == protocol.PING:
+                self.push(protocol.pong_frame(message.field("timestamp"), self.restaurant_id))
+            elif kind in (protocol.REAUTH, protocol.AUTHENTICATE):
+                await self._reauth(message)
+            # A pong only refreshes last_seen, which _accept did.
+
+    async def _reauth(self, message: protocol.ClientMessage) -> None:
+        """A fresh token for the same user and restaurant keeps the socket open."""
+        token = message.field("token")
+        try:
+            claims = await self.gateway.authenticator.authenticate(token if isinstance(token, str) else "")
+            if claims.exp <= time.time():
+                raise token_expired()
+        except Unauthenticated as exc:
+            self._reauth_failed(exc.reason, exc.message)
+            return
+        sent_user = protocol.auth_request_user(message)
+        if claims.sub != self.user_id or (sent_user and sent_user != self.user_id):
+            self._reauth_failed("USER_ID_MISMATCH", "reauth must use a token of the same user")
+            return
+        if claims.restaurant_id != self.restaurant_id:
+            self._reauth_failed("TENANT_MISMATCH",
+                                f"reauth must use a token for restaurant {self.restaurant_id}")
+            return
+        if self.target.connection_type == protocol.MANAGEMENT and claims.role not in MANAGERS:
+            self._fail(AuthFailed("ROLE_FORBIDDEN", "your role no longer allows a management "
+                                  "connection"))
+            return
+        if self.closing:
+            return
+        self.gateway.index.rekey(self, claims.sid)
+        self.role, self.expires_at = claims.role, claims.exp
+        self.push(self._auth_success())
+        self._schedule_token_timers()
+
+    def _reauth_failed(self, reason: str, message: str) -> None:
+        """The socket stays open on the old token, which still closes it at its expiry."""
+        self.gateway.metrics.auth_failures[reason] += 1
+        self.push(protocol.auth_error_frame(
+            reason, f"reauth refused: {message}; the connection stays open until the current "
+            "token expires", self.restaurant_id))
+
+    # --- token expiry ----------------------------------------------------------------------
+
+    def _cancel_token_timers(self) -> None:
+        for handle in (self._warn_handle, self._expire_handle):
+            if handle is not None:
+                handle.cancel()
+        self._warn_handle = self._expire_handle = None
+
+    def _schedule_token_timers(self) -> None:
+        self._cancel_token_timers()
+        loop = asyncio.get_running_loop()
+        left = self.expires_at - time.time()
+        warn_in = left - self.gateway.settings.ws_token_warning_seconds
+        if warn_in <= 0:
+            self._warn()
+        else:
+            self._warn_handle = loop.call_later(warn_in, self._warn)
+        self._expire_handle = loop.call_later(max(0.0, left), self._expire)
+
+    def _warn(self) -> None:
+        self._warn_handle = None
+        seconds = max(0, int(round(self.expires_at - time.time())))
+        self.send(protocol.TOKEN_EXPIRED, {
+            "seconds_until_expiry": seconds,
+            "expires_at": self.expires_at,
+            "message": "refresh the access token and send it in a reauth message",
+        })
+
+    def _expire(self) -> None:
+        self._expire_handle = None
+        self._fail(AuthFailed("TOKEN_EXPIRED",
+                              "the access token expired and no reauth arrived; refresh it and "
+                              "reconnect"))
+
+
+def bearer_token(header: str) -> str:
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class ConnectionIndex:
+    """Authenticated sockets of this process by session and by user, for revocations."""
+
+    def __init__(self) -> None:
+        self.by_session: defaultdict[str, set[Connection]] = defaultdict(set)
+        self.by_user: defaultdict[str, set[Connection]] = defaultdict(set)
+        self.all: set[Connection] = set()
+
+    def add(self, conn: Connection) -> None:
+        self.all.add(conn)
+        self.by_session[conn.session_id].add(conn)
+        self.by_user[conn.user_id].add(conn)
+
+    def _discard(self, index: defaultdict[str, set[Connection]], key: str, conn: Connection) -> None:
+        bucket = index.get(key)
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del index[key]
+
+    def remove(self, conn: Connection) -> None:
+        if conn not in self.all:
+            return
+        self.all.discard(conn)
+        self._discard(self.by_session, conn.session_id, conn)
+        self._discard(self.by_user, conn.user_id, conn)
+
+    def rekey(self, conn: Connection, session_id: str) -> None:
+        if conn.session_id == session_id:
+            return
+        self._discard(self.by_session, conn.session_id, conn)
+        conn.session_id = session_id
+        if conn in self.all:
+            self.by_session[session_id].add(conn)
+
+    def matching(self, sid: str, user_id: str, restaurant_id: str) -> list[Connection]:
+        """Sockets a revocation applies to: its session, or (without one) the user's sockets,
+        in its restaurant when one is named."""
+        if sid:
+            return list(self.by_session.get(sid, ()))
+        return [conn for conn in self.by_user.get(user_id, ())
+                if not restaurant_id or conn.restaurant_id == restaurant_id]

@@ -1,0 +1,287 @@
+"""The WebSocket side of the realtime process: upgrade checks, one Connection per socket, the
+heartbeat ticker, revocations, and the process's own health and metrics pages.
+
+Only Envoy reaches this listener. It serves the upgrade paths (docs/realtime.md) and, for the
+process's operators, `GET /healthz` (JSON) and `GET /metrics` (Prometheus text); Envoy routes
+neither to the outside. The query string of an upgrade is never read or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from http import HTTPStatus
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from posmesh.common import security_events
+from posmesh.common.authn import Authenticator
+from posmesh.common.settings import Settings
+from posmesh.common.tokens import revoked_key
+
+from services.realtime import protocol
+from services.realtime.connection import Connection, ConnectionIndex
+from services.realtime.hub import OrderHub
+from services.realtime.limits import IpAttemptWindow, LimitPolicy, PendingHandshakes
+from services.realtime.presence import ConnectionRegistry
+from services.realtime.protocol import CloseCode
+from services.realtime.revocations import Revocation
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+MISSED_HEARTBEATS = 3
+# A safety net under pub/sub (a message published during a silent reconnect is lost): every
+# socket's session is also checked against the revocation markers this often.
+REVOCATION_SWEEP_SECONDS = 15.0
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.connections_opened = 0
+        self.slow_consumers = 0
+        self.invalid_messages = 0
+        self.revocation_closes = 0
+        self.refused_origins = 0
+        self.auth_failures: Counter[str] = Counter()
+        self.closes: Counter[int] = Counter()
+
+    def count_close(self, code: int) -> None:
+        self.closes[code] += 1
+
+
+def client_ip(headers: Headers, remote_address) -> str:
+    """Envoy's view of the client (use_remote_address): never the leftmost X-Forwarded-For."""
+    if ip := (headers.get("x-envoy-external-address") or "").strip():
+        return ip
+    if xff := headers.get("x-forwarded-for"):
+        return xff.split(",")[-1].strip()
+    if remote_address:
+        return str(remote_address[0])
+    return ""
+
+
+def _text_response(ws: ServerConnection, status: HTTPStatus, body: str,
+                   content_type: str = "text/plain; charset=utf-8") -> Response:
+    response = ws.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+class RealtimeGateway:
+    def __init__(self, settings: Settings, *, authenticator: Authenticator, redis,
+                 hub: OrderHub, registry: ConnectionRegistry, send_buffer_limit: int,
+                 ip_window: IpAttemptWindow | None = None) -> None:
+        self.settings = settings
+        self.authenticator = authenticator
+        self.redis = redis
+        self.hub = hub
+        self.registry = registry
+        self.send_buffer_limit = send_buffer_limit
+        self.ip_window = ip_window or IpAttemptWindow(redis)
+        self.pending = PendingHandshakes()
+        self.index = ConnectionIndex()
+        self.metrics = GatewayMetrics()
+        self.allowed_origins = frozenset(settings.cors_allowed_origins)
+        self.draining = False
+        self.revocations_listening = lambda: False
+        self._ticker: asyncio.Task | None = None
+
+    # --- upgrades --------------------------------------------------------------------------
+
+    def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            healthy = not self.draining
+            return _text_response(ws, HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
+                                  json.dumps(self.health()), "application/json")
+        if path == "/metrics":
+            return _text_response(ws, HTTPStatus.OK, self.prometheus(),
+                                  "text/plain; version=0.0.4; charset=utf-8")
+        target = protocol.parse_path(path)
+        if target is None:
+            return _text_response(ws, HTTPStatus.NOT_FOUND, json.dumps({
+                "code": "NOT_FOUND", "message": "WebSocket paths are /ws/{pos|kitchen|management}/"
+                "{restaurant_id}"}), "application/json")
+        if self.draining:
+            return _text_response(ws, HTTPStatus.SERVICE_UNAVAILABLE, json.dumps({
+                "code": "SHUTTING_DOWN", "message": "this process is shutting down; reconnect"}),
+                "application/json")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.allowed_origins:
+            # Native apps send no Origin; a browser page on another site always does.
+            self.metrics.refused_origins += 1
+            security_events.record("WS_ORIGIN_REFUSED", ip=client_ip(request.headers,
+                                                                    ws.remote_address),
+                                   restaurant_id=target.restaurant_id, origin=origin[:200])
+            return _text_response(ws, HTTPStatus.FORBIDDEN, json.dumps({
+                "code": "ORIGIN_NOT_ALLOWED",
+                "message": "this origin may not open WebSockets here"}), "application/json")
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        target = protocol.parse_path(ws.request.path)
+        if target is None:  # process_request refused it already; a defensive check
+            await ws.close(CloseCode.POLICY_VIOLATION, "BAD_PATH")
+            return
+        ip = client_ip(ws.request.headers, ws.remote_address)
+        policy = LimitPolicy.for_client(self.settings, ip)
+        if not self.pending.try_add(ip, policy.pending_handshakes_per_ip):
+            self.metrics.auth_failures["TOO_MANY_PENDING_HANDSHAKES"] += 1
+            await ws.send(protocol.auth_error_frame(
+                "RATE_LIMITED", "too many sockets from this address are still authenticating",
+                target.restaurant_id, retry_after_ms=2000).decode())
+            await ws.close(CloseCode.RATE_LIMITED, "RATE_LIMITED")
+            return
+        self.metrics.connections_opened += 1
+        await Connection(self, ws, target, ip).run()
+
+    # --- revocations -----------------------------------------------------------------------
+
+    def on_revocation(self, revocation: Revocation) -> None:
+        targets = self.index.matching(revocation.sid, revocation.user_id, revocation.restaurant_id)
+        for conn in targets:
+            self.metrics.revocation_closes += 1
+            reason = revocation.close_reason
+            conn.push(protocol.auth_error_frame(
+                "SESSION_REVOKED" if revocation.close_code == CloseCode.UNAUTHENTICATED
+                else "MEMBERSHIP_REVOKED",
+                f"access was revoked ({reason.lower()})", conn.restaurant_id))
+            conn.drop(revocation.close_code, reason)
+        if targets:
+            log.info("closed %d socket(s) on revocation", len(targets),
+                     extra={"reason": revocation.reason})
+
+    async def sweep_revoked(self) -> None:
+        """After (re)subscribing: close sockets whose session was revoked while we were deaf."""
+        sessions = list(self.index.by_session)
+        if self.redis is None or not sessions:
+            return
+        for start in range(0, len(sessions), 500):
+            batch = sessions[start:start + 500]
+            try:
+                reasons = await self.redis.mget([revoked_key(sid) for sid in batch])
+            except Exception as exc:
+                log.warning("revocation sweep failed", extra={"error": repr(exc)})
+                return
+            for sid, reason in zip(batch, reasons):
+                if reason is not None:
+                    text = reason.decode() if isinstance(reason, bytes) else str(reason)
+                    self.on_revocation(Revocation(sid, "", "", text or "revoked"))
+
+    # --- heartbeats ------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        interval = self.settings.ws_ping_interval_seconds
+        next_ping = time.monotonic() + interval
+        next_sweep = time.monotonic() + REVOCATION_SWEEP_SECONDS
+        sweep: asyncio.Task | None = None
+        while True:
+            await asyncio.sleep(min(TICK_SECONDS, interval))
+            now = time.monotonic()
+            if now >= next_sweep and (sweep is None or sweep.done()):
+                next_sweep = now + REVOCATION_SWEEP_SECONDS
+                sweep = asyncio.create_task(self.sweep_revoked(), name="revocation-sweep")
+            if now < next_ping:
+                continue
+            next_ping = now + interval
+            dead_before = now - MISSED_HEARTBEATS * interval
+            frame = protocol.wire_text_frame(protocol.ping_frame())  # one frame for every socket
+            for conn in tuple(self.index.all):
+                if not conn.authenticated:
+                    continue  # between admission and auth_success: no ping before the welcome
+                if conn.last_seen < dead_before:
+                    conn.drop(CloseCode.HEARTBEAT_TIMEOUT, "HEARTBEAT_TIMEOUT")
+                else:
+                    conn.push_event(frame)
+
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick(), name="ws-heartbeats")
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+
+    # --- health and metrics ----------------------------------------------------------------
+
+    def health(self) -> dict:
+        return {
+            "status": "DRAINING" if self.draining else "SERVING",
+            "process_id": self.registry.process_id,
+            "connections": self.registry.local_totals(),
+            "authenticating": self.pending.total,
+            "presence": self.registry.local_presence(),
+            "feeds": len(self.hub.feeds),
+            "catching_up": self.hub.catching_up(),
+            "redis": "SERVING" if self.registry.redis_ok else "NOT_SERVING",
+            "revocations": "SUBSCRIBED" if self.revocations_listening() else "NOT_SUBSCRIBED",
+        }
+
+    def prometheus(self) -> str:
+        stats = self.hub.stats
+        lines = [
+            "# HELP posmesh_realtime_connections Authenticated sockets of this process.",
+            "# TYPE posmesh_realtime_connections gauge",
+        ]
+        for kind, count in self.registry.local_totals().items():
+            lines.append(f'posmesh_realtime_connections{{connection_type="{kind}"}} {count}')
+        lines += [
+            "# HELP posmesh_realtime_presence Sockets per restaurant and connection type "
+            "(this process).",
+            "# TYPE posmesh_realtime_presence gauge",
+        ]
+        for restaurant_id, per_type in sorted(self.registry.local_presence().items()):
+            for kind, count in sorted(per_type.items()):
+                lines.append(f'posmesh_realtime_presence{{restaurant_id="{restaurant_id}",'
+                             f'connection_type="{kind}"}} {count}')
+        gauges = {
+            "posmesh_realtime_authenticating": (self.pending.total,
+                                                "Sockets still in the auth handshake."),
+            "posmesh_realtime_feeds": (len(self.hub.feeds), "Upstream order streams."),
+            "posmesh_realtime_catching_up": (self.hub.catching_up(),
+                                             "Sockets replaying missed events."),
+        }
+        counters = {
+            "posmesh_realtime_connections_opened_total": (self.metrics.connections_opened,
+                                                          "Upgrades accepted."),
+            "posmesh_realtime_events_received_total": (stats.events_received,
+                                                       "Order events from upstream."),
+            "posmesh_realtime_deliveries_total": (stats.deliveries,
+                                                  "Event frames written to live sockets."),
+            "posmesh_realtime_upstream_reconnects_total": (stats.upstream_reconnects,
+                                                           "Upstream streams reopened."),
+            "posmesh_realtime_resyncs_total": (stats.resyncs, "resync_required sent."),
+            "posmesh_realtime_catchups_total": (stats.catchups_started, "Private catch-ups."),
+            "posmesh_realtime_ring_replays_total": (stats.ring_replays,
+                                                    "Resumes served from memory."),
+            "posmesh_realtime_slow_consumers_total": (self.metrics.slow_consumers,
+                                                      "Sockets closed as slow consumers."),
+            "posmesh_realtime_invalid_messages_total": (self.metrics.invalid_messages,
+                                                        "Malformed client messages."),
+            "posmesh_realtime_revocation_closes_total": (self.metrics.revocation_closes,
+                                                         "Sockets closed by a revocation."),
+            "posmesh_realtime_refused_origins_total": (self.metrics.refused_origins,
+                                                       "Upgrades refused for their Origin."),
+        }
+        for name, (value, help_text) in gauges.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        for name, (value, help_text) in counters.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
+        lines += ["# HELP posmesh_realtime_auth_failures_total Failed authentications by code.",
+                  "# TYPE posmesh_realtime_auth_failures_total counter"]
+        for code, count in sorted(self.metrics.auth_failures.items()):
+            lines.append(f'posmesh_realtime_auth_failures_total{{code="{code}"}} {count}')
+        lines += ["# HELP posmesh_realtime_closes_total Sockets closed by this server, by code.",
+                  "# TYPE posmesh_realtime_closes_total counter"]
+        for code, count in sorted(self.metrics.closes.items()):
+            lines.append(f'posmesh_realtime_closes_total{{code="{code}"}} {count}')
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,98 @@
+"""Wires the realtime service (`posmesh serve realtime`): the gRPC server (health, reflection,
+RealtimeService.GetPresence) and, in the same process and event loop (uvloop), the WebSocket
+listener behind Envoy. SIGTERM closes every socket with 1001 (clients reconnect elsewhere), then
+the process exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from websockets.asyncio.server import serve as ws_serve
+
+from posmesh.common import clients, security_events, telemetry
+from posmesh.common.authn import remote_authenticator
+from posmesh.common.interceptors import server_interceptors
+from posmesh.common.redis import create_redis
+from posmesh.common.server import run_grpc_service
+from posmesh.common.settings import Settings, get_settings
+from posmesh.realtime.v1 import realtime_pb2, realtime_pb2_grpc
+
+from services.realtime.gateway import RealtimeGateway
+from services.realtime.hub import GrpcFeedSource, OrderHub
+from services.realtime.presence import ConnectionRegistry
+from services.realtime.revocations import RevocationListener
+from services.realtime.servicer import RealtimeServicer
+
+log = logging.getLogger(__name__)
+
+# Inbound frames websockets may buffer per socket before it stops reading: clients send little.
+MAX_INBOUND_QUEUE = 4
+CLOSE_TIMEOUT_SECONDS = 3
+
+
+async def serve(settings: Settings) -> None:
+    telemetry.setup("realtime", settings)
+    # websockets logs request details at debug level; upgrade URLs may carry ?token=.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    redis = create_redis(settings)
+    authenticator, jwks_refresher = await remote_authenticator(settings, redis,
+                                                               clients.channel("auth", settings))
+    security_events.configure(security_events.GrpcSecurityEventSink(clients.channel("auth", settings)))
+    hub = OrderHub(GrpcFeedSource(clients.channel("orders", settings)),
+                   pending_limit=settings.ws_send_queue_size)
+    registry = ConnectionRegistry(redis)
+    gateway = RealtimeGateway(settings, authenticator=authenticator, redis=redis, hub=hub,
+                              registry=registry, send_buffer_limit=settings.ws_send_buffer_bytes)
+    listener = RevocationListener(lambda: create_redis(settings, socket_timeout=None),
+                                  gateway.on_revocation, gateway.sweep_revoked)
+    gateway.revocations_listening = listener.subscribed.is_set
+
+    registry.start()
+    listener.start()
+    gateway.start()
+    host, _, port = settings.realtime_ws_addr.rpartition(":")
+    ws_server = await ws_serve(
+        gateway.handler, host, int(port),
+        process_request=gateway.process_request,
+        compression=None,  # permessage-deflate costs ~36 KiB per idle socket
+        ping_interval=None,  # application-level pings (gateway ticker) also keep Envoy's idle timer
+        ping_timeout=None,
+        close_timeout=CLOSE_TIMEOUT_SECONDS,
+        max_size=settings.ws_max_message_bytes,
+        max_queue=MAX_INBOUND_QUEUE,
+        server_header=None,
+        logger=logging.getLogger("websockets.server"),
+    )
+    log.info("realtime serving WebSockets on %s", settings.realtime_ws_addr)
+
+    async def shutdown() -> None:
+        await gateway.stop()
+        ws_server.close(close_connections=True)  # 1001 going away to every socket
+        await ws_server.wait_closed()
+        await listener.stop()
+        await hub.stop()
+        await registry.stop()
+        await jwks_refresher.stop()
+        await security_events.flush()
+        security_events.configure(None)
+        log.info("realtime closed every socket")
+
+    def register(server) -> list[str]:
+        realtime_pb2_grpc.add_RealtimeServiceServicer_to_server(RealtimeServicer(registry), server)
+        return [realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
+
+    await run_grpc_service("realtime", settings, register=register,
+                           interceptors=server_interceptors(authenticator), redis=redis,
+                           on_shutdown=shutdown)
+
+
+def main() -> None:
+    import uvloop
+
+    uvloop.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    main()

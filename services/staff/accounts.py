@@ -1,0 +1,109 @@
+"""The auth service's internal AuthAdminService, as the staff domain's `Accounts`.
+
+Every call here is idempotent (ensure a user, grant a role, revoke a membership), so a call that
+failed with UNAVAILABLE is retried a few times within a short budget: a restart of the auth
+service does not fail a manager's click. Errors become ApiErrors: auth's own reasons (an invalid
+email, a weak password) pass through; an unreachable auth is UNAVAILABLE `AUTH_UNAVAILABLE`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from posmesh.common import errors
+from services.staff.domain import MembershipChange, UserAccount
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CALL_TIMEOUT_SECONDS = 3.0
+RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0)
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+_BY_CODE: dict[grpc.StatusCode, type[errors.ApiError]] = {
+    cls.code: cls for cls in (
+        errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.FailedPrecondition,
+        errors.PermissionDenied, errors.ResourceExhausted, errors.Aborted,
+    )
+}
+
+
+def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    try:
+        status = rpc_status.from_call(error)
+    except Exception:  # a malformed status from a peer must not turn into an opaque 500
+        status = None
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
+def translate(error: grpc.aio.AioRpcError, operation: str) -> errors.ApiError:
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED):
+        return errors.Unavailable(
+            "AUTH_UNAVAILABLE", "the auth service is unavailable; nothing was changed, retry shortly",
+            retryable="true",
+            # A timeout may have been applied by auth all the same; UNAVAILABLE never was.
+            auth_outcome="unknown" if code is grpc.StatusCode.DEADLINE_EXCEEDED else "not_applied")
+    reason, metadata = _reason(error)
+    if (cls := _BY_CODE.get(code)) is not None:
+        return cls(reason or code.name, error.details() or f"{operation} was refused", **metadata)
+    log.error("auth %s failed unexpectedly: %s %s", operation, code.name, error.details())
+    return errors.ApiError("INTERNAL", "internal error; it has been logged")
+
+
+class AuthAccounts:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = CALL_TIMEOUT_SECONDS,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS_SECONDS) -> None:
+        self._stub = auth_pb2_grpc.AuthAdminServiceStub(channel)
+        self._timeout = timeout
+        self._retry_delays = retry_delays
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        for delay in (*self._retry_delays, None):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RETRYABLE or delay is None:
+                    raise translate(error, operation) from None
+                log.warning("auth %s unavailable, retrying in %.1fs", operation, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def ensure_user(self, email: str, full_name: str, password: str) -> UserAccount:
+        reply = await self._call("EnsureUser", lambda: self._stub.EnsureUser(
+            auth_pb2.EnsureUserRequest(email=email, full_name=full_name, password=password),
+            timeout=self._timeout))
+        return UserAccount(reply.user.id, reply.user.email, reply.user.full_name, reply.created)
+
+    async def get_user(self, user_id: str) -> UserAccount | None:
+        reply = await self._call("BatchGetUsers", lambda: self._stub.BatchGetUsers(
+            auth_pb2.BatchGetUsersRequest(user_ids=[user_id]), timeout=self._timeout))
+        for user in reply.users:
+            if user.id == user_id:
+                return UserAccount(user.id, user.email, user.full_name)
+        return None
+
+    async def grant_membership(self, user_id: str, restaurant_id: str, restaurant_name: str,
+                               role: str) -> MembershipChange:
+        reply = await self._call("GrantMembership", lambda: self._stub.GrantMembership(
+            auth_pb2.GrantMembershipRequest(user_id=user_id, restaurant_id=restaurant_id,
+                                            restaurant_name=restaurant_name, role=role),
+            timeout=self._timeout))
+        return MembershipChange(reply.previous_role, reply.revoked_sessions)
+
+    async def revoke_membership(self, user_id: str, restaurant_id: str) -> int:
+        reply = await self._call("RevokeMembership", lambda: self._stub.RevokeMembership(
+            auth_pb2.RevokeMembershipRequest(user_id=user_id, restaurant_id=restaurant_id),
+            timeout=self._timeout))
+        return reply.revoked_sessions

@@ -1,0 +1,47 @@
+"""The staff service's entry point (`posmesh serve staff`): migrations, the database, Redis (for the
+session revocation check), the auth service (keys, memberships, security events), the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posmesh.common import clients, db, security_events
+from posmesh.common.authn import remote_authenticator
+from posmesh.common.interceptors import server_interceptors
+from posmesh.common.migrations import run_migrations
+from posmesh.common.redis import create_redis
+from posmesh.common.server import run_grpc_service
+from posmesh.common.settings import Settings
+from posmesh.staff.v1 import staff_pb2, staff_pb2_grpc
+from services.staff.accounts import AuthAccounts
+from services.staff.domain import StaffDomain
+from services.staff.servicer import StaffServicer
+from services.staff.store import SCHEMA, StaffStore
+
+
+async def serve(settings: Settings) -> None:
+    await run_migrations(settings, Path(__file__).parent, SCHEMA)
+    engine = db.create_engine(settings, SCHEMA)
+    redis = create_redis(settings)
+    auth_channel = clients.channel("auth", settings)
+    authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
+    security_events.configure(security_events.GrpcSecurityEventSink(auth_channel))
+    domain = StaffDomain(StaffStore(engine), AuthAccounts(auth_channel))
+
+    def register(server) -> list[str]:
+        staff_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(domain), server)
+        return [staff_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name]
+
+    async def on_shutdown() -> None:
+        await jwks_refresher.stop()
+        await security_events.flush()
+
+    await run_grpc_service(
+        "staff",
+        settings,
+        register=register,
+        interceptors=server_interceptors(authenticator),
+        engine=engine,
+        redis=redis,
+        on_shutdown=on_shutdown,
+    )

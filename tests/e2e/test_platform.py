@@ -1,0 +1,229 @@
+"""The platform end to end: health through the edge, the supervisor, the embedded stores, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from stack.supervisor import Stack
+from tests.harness import create_database, data_dir, drop_database, stack_settings
+
+SERVICES = {"auth", "staff", "orders", "realtime"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_health_lists_every_service_and_dependency(edge):
+    reply = await edge.get("/api/v1/health")
+
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["status"] == "SERVING"
+    assert body["answered_by"] in {"auth", "staff", "orders"}
+    assert {s["name"]: s["status"] for s in body["services"]} == dict.fromkeys(SERVICES, "SERVING")
+    dependencies = {d["name"]: d for d in body["dependencies"]}
+    assert dependencies["redis"]["status"] == "SERVING"
+    assert dependencies["database"]["status"] == "SERVING"
+    # Proto field names, zero values printed: what the mobile apps parse.
+    assert dependencies["database"]["pool"]["size"] == 20
+    assert dependencies["database"]["pool"]["max_overflow"] == 40
+    assert "checked_out" in dependencies["database"]["pool"]
+
+
+async def test_legacy_health_path_answers_the_same(edge_http1):
+    reply = await edge_http1.get("/health")
+
+    assert reply.status_code == 200
+    assert reply.json()["status"] == "SERVING"
+
+
+async def test_each_service_serves_standard_grpc_health(stack):
+    for name in stack.service_names:
+        async with grpc.aio.insecure_channel(stack.addr(name)) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+async def test_service_logs_are_json_lines_with_the_service_name(stack, edge):
+    await edge.get("/api/v1/health")
+
+    lines = [line for line in stack.service_log("staff").splitlines() if line.startswith("{")]
+    assert lines, "staff wrote no JSON log lines"
+    entry = json.loads(lines[-1])
+    assert entry["service"] == "staff"
+    assert {"ts", "level", "logger", "msg"} <= entry.keys()
+
+
+async def _wait_serving(edge, when: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while (body := (await edge.get("/api/v1/health")).json())["status"] != "SERVING":
+        assert time.monotonic() < deadline, f"health did not recover {when}: {body}"
+        await asyncio.sleep(0.2)
+
+
+async def test_health_is_answered_while_one_database_service_is_down(stack, edge):
+    await stack.stop_service("staff")
+    try:
+        replies = [await edge.get("/api/v1/health") for _ in range(4)]
+    finally:
+        await stack.start_service("staff")
+
+    for reply in replies:
+        assert reply.status_code == 200
+        body = reply.json()
+        assert body["status"] == "DEGRADED"
+        assert body["answered_by"] in {"auth", "orders"}
+        staff = next(s for s in body["services"] if s["name"] == "staff")
+        assert staff["status"] == "NOT_SERVING" and staff["error"]
+    await _wait_serving(edge, "after staff came back")
+
+
+async def test_health_reports_redis_down_and_recovers(stack, edge):
+    if stack.redis is None:
+        pytest.skip("REDIS_URL points at an external Redis")
+    await stack.stop_redis()
+    try:
+        down = (await edge.get("/api/v1/health")).json()
+    finally:
+        await stack.start_redis()
+
+    redis = next(d for d in down["dependencies"] if d["name"] == "redis")
+    assert down["status"] == "DEGRADED" and redis["status"] == "NOT_SERVING"
+    await _wait_serving(edge, "after Redis came back")
+
+
+async def test_database_survives_a_postgres_restart(stack, edge):
+    if stack.postgres is None:
+        pytest.skip("DATABASE_URL points at an external PostgreSQL")
+    await stack.restart_postgres()
+
+    # pool_pre_ping replaces the connections the restart broke.
+    deadline = time.monotonic() + 10
+    while True:
+        body = (await edge.get("/api/v1/health")).json()
+        database = next(d for d in body["dependencies"] if d["name"] == "database")
+        if database["status"] == "SERVING":
+            break
+        assert time.monotonic() < deadline, database
+        await asyncio.sleep(0.2)
+
+
+async def test_embedded_postgres_allows_every_pool_at_full_size(stack):
+    if stack.postgres is None:
+        pytest.skip("DATABASE_URL points at an external PostgreSQL")
+    import asyncpg
+
+    dsn = stack.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        limit = int(await connection.fetchval("SHOW max_connections"))
+    finally:
+        await connection.close()
+    per_process = stack.settings.db_pool_size + stack.settings.db_max_overflow
+    assert limit >= 3 * per_process + 50
+
+
+# --- `posmesh run`: the supervisor as a newcomer uses it ----------------------------------------
+
+def _cli_env(folder: Path, database_url: str | None) -> dict[str, str]:
+    settings, _ = stack_settings(folder / "data", database_url=database_url, realtime_replicas=1)
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"}}
+    env.update({
+        "POSMESH_DATA_DIR": str(settings.data_dir), "EDGE_HOST": settings.edge_host,
+        "EDGE_PORT": str(settings.edge_port), "ENVOY_ADMIN_PORT": str(settings.envoy_admin_port),
+        "AUTH_ADDR": settings.auth_addr, "STAFF_ADDR": settings.staff_addr,
+        "ORDERS_ADDR": settings.orders_addr, "REALTIME_ADDR": settings.realtime_addr,
+        "REALTIME_WS_ADDR": settings.realtime_ws_addr,
+        "REALTIME_WS_ADDRS": settings.realtime_ws_addr,
+    })
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+@pytest.fixture
+async def cli_database() -> AsyncIterator[str | None]:
+    """A fresh database when DATABASE_URL is external (else `posmesh run` embeds its own)."""
+    external = os.environ.get("DATABASE_URL")
+    if not external:
+        yield None
+        return
+    url = await create_database(external)
+    yield url
+    await drop_database(external, url)
+
+
+@pytest.fixture
+def cli_dir() -> Iterator[Path]:
+    with data_dir() as path:
+        yield path
+
+
+async def _run_cli_until_up(folder: Path, database_url: str | None
+                            ) -> tuple[asyncio.subprocess.Process, Path]:
+    out = folder / "run.out"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stack.cli", "run", cwd=ROOT,
+        env=_cli_env(folder, database_url), stdout=out.open("wb"),
+        stderr=asyncio.subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while "posmesh is up" not in out.read_text(errors="replace"):
+        if process.returncode is not None or time.monotonic() > deadline:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+            pytest.fail(f"posmesh run did not come up:\n{out.read_text(errors='replace')[-3000:]}")
+        await asyncio.sleep(0.2)
+    return process, out
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+async def test_posmesh_run_stops_everything_cleanly_on_sigterm(cli_dir, cli_database):
+    process, out = await _run_cli_until_up(cli_dir, cli_database)
+    children = _descendants(process.pid)
+    assert len(children) >= 5  # four services and Envoy
+
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 30) == 0
+    assert "posmesh: stopped." in out.read_text()
+    await asyncio.sleep(0.5)
+    assert not [child for child in children if child.is_running()]
+
+
+async def test_posmesh_run_reports_a_dead_child_loudly_and_stops(cli_dir, cli_database):
+    process, out = await _run_cli_until_up(cli_dir, cli_database)
+    staff = next(child for child in _descendants(process.pid)
+                 if "serve" in child.cmdline() and "staff" in child.cmdline())
+    others = [child for child in _descendants(process.pid) if child.pid != staff.pid]
+
+    staff.kill()
+    assert await asyncio.wait_for(process.wait(), 30) == 1
+    report = out.read_text()
+    assert "staff exited unexpectedly" in report
+    assert "staff serving gRPC" in report.split("staff exited unexpectedly")[1]  # its last lines
+    await asyncio.sleep(0.5)
+    assert not [child for child in others if child.is_running()]
+
+
+def test_stack_module_is_what_the_console_script_runs():
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "posmesh"]
+    assert script.value == "stack.cli:main"
+    assert Stack.__module__ == "stack.supervisor"

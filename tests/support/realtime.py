@@ -1,0 +1,57 @@
+"""Helpers for the realtime e2e tests: sockets through the edge, tokens with a chosen expiry, and
+each realtime process's own health page.
+
+    sock = await edge_socket(stack, "kitchen", party.restaurant_id)
+    short = token_expiring(stack, party.staff.access_token, seconds=4)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+
+from tests.support.ws_client import AppSocket
+
+
+async def edge_socket(stack, connection_type: str, restaurant_id: str, **options: Any) -> AppSocket:
+    """A socket opened through Envoy over TLS (wss), trusting the dev CA."""
+    return await AppSocket.open(stack.edge_url, connection_type, restaurant_id,
+                                ca_file=stack.ca_file, **options)
+
+
+async def signed_in(stack, member, connection_type: str = "pos", *,
+                    last_event_id: str | None = None, **socket_options: Any) -> AppSocket:
+    """A socket authenticated as the app does it (top-level fields)."""
+    sock = await edge_socket(stack, connection_type, member.restaurant_id, **socket_options)
+    hello = await sock.authenticate(member.access_token, member.user_id,
+                                    last_event_id=last_event_id)
+    assert hello["type"] == "auth_success", hello
+    return sock
+
+
+def token_expiring(stack, token: str, *, seconds: float) -> str:
+    """The same session, user, restaurant and role as `token`, signed by the auth service's
+    current key, expiring `seconds` from now (negative: already expired)."""
+    from services.auth.keys import KeyRing
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    now = int(time.time())
+    claims["exp"] = now + int(seconds)
+    claims["iat"] = min(now, claims["exp"] - 1)
+    claims["jti"] = f"{claims['jti']}-{now}-{int(seconds)}"
+    keyring = KeyRing(stack.settings)
+    keyring.load()
+    key = keyring.signing_key()
+    return jwt.encode(claims, key.private_key, algorithm=key.algorithm,
+                      headers={"kid": key.kid, "typ": "JWT"})
+
+
+async def process_health(ws_addr: str) -> dict:
+    """GET /healthz of one realtime process, straight to its WebSocket port."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        reply = await client.get(f"http://{ws_addr}/healthz")
+    reply.raise_for_status()
+    return reply.json()

@@ -1,0 +1,100 @@
+"""docker-compose.yml and the Dockerfile agree with the code. (No Docker engine here: these
+checks read the files; nothing is built or run.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from posmesh.common.settings import Settings
+from stack import envoy_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("auth", "staff", "orders", "realtime")
+SETTING_NAMES = {info.alias or name.upper() for name, info in Settings.model_fields.items()}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _port(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
+
+
+def test_every_part_of_the_system_is_a_compose_service(compose):
+    assert set(SERVICES) | {"postgres", "redis", "envoy", "envoy-config"} <= set(compose["services"])
+    assert {"jaeger", "otel-collector"} & set(compose["services"]), "no trace backend"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_runs_its_own_serve_command_from_the_one_image(compose, service):
+    spec = compose["services"][service]
+
+    assert spec["command"] == ["serve", service]
+    assert spec["build"] == "."
+
+
+def test_the_image_runs_the_posmesh_console_script():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+
+    assert 'ENTRYPOINT ["posmesh"]' in dockerfile
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.M):
+        assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_every_environment_variable_is_a_setting(compose):
+    for name, spec in compose["services"].items():
+        if spec.get("image", "").startswith("posmesh"):
+            unknown = set(spec["environment"]) - SETTING_NAMES
+            assert not unknown, f"{name} sets unknown variables {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_ports_match_the_settings_defaults(compose, service):
+    spec = compose["services"][service]
+    default = Settings.model_fields[f"{service}_addr"].default
+    address = spec["environment"][f"{service.upper()}_ADDR"]
+
+    assert _port(address) == _port(default)
+    assert str(_port(default)) in spec["expose"]
+    if service == "realtime":
+        ws_default = Settings.model_fields["realtime_ws_addr"].default
+        assert _port(spec["environment"]["REALTIME_WS_ADDR"]) == _port(ws_default)
+
+
+def test_postgres_accepts_every_pool(compose):
+    command = " ".join(compose["services"]["postgres"]["command"])
+    limit = int(re.search(r"max_connections=(\d+)", command).group(1))
+    per_process = (Settings.model_fields["db_pool_size"].default
+                   + Settings.model_fields["db_max_overflow"].default)
+
+    assert limit > 3 * per_process
+
+
+def test_envoy_runs_the_config_the_render_step_writes(compose):
+    render, envoy = compose["services"]["envoy-config"], compose["services"]["envoy"]
+    out = render["command"][render["command"].index("--out") + 1]
+    config = envoy["command"][envoy["command"].index("-c") + 1]
+
+    assert render["command"][0] == "envoy-config"
+    assert config == f"{out}/envoy.yaml"
+    (volume,) = {v.split(":")[0] for v in render["volumes"]} & {v.split(":")[0] for v in envoy["volumes"]}
+    mount = next(v.split(":")[1] for v in envoy["volumes"] if v.startswith(volume))
+    assert config.startswith(mount + "/")
+    assert render["environment"]["POSMESH_DATA_DIR"] == mount  # certificates land in the volume
+    edge_port = int(render["environment"]["EDGE_PORT"])
+    assert f"{edge_port}:{edge_port}" in envoy["ports"]
+    assert envoy_config.TEMPLATE.exists()
+
+
+def test_the_compose_environment_renders_a_valid_edge_config(compose, tmp_path):
+    env = {key: value for key, value in compose["services"]["envoy-config"]["environment"].items()}
+    env["POSMESH_DATA_DIR"] = str(tmp_path)  # the container's path does not exist here
+    settings = Settings(**env)
+
+    envoy_config.validate(envoy_config.render(settings, tmp_path / "envoy"))

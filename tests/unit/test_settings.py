@@ -1,0 +1,64 @@
+"""The settings module: parsing from the environment, the hand-over to child processes, and
+that every setting is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from posmesh.common.settings import Settings
+from stack.supervisor import settings_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _aliases() -> list[str]:
+    return [info.alias or name.upper() for name, info in Settings.model_fields.items()]
+
+
+def test_lists_are_read_as_comma_separated_values(monkeypatch):
+    monkeypatch.setenv("CORS_ALLOWED_ORIGINS", " https://app.example.com , capacitor://localhost,")
+    monkeypatch.setenv("REALTIME_WS_ADDRS", "127.0.0.1:8081,127.0.0.1:8082")
+
+    settings = Settings()
+
+    assert settings.cors_allowed_origins == ["https://app.example.com", "capacitor://localhost"]
+    assert settings.realtime_ws_addrs == ["127.0.0.1:8081", "127.0.0.1:8082"]
+
+
+def test_a_wildcard_cors_origin_is_refused(monkeypatch):
+    monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "https://*.example.com")
+
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_pool_defaults_are_the_documented_ones():
+    settings = Settings(DATABASE_URL=None)
+
+    assert (settings.db_pool_size, settings.db_max_overflow) == (20, 40)
+    assert settings.db_pool_pre_ping is True
+    assert settings.db_pool_recycle == 3600
+
+
+def test_child_processes_see_exactly_the_parent_settings(monkeypatch, tmp_path):
+    parent = Settings(POSMESH_DATA_DIR=str(tmp_path), EDGE_PORT=12345, DB_POOL_PRE_PING=False,
+                      CORS_ALLOWED_ORIGINS="https://a.example,https://b.example",
+                      REALTIME_WS_ADDRS="127.0.0.1:1,127.0.0.1:2", DATABASE_URL=None)
+    for key in _aliases():
+        monkeypatch.delenv(key, raising=False)
+    for key, value in settings_env(parent).items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+
+    assert Settings() == parent
+
+
+def test_every_setting_is_documented():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs = "".join(page.read_text() for page in pages if page.exists())
+
+    missing = [alias for alias in _aliases() if f"`{alias}`" not in docs]
+    assert not missing, f"settings documented nowhere in README.md or docs/: {missing}"

@@ -1,0 +1,72 @@
+"""How the staff service reads the auth service's answers: reasons pass through, an unreachable
+auth is a retryable AUTH_UNAVAILABLE after a few quick retries, a timeout is an unknown outcome."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from posmesh.auth.v1 import auth_pb2
+from posmesh.common import errors
+from posmesh.common.interceptors import to_status
+from services.staff.accounts import AuthAccounts, translate
+
+
+def rpc_error(code: grpc.StatusCode, error: errors.ApiError | None = None) -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata()
+    if error is not None:
+        for key, value in to_status(error).trailing_metadata:
+            trailing.add(key, value)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing,
+                                details=error.message if error else "peer went away")
+
+
+def test_auth_reasons_pass_through_with_their_status_and_metadata():
+    translated = translate(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument(
+        "WEAK_PASSWORD", "the password must be at least 10 characters long", min_length=10)), "EnsureUser")
+    assert isinstance(translated, errors.InvalidArgument)
+    assert (translated.reason, translated.metadata) == ("WEAK_PASSWORD", {"min_length": "10"})
+    assert "10 characters" in translated.message
+
+
+def test_an_unreachable_auth_is_unavailable_and_known_not_applied():
+    translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE), "GrantMembership")
+    assert isinstance(translated, errors.Unavailable) and translated.reason == "AUTH_UNAVAILABLE"
+    assert translated.metadata["auth_outcome"] == "not_applied"
+
+
+def test_a_timeout_is_unavailable_with_an_unknown_outcome():
+    translated = translate(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), "GrantMembership")
+    assert translated.reason == "AUTH_UNAVAILABLE" and translated.metadata["auth_outcome"] == "unknown"
+
+
+def test_an_unexpected_code_is_internal_not_a_leak_of_the_peer_message():
+    translated = translate(rpc_error(grpc.StatusCode.DATA_LOSS), "EnsureUser")
+    assert translated.reason == "INTERNAL" and "peer" not in translated.message
+
+
+class FlakyStub:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def GrantMembership(self, request, timeout):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE)
+        return auth_pb2.GrantMembershipResponse(previous_role="staff", revoked_sessions=2)
+
+
+async def test_unavailable_calls_are_retried_within_a_short_budget():
+    accounts = AuthAccounts(grpc.aio.insecure_channel("127.0.0.1:9"), retry_delays=(0.01, 0.01))
+    accounts._stub = FlakyStub(failures=2)
+    change = await accounts.grant_membership("u", "r", "Name", "manager")
+    assert (change.previous_role, change.revoked_sessions, accounts._stub.calls) == ("staff", 2, 3)
+
+
+async def test_after_the_retries_the_caller_gets_auth_unavailable():
+    accounts = AuthAccounts(grpc.aio.insecure_channel("127.0.0.1:9"), retry_delays=(0.01,))
+    accounts._stub = FlakyStub(failures=5)
+    with pytest.raises(errors.Unavailable) as caught:
+        await accounts.grant_membership("u", "r", "Name", "manager")
+    assert caught.value.reason == "AUTH_UNAVAILABLE" and accounts._stub.calls == 2

@@ -1,0 +1,645 @@
+"""The staff domain's orchestration against an in-memory store and a fake auth service: RBAC on
+the data, the last owner, optimistic concurrency, PATCH semantics, and the membership kept in step
+with the employee record when auth or the commit fails.
+
+The store fake keeps the real store's contract (transactions roll back on any error, the commit
+can be made to fail); SQL itself is covered over the wire in tests/e2e/test_staff_*.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import uuid
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from posmesh.common import security_events
+from posmesh.common.context import Caller
+from posmesh.common.errors import (
+    AlreadyExists,
+    ApiError,
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from services.staff.domain import MembershipChange, StaffDomain, UserAccount
+from services.staff.models import (
+    ACTIVE,
+    INACTIVE,
+    Address,
+    EmployeeDraft,
+    MemberRestaurant,
+    Restaurant,
+    RestaurantDraft,
+)
+from services.staff.models import Employee as EmployeeRecord
+from services.staff.store import RESTAURANT_ADDRESS_COLUMNS
+
+_clock = itertools.count()
+
+
+def _now() -> datetime:
+    return datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=next(_clock))
+
+
+class _Now:
+    """Stands in for sa.func.now() in update values."""
+
+
+class MemoryTransaction:
+    def __init__(self, data: dict) -> None:
+        self.data = data
+
+    async def lock_restaurant(self, rid):
+        return self.data["restaurants"].get(rid)
+
+    async def insert_restaurant(self, rid, new):
+        now = _now()
+        restaurant = Restaurant(id=rid, name=new.name, timezone=new.timezone, currency=new.currency,
+                                address=new.address, version=1, create_time=now, update_time=now)
+        self.data["restaurants"][rid] = restaurant
+        return restaurant
+
+    async def update_restaurant(self, rid, values):
+        current = self.data["restaurants"][rid]
+        address = current.address
+        fields = {}
+        for column, value in values.items():
+            part = next((p for p, c in RESTAURANT_ADDRESS_COLUMNS.items() if c == column), None)
+            if part:
+                address = dataclasses.replace(address, **{part: value})
+            else:
+                fields[column] = value
+        updated = dataclasses.replace(current, **fields, address=address, version=current.version + 1,
+                                      update_time=_now())
+        self.data["restaurants"][rid] = updated
+        return updated
+
+    async def insert_employee(self, rid, user_id, new):
+        if any(e.restaurant_id == rid and e.user_id == user_id for e in self.data["employees"].values()):
+            return None
+        now = _now()
+        employee = EmployeeRecord(
+            id=uuid.uuid4(), restaurant_id=rid, user_id=user_id, active=True, version=1,
+            create_time=now, update_time=now, deactivate_time=None,
+            **{f.name: getattr(new, f.name) for f in dataclasses.fields(new)})
+        self.data["employees"][employee.id] = employee
+        return employee
+
+    async def employee_for_update(self, rid, employee_id):
+        found = self.data["employees"].get(employee_id)
+        return found if found and found.restaurant_id == rid else None
+
+    async def employee_of_user(self, rid, user_id):
+        return next((e for e in self.data["employees"].values()
+                     if e.restaurant_id == rid and e.user_id == user_id), None)
+
+    async def update_employee(self, employee_id, values):
+        now = _now()
+        values = {k: (now if isinstance(v, _Now) or type(v).__name__ == "now" else v)
+                  for k, v in values.items()}
+        current = self.data["employees"][employee_id]
+        updated = dataclasses.replace(current, **values, version=current.version + 1, update_time=now)
+        self.data["employees"][employee_id] = updated
+        return updated
+
+    async def count_active_owners(self, rid, *, excluding):
+        return sum(1 for e in self.data["employees"].values()
+                   if e.restaurant_id == rid and e.active and e.access_role == "owner" and e.id != excluding)
+
+    async def record_change(self, employee, actor_user_id, action, changes):
+        self.data["changes"].append((employee.id, actor_user_id, action, changes))
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.data = {"restaurants": {}, "employees": {}, "changes": []}
+        self.fail_commit = False
+
+    @asynccontextmanager
+    async def transaction(self):
+        snapshot = copy.deepcopy(self.data)
+        try:
+            yield MemoryTransaction(self.data)
+            if self.fail_commit:
+                raise ConnectionResetError("the connection dropped during COMMIT")
+        except BaseException:
+            self.data.clear()
+            self.data.update(snapshot)
+            raise
+
+    async def member_restaurants(self, user_id, page):
+        rows = sorted((MemberRestaurant(self.data["restaurants"][e.restaurant_id], e.access_role)
+                       for e in self.data["employees"].values() if e.user_id == user_id and e.active),
+                      key=lambda m: (m.restaurant.create_time, m.restaurant.id))
+        if page.after:
+            rows = [m for m in rows if (m.restaurant.create_time, m.restaurant.id) > page.after]
+        return rows[: page.size + 1]
+
+    async def member_restaurant(self, user_id, rid):
+        for e in self.data["employees"].values():
+            if e.user_id == user_id and e.restaurant_id == rid and e.active:
+                return MemberRestaurant(self.data["restaurants"][rid], e.access_role)
+        return None
+
+    async def employees(self, rid, where, page):
+        rows = sorted((e for e in self.data["employees"].values() if e.restaurant_id == rid),
+                      key=lambda e: (e.create_time, e.id))
+        if where.access_role:
+            rows = [e for e in rows if e.access_role == where.access_role]
+        if where.state == ACTIVE:
+            rows = [e for e in rows if e.active]
+        elif where.state == INACTIVE:
+            rows = [e for e in rows if not e.active]
+        if page.after:
+            rows = [e for e in rows if (e.create_time, e.id) > page.after]
+        return rows[: page.size + 1]
+
+    async def employee(self, rid, employee_id):
+        found = self.data["employees"].get(employee_id)
+        return found if found and found.restaurant_id == rid else None
+
+    async def employee_of_user(self, rid, user_id):
+        return await MemoryTransaction(self.data).employee_of_user(rid, user_id)
+
+    async def active_members(self, rid):
+        return [(e.user_id, e.access_role) for e in self.data["employees"].values()
+                if e.restaurant_id == rid and e.active]
+
+
+class FakeAccounts:
+    """The auth service: users by email, memberships, and failures on demand."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserAccount] = {}
+        self.memberships: dict[tuple[str, str], str] = {}
+        self.calls: list[tuple] = []
+        self.fail: dict[str, ApiError] = {}
+
+    def add_user(self, email: str, full_name: str = "Ada Lovelace") -> str:
+        user = UserAccount(str(uuid.uuid4()), email, full_name)
+        self.users[user.id] = user
+        return user.id
+
+    def _maybe_fail(self, name: str) -> None:
+        if name in self.fail:
+            raise self.fail[name]
+
+    async def ensure_user(self, email, full_name, password):
+        self.calls.append(("ensure_user", email))
+        self._maybe_fail("ensure_user")
+        for user in self.users.values():
+            if user.email == email:
+                return user
+        user = UserAccount(str(uuid.uuid4()), email, full_name, created=True)
+        self.users[user.id] = user
+        return user
+
+    async def get_user(self, user_id):
+        self._maybe_fail("get_user")
+        return self.users.get(user_id)
+
+    async def grant_membership(self, user_id, restaurant_id, restaurant_name, role):
+        self.calls.append(("grant", user_id, restaurant_id, role))
+        self._maybe_fail("grant")
+        previous = self.memberships.get((user_id, restaurant_id), "")
+        self.memberships[(user_id, restaurant_id)] = role
+        return MembershipChange(previous, 1 if previous and previous != role else 0)
+
+    async def revoke_membership(self, user_id, restaurant_id):
+        self.calls.append(("revoke", user_id, restaurant_id))
+        self._maybe_fail("revoke")
+        return 1 if self.memberships.pop((user_id, restaurant_id), None) else 0
+
+
+AUTH_DOWN = Unavailable("AUTH_UNAVAILABLE", "auth is down", auth_outcome="not_applied")
+AUTH_TIMEOUT = Unavailable("AUTH_UNAVAILABLE", "auth timed out", auth_outcome="unknown")
+
+
+def caller(user_id: str, restaurant_id: str = "", role: str = "") -> Caller:
+    return Caller(user_id=user_id, session_id="s", restaurant_id=restaurant_id, role=role,
+                  token_id="t", expires_at=0, client_ip="198.51.100.7")
+
+
+DRAFT = RestaurantDraft(name="Chez Ada", timezone="Europe/Paris", currency="eur",
+                        address=Address(line1="1 Rue de Rivoli", city="Paris", country="fr"))
+
+
+@pytest.fixture
+def world():
+    store, accounts = MemoryStore(), FakeAccounts()
+    return store, accounts, StaffDomain(store, accounts)
+
+
+async def open_restaurant(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com", "Olive Owner")
+    created = await domain.create_restaurant(caller(owner_id), DRAFT)
+    rid = str(created.restaurant.id)
+    return rid, caller(owner_id, rid, "owner")
+
+
+async def hire(world, as_caller, email, role="staff", **fields):
+    _, _, domain = world
+    draft = EmployeeDraft(first_name="Sam", email=email, access_role=role, **fields)
+    employee = await domain.create_employee(as_caller, draft, "correct horse battery")
+    return employee, caller(str(employee.user_id), as_caller.restaurant_id, role)
+
+
+# --- restaurants ------------------------------------------------------------------------------
+
+
+async def test_creating_a_restaurant_makes_the_caller_its_owner_employee_and_member(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    restaurant = store.data["restaurants"][uuid.UUID(rid)]
+    assert (restaurant.currency, restaurant.address.country) == ("EUR", "FR")
+    (employee,) = store.data["employees"].values()
+    assert (employee.access_role, employee.first_name, employee.last_name) == ("owner", "Olive", "Owner")
+    assert accounts.memberships == {(owner.user_id, rid): "owner"}
+
+
+async def test_when_auth_cannot_grant_the_owner_membership_no_restaurant_is_created(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com")
+    accounts.fail["grant"] = AUTH_DOWN
+    with pytest.raises(Unavailable) as caught:
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert caught.value.reason == "AUTH_UNAVAILABLE"
+    assert store.data["restaurants"] == {} and store.data["employees"] == {}
+    assert not any(call[0] == "revoke" for call in accounts.calls)  # nothing reached auth
+
+
+async def test_when_the_commit_fails_after_the_grant_the_membership_is_revoked_again(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com")
+    store.fail_commit = True
+    with pytest.raises(ConnectionResetError):
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert store.data["restaurants"] == {}
+    assert accounts.memberships == {}
+    assert accounts.calls[-1][0] == "revoke"
+
+
+async def test_a_grant_that_timed_out_is_reverted_because_auth_may_have_applied_it(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com")
+    accounts.fail["grant"] = AUTH_TIMEOUT
+    with pytest.raises(Unavailable):
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert accounts.calls[-1][0] == "revoke"
+
+
+async def test_bad_restaurant_fields_are_refused_before_anything_is_written(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com")
+    for draft, reason in [
+        (dataclasses.replace(DRAFT, currency="EURO"), "INVALID_CURRENCY"),
+        (dataclasses.replace(DRAFT, timezone="Paris"), "INVALID_TIMEZONE"),
+        (dataclasses.replace(DRAFT, name=" "), "FIELD_REQUIRED"),
+        (dataclasses.replace(DRAFT, name="x" * 121), "FIELD_TOO_LONG"),
+        (dataclasses.replace(DRAFT, address=Address(country="XX")), "INVALID_COUNTRY"),
+        (dataclasses.replace(DRAFT, address=Address(line1="y" * 201)), "FIELD_TOO_LONG"),
+    ]:
+        with pytest.raises(InvalidArgument) as caught:
+            await domain.create_restaurant(caller(owner_id), draft)
+        assert caught.value.reason == reason
+    assert store.data["restaurants"] == {} and accounts.calls == []
+
+
+async def test_restaurants_of_others_are_not_found(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    stranger = caller(accounts.add_user("stranger@example.com"))
+    with pytest.raises(NotFound) as caught:
+        await domain.get_restaurant(stranger, rid)
+    assert caught.value.reason == "RESTAURANT_NOT_FOUND"
+    assert (await domain.list_restaurants(stranger, 0, "")).items == []
+    assert (await domain.get_restaurant(owner, rid)).role == "owner"
+
+
+async def test_a_stale_restaurant_update_is_a_version_conflict_and_changes_nothing(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    updated = await domain.update_restaurant(owner, rid, {"name": "Chez Ada II"}, 1)
+    assert updated.restaurant.version == 2
+    with pytest.raises(Aborted) as caught:
+        await domain.update_restaurant(owner, rid, {"name": "Lost update"}, 1)
+    assert caught.value.reason == "VERSION_CONFLICT"
+    assert caught.value.metadata == {"expected_version": "1", "current_version": "2"}
+    assert store.data["restaurants"][uuid.UUID(rid)].name == "Chez Ada II"
+
+
+async def test_a_restaurant_update_without_a_version_is_refused(world):
+    rid, owner = await open_restaurant(world)
+    with pytest.raises(InvalidArgument) as caught:
+        await world[2].update_restaurant(owner, rid, {"name": "x"}, 0)
+    assert caught.value.reason == "VERSION_REQUIRED"
+
+
+async def test_a_rename_is_passed_to_auth_with_the_owners_own_role(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    await domain.update_restaurant(owner, rid, {"name": "Renamed"}, 1)
+    assert accounts.calls[-1] == ("grant", owner.user_id, rid, "owner")
+
+
+async def test_a_rename_that_auth_cannot_take_changes_nothing(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    accounts.fail["grant"] = AUTH_DOWN
+    with pytest.raises(Unavailable):
+        await domain.update_restaurant(owner, rid, {"name": "Renamed"}, 1)
+    assert store.data["restaurants"][uuid.UUID(rid)].name == "Chez Ada"
+
+
+async def test_only_an_owner_on_record_may_update_the_restaurant(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    _, manager = await hire(world, owner, "m@example.com", role="manager")
+    stale_owner_token = dataclasses.replace(manager, role="owner")
+    with pytest.raises(PermissionDenied) as caught:
+        await domain.update_restaurant(stale_owner_token, rid, {"timezone": "UTC"}, 1)
+    assert caught.value.reason == "ROLE_FORBIDDEN"
+
+
+# --- employees --------------------------------------------------------------------------------
+
+
+async def test_creating_an_employee_links_the_account_and_grants_the_role(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    employee, _ = await hire(world, owner, "Sam@Example.com", role="manager", hourly_rate_minor=1500)
+    assert employee.email == "sam@example.com" and employee.access_role == "manager"
+    assert accounts.memberships[(str(employee.user_id), rid)] == "manager"
+
+
+async def test_an_employee_defaults_to_the_staff_role(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam", email="s@example.com"), "")
+    assert employee.access_role == "staff"
+
+
+async def test_the_same_user_cannot_be_hired_twice(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    first, _ = await hire(world, owner, "sam@example.com")
+    with pytest.raises(AlreadyExists) as caught:
+        await hire(world, owner, "SAM@example.com")
+    assert caught.value.reason == "EMPLOYEE_EXISTS"
+    assert caught.value.metadata["employee_id"] == str(first.id)
+
+
+async def test_when_auth_cannot_grant_no_employee_is_created(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    accounts.fail["grant"] = AUTH_DOWN
+    with pytest.raises(Unavailable):
+        await hire(world, owner, "sam@example.com")
+    assert len(store.data["employees"]) == 1  # the owner only
+
+
+async def test_managers_cannot_create_owners_or_managers_and_the_denial_is_a_security_event(world, monkeypatch):
+    store, accounts, domain = world
+    recorded = []
+    monkeypatch.setattr(security_events, "record", lambda type, **kw: recorded.append((type, kw)))
+    rid, owner = await open_restaurant(world)
+    _, manager = await hire(world, owner, "manager@example.com", role="manager")
+    for role in ("owner", "manager"):
+        with pytest.raises(PermissionDenied) as caught:
+            await hire(world, manager, f"{role}2@example.com", role=role)
+        assert caught.value.reason == "ROLE_FORBIDDEN"
+        assert "staff.CreateEmployee" in caught.value.message and "manager" in caught.value.message
+    assert [event for event, _ in recorded] == ["ACCESS_DENIED", "ACCESS_DENIED"]
+    assert recorded[0][1]["user_id"] == manager.user_id and recorded[0][1]["permission"] == "staff.CreateEmployee"
+    staff, _ = await hire(world, manager, "staff@example.com")
+    assert staff.access_role == "staff"
+
+
+async def test_managers_cannot_promote_change_or_deactivate_managers_and_owners(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    manager_record, manager = await hire(world, owner, "manager@example.com", role="manager")
+    other_manager, _ = await hire(world, owner, "manager2@example.com", role="manager")
+    staff, _ = await hire(world, owner, "staff@example.com")
+    owner_record = await domain.get_employee(owner, "me")
+    attempts = [
+        lambda: domain.update_employee(manager, str(staff.id), {"access_role": "manager"}, staff.version),
+        lambda: domain.update_employee(manager, str(staff.id), {"access_role": "owner"}, staff.version),
+        lambda: domain.update_employee(manager, str(other_manager.id), {"phone": "+44 1234 567890"}, 1),
+        lambda: domain.update_employee(manager, "me", {"hourly_rate_minor": 99999}, 1),
+        lambda: domain.update_employee(manager, str(owner_record.id), {"access_role": "staff"}, 1),
+        lambda: domain.deactivate_employee(manager, str(owner_record.id), 0),
+        lambda: domain.deactivate_employee(manager, str(other_manager.id), 0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(PermissionDenied) as caught:
+            await attempt()
+        assert caught.value.reason == "ROLE_FORBIDDEN"
+    roles = sorted(e.access_role for e in store.data["employees"].values() if e.active)
+    assert roles == ["manager", "manager", "owner", "staff"]
+    assert manager_record.hourly_rate_minor is None
+
+
+async def test_a_role_change_applies_through_auth_at_once(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    promoted = await domain.update_employee(owner, str(staff.id), {"access_role": "manager"}, staff.version)
+    assert promoted.access_role == "manager" and promoted.version == staff.version + 1
+    assert accounts.memberships[(str(staff.user_id), rid)] == "manager"
+    assert store.data["changes"][-1][2] == "role_changed"
+
+
+async def test_when_the_commit_fails_after_a_role_change_the_old_role_is_granted_back(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    store.fail_commit = True
+    with pytest.raises(ConnectionResetError):
+        await domain.update_employee(owner, str(staff.id), {"access_role": "manager"}, staff.version)
+    assert accounts.memberships[(str(staff.user_id), rid)] == "staff"
+    assert store.data["employees"][staff.id].access_role == "staff"
+
+
+async def test_a_stale_employee_update_is_a_version_conflict_and_changes_nothing(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    await domain.update_employee(owner, str(staff.id), {"job_title": "server"}, staff.version)
+    calls = len(accounts.calls)
+    with pytest.raises(Aborted) as caught:
+        await domain.update_employee(owner, str(staff.id), {"access_role": "manager", "job_title": "cook"},
+                                     staff.version)
+    assert caught.value.reason == "VERSION_CONFLICT"
+    current = store.data["employees"][staff.id]
+    assert (current.access_role, current.job_title, current.version) == ("staff", "server", 2)
+    assert len(accounts.calls) == calls  # auth was not asked for anything
+
+
+async def test_patch_changes_only_named_fields_and_clears_optional_ones_with_none(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com", phone="+44 1234 567890", job_title="cook")
+    updated = await domain.update_employee(owner, str(staff.id), {"phone": None}, staff.version)
+    assert updated.phone is None and updated.job_title == "cook" and updated.first_name == "Sam"
+    with pytest.raises(InvalidArgument) as caught:
+        await domain.update_employee(owner, str(staff.id), {"first_name": None}, updated.version)
+    assert caught.value.reason == "FIELD_REQUIRED"
+
+
+async def test_an_update_that_changes_nothing_keeps_the_version(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    same = await domain.update_employee(owner, str(staff.id), {"first_name": "Sam"}, staff.version)
+    assert same.version == staff.version
+
+
+async def test_the_email_cannot_change(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    with pytest.raises(InvalidArgument) as caught:
+        await domain.update_employee(owner, str(staff.id), {"email": "other@example.com"}, staff.version)
+    assert caught.value.reason == "EMAIL_IMMUTABLE"
+
+
+async def test_the_last_owner_can_neither_leave_nor_be_demoted(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    me = await domain.get_employee(owner, "me")
+    with pytest.raises(FailedPrecondition) as caught:
+        await domain.deactivate_employee(owner, "me", 0)
+    assert caught.value.reason == "LAST_OWNER"
+    with pytest.raises(FailedPrecondition) as caught:
+        await domain.update_employee(owner, "me", {"access_role": "manager"}, me.version)
+    assert caught.value.reason == "LAST_OWNER"
+    second, _ = await hire(world, owner, "second-owner@example.com", role="owner")
+    demoted = await domain.update_employee(owner, "me", {"access_role": "manager"}, me.version)
+    assert demoted.access_role == "manager"
+
+
+async def test_deactivation_revokes_the_membership_keeps_the_record_and_is_idempotent(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    gone = await domain.deactivate_employee(owner, str(staff.id), staff.version)
+    assert not gone.active and gone.deactivate_time is not None
+    assert (str(staff.user_id), rid) not in accounts.memberships
+    again = await domain.deactivate_employee(owner, str(staff.id), 0)
+    assert again.version == gone.version
+    listed = await domain.list_employees(owner, 0, "", "", "inactive")
+    assert [e.id for e in listed.items] == [staff.id]
+    with pytest.raises(FailedPrecondition) as caught:
+        await domain.update_employee(owner, str(staff.id), {"job_title": "cook"}, gone.version)
+    assert caught.value.reason == "EMPLOYEE_INACTIVE"
+
+
+async def test_reactivation_grants_the_previous_role_again(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    gone = await domain.deactivate_employee(owner, str(staff.id), 0)
+    back = await domain.reactivate_employee(owner, str(staff.id), gone.version)
+    assert back.active and back.deactivate_time is None
+    assert accounts.memberships[(str(staff.user_id), rid)] == "staff"
+
+
+async def test_rehiring_a_deactivated_employee_points_to_reactivation(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    await domain.deactivate_employee(owner, str(staff.id), 0)
+    with pytest.raises(AlreadyExists) as caught:
+        await hire(world, owner, "staff@example.com")
+    assert ":undelete" in caught.value.message and caught.value.metadata["active"] == "false"
+
+
+async def test_employees_of_another_restaurant_are_not_found(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    other_owner_id = accounts.add_user("other@example.com")
+    other = await domain.create_restaurant(caller(other_owner_id), DRAFT)
+    other_owner = caller(other_owner_id, str(other.restaurant.id), "owner")
+    for attempt in (
+        lambda: domain.get_employee(other_owner, str(staff.id)),
+        lambda: domain.update_employee(other_owner, str(staff.id), {"first_name": "X"}, 1),
+        lambda: domain.deactivate_employee(other_owner, str(staff.id), 0),
+        lambda: domain.reactivate_employee(other_owner, str(staff.id), 0),
+    ):
+        with pytest.raises(NotFound) as caught:
+            await attempt()
+        assert caught.value.reason == "EMPLOYEE_NOT_FOUND"
+    assert store.data["employees"][staff.id].first_name == "Sam"
+
+
+async def test_staff_see_the_directory_and_their_own_full_profile(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    _, staff = await hire(world, owner, "staff@example.com", phone="+44 1234 567890", hourly_rate_minor=1200)
+    page = await domain.list_employees(staff, 0, "", "", "")
+    others = [e for e in page.items if str(e.user_id) != staff.user_id]
+    assert others and all(e.email is None and e.phone is None and e.hourly_rate_minor is None for e in others)
+    me = await domain.get_employee(staff, "me")
+    assert (me.email, me.phone, me.hourly_rate_minor) == ("staff@example.com", "+44 1234 567890", 1200)
+
+
+async def test_a_token_role_older_than_the_record_does_not_grant_more(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    record, manager = await hire(world, owner, "manager@example.com", role="manager")
+    await domain.update_employee(owner, str(record.id), {"access_role": "staff"}, record.version)
+    # `manager` still carries the old role in its token; the recorded role decides writes.
+    with pytest.raises(PermissionDenied):
+        await hire(world, manager, "new@example.com")
+
+
+async def test_a_deactivated_employee_with_a_live_token_cannot_write(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    record, manager = await hire(world, owner, "manager@example.com", role="manager")
+    await domain.deactivate_employee(owner, str(record.id), 0)
+    with pytest.raises(PermissionDenied) as caught:
+        await hire(world, manager, "new@example.com")
+    assert caught.value.reason == "NOT_A_MEMBER"
+
+
+async def test_pages_follow_the_keyset_without_duplicates_or_gaps(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    for n in range(7):
+        await hire(world, owner, f"p{n}@example.com")
+    seen, token = [], ""
+    while True:
+        page = await domain.list_employees(owner, 3, token, "staff", "all")
+        seen.extend(e.id for e in page.items)
+        token = page.next_page_token
+        if not token:
+            break
+        await hire(world, owner, f"late{len(seen)}@example.com")  # inserts while paging
+    staff_ids = [e.id for e in sorted(store.data["employees"].values(), key=lambda e: e.create_time)
+                 if e.access_role == "staff"]
+    assert len(seen) == len(set(seen))
+    assert seen == staff_ids[: len(seen)] and len(seen) >= 7
+    with pytest.raises(InvalidArgument):
+        await domain.list_employees(owner, 3, page.next_page_token or "x", "", "")
+
+
+async def test_unknown_filters_are_refused(world):
+    rid, owner = await open_restaurant(world)
+    with pytest.raises(InvalidArgument) as caught:
+        await world[2].list_employees(owner, 0, "", "", "fired")
+    assert caught.value.reason == "INVALID_FILTER"
+    with pytest.raises(InvalidArgument) as caught:
+        await world[2].list_employees(owner, 0, "", "admin", "")
+    assert caught.value.reason == "INVALID_ROLE"
