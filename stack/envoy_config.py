@@ -128,13 +128,14 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
                         raise ValueError(f"{template} is bound by two services")
                     existing.streaming |= method.server_streaming
                     access.setdefault(regex, set()).add(public)
+    open_regexes = [regex for regex, kinds in access.items() if kinds == {True}]
     for regex, kinds in access.items():
-        if kinds == {True}:
-            routes.open.append(OpenRule(regex=regex))
-        elif True in kinds:
-            # The open rule matches the path whatever the method, so sharing a path with a
-            # protected RPC would open that one too.
-            raise ValueError(f"{seen[regex].template} binds both PUBLIC and protected RPCs")
+        # An open rule matches its path whatever the method: a protected RPC on a path it
+        # matches would be opened too.
+        sample = re.sub(r"\{[^}]*\}", "x", seen[regex].template)
+        if False in kinds and any(re.fullmatch(open_regex, sample) for open_regex in open_regexes):
+            raise ValueError(f"{seen[regex].template} is protected but matches a PUBLIC path")
+    routes.open.extend(OpenRule(regex=regex) for regex in open_regexes)
     missing = set(EDGE_SERVICES) - found
     if missing:
         raise ValueError(f"services missing from {descriptor_set}: {', '.join(sorted(missing))}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +27,18 @@ log = logging.getLogger(__name__)
 # are equally strong; anything weaker than the weakest row is refused at start-up.
 OWASP_MIN_MEMORY_KIB = 7168
 OWASP_MIN_MEMORY_TIME_PRODUCT = 7168 * 5
+
+
+# Hashing threads run at a lower CPU priority than the event loop's thread, so on a busy
+# machine the loop (answering every other request) wins the CPU over a queue of hashes.
+HASH_THREAD_NICENESS = 10
+
+
+def _lower_thread_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+    except (OSError, AttributeError):  # not Linux, or not permitted: run at normal priority
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +75,8 @@ class PasswordHashing:
                                       memory_cost=parameters.memory_kib,
                                       parallelism=parameters.parallelism, type=Type.ID)
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers),
-                                            thread_name_prefix="argon2")
+                                            thread_name_prefix="argon2",
+                                            initializer=_lower_thread_priority)
         self._max_pending = max(1, max_pending)
         self._pending = 0
         # A real hash with the current parameters, verified against when an account does not

@@ -8,7 +8,8 @@ exactly like known ones; and a client IP):
     auth:ratelimit:{kind}:{id}:lock       present while locked out (TTL = the lockout)
 
 An attempt is counted *before* the password is checked (`begin`), so a burst of concurrent
-guesses cannot slip past the threshold while the first ones are still hashing. The first lockout
+guesses cannot slip past the threshold while the first ones are still hashing: attempts beyond
+the budget wait until those in flight are decided (then the lockout, if any, applies to them). The first lockout
 comes after `threshold` failures and lasts the base time; while the level is remembered a single
 further failure locks again, each time twice as long, up to the maximum. A successful sign-in
 clears the account's counters and takes its own attempt back off the IP's count (one valid
@@ -29,6 +30,8 @@ from posmesh.common.errors import ResourceExhausted, Unavailable
 from posmesh.common.settings import Settings
 
 _TIMEOUT_SECONDS = 2.0
+# How long an attempt waits for attempts already in flight for the same subject to finish.
+_QUEUE_WAIT_SECONDS = 3.0
 
 # KEYS: (failures, level, lock) per subject. ARGV: window, then one threshold per subject.
 # Returns {-1, ms} when locked, {-2, ms} when in-flight attempts fill the budget, else
@@ -73,10 +76,17 @@ redis.call('SET', KEYS[2], level, 'EX', seconds + tonumber(ARGV[3]))
 return seconds
 """
 
-# KEYS: failures. Takes one attempt back off the count, never below zero.
-_GIVE_BACK = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current > 0 then redis.call('DECR', KEYS[1]) end
+# KEYS: (failures, level) per subject. ARGV: per subject "clear" (forget its failures and
+# lockout level) or "give_back" (take this one attempt back off the count, never below zero).
+_SETTLE = """
+for i = 0, #KEYS / 2 - 1 do
+  if ARGV[i + 1] == 'clear' then
+    redis.call('DEL', KEYS[i * 2 + 1], KEYS[i * 2 + 2])
+  else
+    local current = tonumber(redis.call('GET', KEYS[i * 2 + 1]) or '0')
+    if current > 0 then redis.call('DECR', KEYS[i * 2 + 1]) end
+  end
+end
 return 0
 """
 
@@ -136,7 +146,7 @@ class LoginLimiter:
         self._ip_threshold = settings.login_ip_max_failures
         self._begin = redis.register_script(_BEGIN)
         self._fail = redis.register_script(_FAIL)
-        self._give_back = redis.register_script(_GIVE_BACK)
+        self._settle_script = redis.register_script(_SETTLE)
 
     def subjects(self, normalised_email: str, ip: str) -> list[Subject]:
         subjects = [Subject("account", account_id(normalised_email), self._account_threshold)]
@@ -151,13 +161,25 @@ class LoginLimiter:
             raise _unavailable() from exc
 
     async def begin(self, subjects: list[Subject]) -> Attempt:
-        """Counts an attempt; raises TOO_MANY_ATTEMPTS while any subject is locked out."""
+        """Counts an attempt; raises TOO_MANY_ATTEMPTS while any subject is locked out.
+
+        When the budget is taken by attempts still being checked (a burst for one account, e.g.
+        every till of a restaurant signing in at once) this one waits for a slot rather than
+        failing: a correct burst just queues briefly, a guessing burst runs into the lockout.
+        """
         keys = [key for subject in subjects for key in subject.keys()]
         args = [self._window] + [subject.threshold for subject in subjects]
-        reply = [int(value) for value in await self._call(self._begin(keys=keys, args=args))]
-        if reply[0] < 0:
-            raise too_many_attempts(max(1, math.ceil(reply[1] / 1000)))
-        return Attempt(subjects, reply[1::2], reply[2::2])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _QUEUE_WAIT_SECONDS
+        delay = 0.01
+        while True:
+            reply = [int(value) for value in await self._call(self._begin(keys=keys, args=args))]
+            if reply[0] == 0:
+                return Attempt(subjects, reply[1::2], reply[2::2])
+            if reply[0] == -1 or loop.time() + delay > deadline:
+                raise too_many_attempts(max(1, math.ceil(reply[1] / 1000)))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def failed(self, attempt: Attempt) -> Lockout | None:
         """Keeps the attempt counted; the longest lockout it started, if any."""
@@ -174,27 +196,20 @@ class LoginLimiter:
         return max(started, key=lambda lock: lock.seconds) if started else None
 
     async def succeeded(self, attempt: Attempt) -> None:
-        async def run() -> None:
-            pipe = self._redis.pipeline(transaction=False)
-            for subject in attempt.subjects:
-                if subject.kind == "account":
-                    pipe.delete(subject.key("failures"), subject.key("level"))
-            await pipe.execute()
-            for subject in attempt.subjects:
-                if subject.kind != "account":
-                    await self._give_back(keys=[subject.key("failures")])
-
-        try:
-            await asyncio.wait_for(run(), _TIMEOUT_SECONDS)
-        except Exception:
-            # The sign-in itself succeeded; leftover counts expire with their window.
-            pass
+        """Clears the account's counters; takes the attempt back off the IP's count."""
+        await self._settle(attempt, lambda subject: "clear" if subject.kind == "account" else "give_back")
 
     async def abandoned(self, attempt: Attempt) -> None:
         """The attempt never reached a password check (e.g. the database was down)."""
+        await self._settle(attempt, lambda subject: "give_back")
+
+    async def _settle(self, attempt: Attempt, action) -> None:
+        keys = [key for subject in attempt.subjects
+                for key in (subject.key("failures"), subject.key("level"))]
         try:
-            for subject in attempt.subjects:
-                await asyncio.wait_for(self._give_back(keys=[subject.key("failures")]),
-                                       _TIMEOUT_SECONDS)
+            await asyncio.wait_for(
+                self._settle_script(keys=keys, args=[action(s) for s in attempt.subjects]),
+                _TIMEOUT_SECONDS)
         except Exception:
+            # The answer is decided already; leftover counts expire with their window.
             pass

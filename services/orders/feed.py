@@ -93,9 +93,9 @@ class LiveTail:
             return
         subscribers.discard(subscription)
         if not subscribers:
+            # The stream drops out of the next XREAD; no need to interrupt the current one.
             del self._subscriptions[subscription.restaurant_id]
             self._positions.pop(subscription.restaurant_id, None)
-            self._changed.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -166,7 +166,9 @@ class LiveTail:
             self._dispatch(reply or [])
 
     def _dispatch(self, reply) -> None:
-        for key, entries in reply:
+        # RESP2 answers [[key, entries], ...]; RESP3 {key: [entries]}.
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        for key, entries in pairs:
             restaurant_id = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1]
             subscribers = self._subscriptions.get(restaurant_id)
             if not subscribers:

@@ -13,6 +13,7 @@ import zoneinfo
 from datetime import datetime, timezone
 from typing import Callable
 
+from posmesh.common.errors import Unavailable
 from services.orders import paging, wire
 from services.orders.domain import (
     ORDER_CREATED,
@@ -61,6 +62,16 @@ class OrderBook:
     # -- create --------------------------------------------------------------------------------
 
     async def create(self, actor: Actor, bearer_token: str, draft: OrderDraft) -> Order:
+        # Creating is idempotent (request_id), so a create that lost its database connection
+        # (possibly after committing) is simply tried once more.
+        try:
+            return await self._create(actor, bearer_token, draft)
+        except Unavailable as error:
+            if error.reason != "DATABASE_UNAVAILABLE":
+                raise
+            return await self._create(actor, bearer_token, draft)
+
+    async def _create(self, actor: Actor, bearer_token: str, draft: OrderDraft) -> Order:
         digest = fingerprint(draft)
         # A retry usually finds its order here, without writing anything.
         existing = await self._store.order_by_request(actor.restaurant_id, draft.request_id)

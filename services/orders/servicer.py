@@ -100,19 +100,16 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         self._leeway = leeway_seconds
 
     async def CreateOrder(self, request: pb.CreateOrderRequest, ctx) -> pb.Order:
-        kind = wire.order_type_name(request.order_type) if request.order_type else None
-        draft = domain.order_draft(request.request_id, kind, request.table_number, request.notes,
-                                   wire.line_inputs(request.lines))
-        order = await self._book.create(_actor(), _bearer(), draft)
+        order = await self._book.create(_actor(), _bearer(), wire.order_draft_input(request))
         return wire.order_to_proto(order)
 
     async def ListOrders(self, request: pb.ListOrdersRequest, ctx) -> pb.ListOrdersResponse:
         filters = OrderFilter(
             statuses=frozenset(wire.status_input(value, f"statuses[{index}]")
                                for index, value in enumerate(request.statuses)),
-            created_after=(wire.from_timestamp(request.created_after)
+            created_after=(wire.timestamp_input(request.created_after, "created_after")
                            if request.HasField("created_after") else None),
-            created_before=(wire.from_timestamp(request.created_before)
+            created_before=(wire.timestamp_input(request.created_before, "created_before")
                             if request.HasField("created_before") else None))
         page = await self._book.list_orders(_actor(), filters, request.page_size,
                                             request.page_token)

@@ -145,6 +145,20 @@ def line_inputs(lines) -> list[domain.LineInput]:
             for index, line in enumerate(lines)]
 
 
+def order_draft_input(request: pb.CreateOrderRequest) -> domain.OrderDraft:
+    kind = order_type_name(request.order_type) if request.order_type else None
+    return domain.order_draft(request.request_id, kind, request.table_number, request.notes,
+                              line_inputs(request.lines))
+
+
+def timestamp_input(stamp: timestamp_pb2.Timestamp, field_name: str) -> datetime:
+    try:
+        return from_timestamp(stamp)
+    except (ValueError, OverflowError, OSError):
+        raise domain.invalid("VALUE_OUT_OF_RANGE", field_name,
+                             "is not a time between years 1 and 9999") from None
+
+
 def status_input(value: int, field_name: str = "status") -> OrderStatus:
     if value == pb.ORDER_STATUS_UNSPECIFIED:
         raise domain.invalid("FIELD_REQUIRED", field_name, "is required")

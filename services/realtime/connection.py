@@ -27,6 +27,7 @@ from posmesh.common.tokens import token_expired
 from services.realtime import protocol
 from services.realtime.limits import LimitPolicy, MessageBudget
 from services.realtime.protocol import CloseCode, ProtocolError, Target
+from services.realtime.revocations import Revocation
 
 if TYPE_CHECKING:
     from services.realtime.gateway import RealtimeGateway
@@ -249,10 +250,7 @@ class Connection:
         if error is not None:
             raise AuthFailed(error.reason, error.message)
         assert claims is not None
-        if await authenticator.revocations.is_revoked(claims.sid):
-            security_events.record("REVOKED_SESSION_USE", ip=self.ip, user_id=claims.sub,
-                                   method="websocket")
-            raise AuthFailed("SESSION_REVOKED", "this session has been signed out; sign in again")
+        await self._refuse_if_revoked(claims.sid, claims.sub)
 
         # The user and restaurant come from the token; what the message says must agree with it.
         if not from_header or request.user_id:
@@ -297,8 +295,7 @@ class Connection:
         self.expires_at = claims.exp
         # Index first, then check again: a revocation published in between is not missed.
         gateway.index.add(self)
-        if await authenticator.revocations.is_revoked(claims.sid):
-            raise AuthFailed("SESSION_REVOKED", "this session has been signed out; sign in again")
+        await self._refuse_if_revoked(claims.sid, claims.sub)
 
         self.feed = await gateway.hub.prepare(target.restaurant_id)
         if self.closing:
@@ -316,6 +313,18 @@ class Connection:
             "restaurant_id": self.restaurant_id, "connection_type": target.connection_type,
             "resume": request.last_event_id is not None})
         return True
+
+    async def _refuse_if_revoked(self, session_id: str, user_id: str) -> None:
+        reason = await self.gateway.revoked_reason(session_id)
+        if reason is None:
+            return
+        security_events.record("REVOKED_SESSION_USE", ip=self.ip, user_id=user_id,
+                               method="websocket", reason=reason)
+        if Revocation(session_id, user_id, self.restaurant_id, reason).close_code == \
+                CloseCode.FORBIDDEN:
+            raise AuthFailed("MEMBERSHIP_REVOKED", f"your access to this restaurant changed "
+                             f"({reason.lower()}); sign in again")
+        raise AuthFailed("SESSION_REVOKED", "this session has been signed out; sign in again")
 
     def _auth_success(self) -> bytes:
         return protocol.encode(protocol.AUTH_SUCCESS, {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections import Counter
 from http import HTTPStatus
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 MISSED_HEARTBEATS = 3
+KERNEL_SEND_BUFFER_BYTES = 64 * 1024
 # A safety net under pub/sub (a message published during a silent reconnect is lost): every
 # socket's session is also checked against the revocation markers this often.
 REVOCATION_SWEEP_SECONDS = 15.0
@@ -64,6 +66,18 @@ def client_ip(headers: Headers, remote_address) -> str:
     if remote_address:
         return str(remote_address[0])
     return ""
+
+
+def _bound_kernel_send_buffer(ws: ServerConnection) -> None:
+    """A fixed kernel send buffer per socket instead of autotuning up to net.ipv4.tcp_wmem's
+    maximum (4 MiB): bounded kernel memory per idle screen, and a client that stops reading
+    shows up as a slow consumer (WS_SEND_BUFFER_BYTES) after a bounded amount of data."""
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER_BYTES)
+        except OSError:
+            pass
 
 
 def _text_response(ws: ServerConnection, status: HTTPStatus, body: str,
@@ -141,6 +155,7 @@ class RealtimeGateway:
             await ws.close(CloseCode.RATE_LIMITED, "RATE_LIMITED")
             return
         self.metrics.connections_opened += 1
+        _bound_kernel_send_buffer(ws)
         await Connection(self, ws, target, ip).run()
 
     # --- revocations -----------------------------------------------------------------------
@@ -158,6 +173,23 @@ class RealtimeGateway:
         if targets:
             log.info("closed %d socket(s) on revocation", len(targets),
                      extra={"reason": revocation.reason})
+
+    async def revoked_reason(self, session_id: str) -> str | None:
+        """Why the session was revoked (its marker's value), or None while it is live. Fails
+        open when Redis cannot answer, like every service's revocation check."""
+        if self.redis is None:
+            revoked = await self.authenticator.revocations.is_revoked(session_id)
+            return "REVOKED" if revoked else None
+        try:
+            value = await self.redis.get(revoked_key(session_id))
+        except Exception as exc:
+            log.warning("revocation check unavailable, allowing token until expiry",
+                        extra={"error": repr(exc)})
+            return None
+        if value is None:
+            return None
+        return (value.decode(errors="replace") if isinstance(value, bytes) else str(value)) \
+            or "REVOKED"
 
     async def sweep_revoked(self) -> None:
         """After (re)subscribing: close sockets whose session was revoked while we were deaf."""

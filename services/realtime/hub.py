@@ -171,7 +171,7 @@ class RestaurantFeed:
         self.position: int | None = None  # highest sequence received; None until the first event
         self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING_SIZE)
         self.connected = False  # the current upstream call has answered
-        self.ready = asyncio.Event()  # the first upstream call has answered
+        self.ready = asyncio.Event()  # position known, or upstream has answered
         self.reserved = 0  # sockets between prepare() and start()
         self._task: asyncio.Task | None = None
         self._linger: asyncio.TimerHandle | None = None

@@ -223,7 +223,10 @@ def encode(kind: str, data: dict[str, Any], restaurant_id: str = "", *,
         "restaurant_id": restaurant_id or None,
         "timestamp": now_rfc3339(),
     }
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    # backslashreplace: a lone surrogate echoed from a client's JSON ("\ud800") goes back out as
+    # the same JSON escape instead of failing to encode.
+    text = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def error_frame(code: str, message: str, restaurant_id: str = "") -> bytes:

@@ -94,13 +94,24 @@ async def test_a_burst_of_concurrent_guesses_cannot_slip_past_the_threshold(edge
     threshold = stack.settings.login_max_failures
     replies = await asyncio.gather(*[login(edge, account.email, f"{WRONG} {n}") for n in range(20)])
     assert {error_reason(r) for r in replies} <= {"INVALID_CREDENTIALS", "TOO_MANY_ATTEMPTS"}
-    checked = await _event_count(stack, "LOGIN_FAILED", account.user_id, at_least=threshold + 1)
-    # Attempts are counted before the (slow) password check, so in-flight guesses use up the
-    # budget: exactly `threshold` passwords were checked, the other guesses never were.
-    assert checked == threshold
-    assert sum(error_reason(r) == "INVALID_CREDENTIALS" for r in replies) == threshold - 1
-    await asyncio.sleep(stack.settings.login_lockout_base_seconds + 0.3)
-    assert (await login(edge, account.email, account.password)).status_code == 200
+    checked = await _event_count(stack, "LOGIN_FAILED", account.user_id, at_least=threshold)
+    # Attempts are counted before the (slow) password check and the ones beyond the budget wait
+    # for those in flight, so the burst got the checks sequential guessing would have: the
+    # threshold, plus at most one more once the first (1 s in tests) lockout ran out.
+    assert threshold <= checked <= threshold + 1, checked
+    assert sum(error_reason(r) == "TOO_MANY_ATTEMPTS" for r in replies) >= 20 - checked
+    deadline = time.monotonic() + 10
+    while (reply := await login(edge, account.email, account.password)).status_code == 429:
+        assert time.monotonic() < deadline, reply.text
+        await asyncio.sleep(float(error_metadata(reply)["retry_after_seconds"]))
+    assert reply.status_code == 200, reply.text
+
+
+async def test_a_burst_of_correct_sign_ins_to_one_account_all_succeed(edge, stack):
+    """Every till of a restaurant signing in to a shared account at once is not an attack."""
+    account = await register_and_login(edge)
+    replies = await asyncio.gather(*[login(edge, account.email, account.password) for _ in range(20)])
+    assert [reply.status_code for reply in replies] == [200] * 20, [r.text for r in replies if r.status_code != 200]
 
 
 async def test_a_client_ip_guessing_many_accounts_is_locked_out(stack):
@@ -134,6 +145,8 @@ async def test_a_client_ip_guessing_many_accounts_is_locked_out(stack):
 
 @pytest.mark.fault
 async def test_sign_in_fails_fast_and_clearly_while_redis_is_down_and_recovers(edge, stack):
+    if stack.redis is None:
+        pytest.skip("Redis is external (REDIS_URL): the test cannot stop it")
     account = await register_and_login(edge)
     await stack.stop_redis()
     try:

@@ -209,6 +209,27 @@ async def test_logout_closes_the_sessions_sockets_within_a_second(stack, edge):
     await bystander.close()
 
 
+async def test_deactivating_an_employee_closes_their_sockets_with_4003(stack, edge):
+    own = await open_restaurant(edge)
+    sock = await signed_in(stack, own.staff, "kitchen")
+    listed = await edge.get("/api/v1/employees", headers=own.manager.headers)
+    assert listed.status_code == 200, listed.text
+    employee = next(e for e in listed.json()["employees"] if e["user_id"] == own.staff.user_id)
+    removed = await edge.delete(f"/api/v1/employees/{employee['id']}", headers=own.manager.headers)
+    assert removed.status_code == 200, removed.text
+    changed = time.monotonic()
+    error = await sock.next("auth_error", timeout=1.0)
+    assert time.monotonic() - changed < 1.0
+    assert error["data"]["code"] == "MEMBERSHIP_REVOKED"
+    code, reason = await sock.closed()
+    assert code == 4003 and reason
+    # Coming back with the same token is refused the same way.
+    again = await edge_socket(stack, "kitchen", own.restaurant_id)
+    refused = await again.authenticate(own.staff.access_token, own.staff.user_id)
+    assert refused["data"]["code"] == "MEMBERSHIP_REVOKED"
+    assert (await again.closed())[0] == 4003
+
+
 async def test_a_browser_origin_not_on_the_allowlist_is_refused_at_the_upgrade(stack, party):
     with pytest.raises(InvalidStatus) as refused:
         await edge_socket(stack, "pos", party.restaurant_id, origin="https://evil.example")

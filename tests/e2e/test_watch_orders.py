@@ -325,3 +325,4 @@ async def test_several_relays_put_every_event_on_the_stream_once_and_in_order(st
     assert sum(relay.published for relay in relays) <= 20
     await redis.aclose()
     await store.close()
+

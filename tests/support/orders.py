@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -17,49 +16,27 @@ from typing import Any
 import grpc
 import httpx
 
-PASSWORD = "correct horse battery staple"
+from tests.support.restaurants import (
+    Session,
+    add_employee,
+    create_restaurant_as_owner,
+    error_reason,
+)
 
-
-@dataclass(frozen=True)
-class Member:
-    user_id: str
-    email: str
-    role: str
-    restaurant_id: str
-    access_token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.access_token}"}
-
-    @property
-    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.access_token}"),)
+__all__ = ["Party", "Session", "error_reason", "grpc_reason", "open_restaurant", "add_menu_item",
+           "line", "order_body", "place_order", "move", "money_of", "feed_stub", "event_head",
+           "read_events"]
 
 
 @dataclass(frozen=True)
 class Party:
+    """A restaurant and three of its people, each logged in with the restaurant as context."""
+
     restaurant_id: str
     currency: str
-    owner: Member
-    manager: Member
-    staff: Member
-
-
-def unique_email(label: str) -> str:
-    return f"{label}-{secrets.token_hex(6)}@orders.test"
-
-
-def error_reason(response: httpx.Response) -> str:
-    """The ErrorInfo reason of a JSON error body ('' when there is none)."""
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, ValueError):
-        return ""
-    for detail in body.get("details", []) if isinstance(body, dict) else []:
-        if "reason" in detail:
-            return detail["reason"]
-    return body.get("reason", "") if isinstance(body, dict) else ""
+    owner: Session
+    manager: Session
+    staff: Session
 
 
 def grpc_reason(error: grpc.aio.AioRpcError) -> str:
@@ -74,54 +51,22 @@ def grpc_reason(error: grpc.aio.AioRpcError) -> str:
     return ""
 
 
-async def _ok(response: httpx.Response) -> dict[str, Any]:
+def _ok(response: httpx.Response) -> dict[str, Any]:
     assert response.status_code == 200, f"{response.request.method} {response.request.url}: " \
                                         f"{response.status_code} {response.text}"
     return response.json()
 
 
-async def register_and_login(edge: httpx.AsyncClient, label: str,
-                             restaurant_id: str = "") -> tuple[str, str, str]:
-    """(user_id, email, access token); the token has `restaurant_id` as context when given."""
-    email = unique_email(label)
-    registered = await _ok(await edge.post("/api/v1/auth/register", json={
-        "email": email, "password": PASSWORD, "full_name": label.title()}))
-    login = await _ok(await edge.post("/api/v1/auth/login", json={
-        "email": email, "password": PASSWORD, "restaurant_id": restaurant_id}))
-    return registered["user"]["id"], email, login["access_token"]
-
-
-async def login(edge: httpx.AsyncClient, email: str, restaurant_id: str) -> str:
-    body = await _ok(await edge.post("/api/v1/auth/login", json={
-        "email": email, "password": PASSWORD, "restaurant_id": restaurant_id}))
-    return body["access_token"]
-
-
 async def open_restaurant(edge: httpx.AsyncClient, *, currency: str = "GBP",
                           timezone: str = "Europe/London") -> Party:
-    """A new restaurant (through the staff service) with an owner, a manager and a staff member,
-    each logged in with the restaurant as context."""
-    owner_id, owner_email, token = await register_and_login(edge, "owner")
-    restaurant = await _ok(await edge.post(
-        "/api/v1/restaurants", headers={"authorization": f"Bearer {token}"},
-        json={"name": f"Bistro {secrets.token_hex(3)}", "timezone": timezone,
-              "currency": currency}))
-    restaurant_id = restaurant["id"]
-    owner = Member(owner_id, owner_email, "owner", restaurant_id,
-                   await login(edge, owner_email, restaurant_id))
-    members = {}
-    for role in ("manager", "staff"):
-        email = unique_email(role)
-        employee = await _ok(await edge.post(
-            "/api/v1/employees", headers=owner.headers,
-            json={"first_name": role.title(), "last_name": "Tester", "email": email,
-                  "access_role": role, "initial_password": PASSWORD}))
-        members[role] = Member(employee["user_id"], email, role, restaurant_id,
-                               await login(edge, email, restaurant_id))
-    return Party(restaurant_id, currency, owner, members["manager"], members["staff"])
+    """A new restaurant (through the staff service) with an owner, a manager and a staff member."""
+    owner, restaurant = await create_restaurant_as_owner(edge, currency=currency, timezone=timezone)
+    manager = await add_employee(edge, owner, "manager")
+    staff = await add_employee(edge, owner, "staff")
+    return Party(restaurant["id"], currency, owner, manager, staff)
 
 
-async def add_menu_item(edge: httpx.AsyncClient, member: Member, *, price_minor: int = 450,
+async def add_menu_item(edge: httpx.AsyncClient, member: Session, *, price_minor: int = 450,
                         tax_rate_ppm: int = 200_000, name: str | None = None,
                         available: bool = True, category_id: str | None = None) -> dict:
     item: dict[str, Any] = {"name": name or f"Dish {secrets.token_hex(3)}",
@@ -129,8 +74,8 @@ async def add_menu_item(edge: httpx.AsyncClient, member: Member, *, price_minor:
                             "available": available}
     if category_id is not None:
         item["category_id"] = category_id
-    return await _ok(await edge.post(f"/api/v1/restaurants/{member.restaurant_id}/menu/items",
-                                     headers=member.headers, json=item))
+    return _ok(await edge.post(f"/api/v1/restaurants/{member.restaurant_id}/menu/items",
+                               headers=member.headers, json=item))
 
 
 def line(item: dict, quantity: int = 1, **extra: Any) -> dict:
@@ -143,12 +88,12 @@ def order_body(lines: list[dict], *, request_id: str | None = None, order_type: 
             "table_number": table_number, "lines": lines, "notes": notes}
 
 
-async def place_order(edge: httpx.AsyncClient, member: Member, lines: list[dict], **options) -> dict:
-    return await _ok(await edge.post("/api/v1/orders", headers=member.headers,
-                                     json=order_body(lines, **options)))
+async def place_order(edge: httpx.AsyncClient, member: Session, lines: list[dict], **options) -> dict:
+    return _ok(await edge.post("/api/v1/orders", headers=member.headers,
+                               json=order_body(lines, **options)))
 
 
-async def move(edge: httpx.AsyncClient, member: Member, order: dict, status: str) -> httpx.Response:
+async def move(edge: httpx.AsyncClient, member: Session, order: dict, status: str) -> httpx.Response:
     return await edge.post(f"/api/v1/orders/{order['id']}/status", headers=member.headers,
                            json={"status": status, "version": order["version"]})
 

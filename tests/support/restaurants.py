@@ -5,10 +5,14 @@
     staff = await add_employee(edge, owner, "staff", job_title="cook")
     await edge.get("/api/v1/employees", headers=staff.headers)
 
-Every session returned has an access token whose context is the restaurant (creating a
-restaurant does not change the creator's token, so the owner's session is switched into it with
-POST /api/v1/auth/switch-restaurant, as a real client must do). Emails are unique per call, so tests
-stay independent of each other and of their order.
+Sessions (`Session`: ids, email, password, tokens, `headers`, `grpc_metadata`, and for employees
+`employee_id` and the `employee` record) come from the public API only: unlike
+tests/support/accounts.py's register_and_login, which grants a bare membership in auth, these
+create real employee records, as a POS client would. Every session returned has an access token
+whose context is the restaurant (creating a restaurant does not change the creator's token, so the
+owner's session is switched into it with POST /api/v1/auth/switch-restaurant, as a real client
+must do; switching rotates the session, so keep using the session returned). Emails are unique per
+call, so tests stay independent of each other and of their order.
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ class Session:
     role: str = ""
     employee_id: str = ""
     employee: dict[str, Any] = field(default_factory=dict, compare=False)
+    password: str = PASSWORD
 
     @property
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        """For native gRPC calls (through the edge or to a service directly)."""
+        return (("authorization", f"Bearer {self.access_token}"),)
 
 
 def unique_email(label: str) -> str:

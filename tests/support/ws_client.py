@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 DEFAULT_TIMEOUT = 5.0
+_closing: set[asyncio.Task] = set()  # closing handshakes finishing in the background
 
 
 def ws_base(edge_url: str) -> str:
@@ -132,25 +133,37 @@ class AppSocket:
         return [await self.next(*kinds, timeout=timeout) for _ in range(count)]
 
     async def closed(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[int | None, str]:
-        """Reads until the server closes; returns (close code, reason)."""
+        """Reads until the server's close frame arrives; returns (close code, reason), or
+        (None, "") when the connection dropped without one. Like the app, it acts on the close
+        frame and lets the TCP teardown finish in the background."""
         deadline = time.monotonic() + timeout
+        while self.ws.protocol.close_rcvd is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the server did not close within {timeout}s")
+            try:
+                await self._read(min(left, 0.05))
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            except ConnectionClosed:
+                break
+        # Messages that arrived before the close frame are still queued: keep them.
         try:
-            while time.monotonic() < deadline:
-                await self._read(deadline - time.monotonic())
-        except ConnectionClosed:
+            while True:
+                await self._read(0.05)
+        except (TimeoutError, asyncio.TimeoutError, ConnectionClosed):
             pass
-        except (TimeoutError, asyncio.TimeoutError):
-            raise TimeoutError(f"the server did not close within {timeout}s") from None
-        else:
-            raise TimeoutError(f"the server did not close within {timeout}s")
         frame = self.ws.protocol.close_rcvd
         return (frame.code, frame.reason) if frame is not None else (None, "")
-
     def messages(self, kind: str) -> list[dict]:
         return [m for m in self.received if m.get("type") == kind]
 
     async def close(self) -> None:
-        await self.ws.close()
+        """Starts the closing handshake and returns; it completes in the background (through
+        Envoy the TCP teardown can wait for Envoy's delayed-close timer)."""
+        task = asyncio.get_running_loop().create_task(self.ws.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     async def __aenter__(self) -> AppSocket:
         return self

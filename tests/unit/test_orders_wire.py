@@ -8,6 +8,7 @@ from datetime import date, datetime, timezone
 
 import grpc
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from posmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from posmesh.orders.v1 import orders_pb2 as pb
@@ -212,3 +213,39 @@ async def test_a_user_stream_ends_when_the_token_expires_or_the_session_is_revok
     finally:
         servicer_module.REVOCATION_CHECK_SECONDS = 5.0
     assert revoked.value.reason == "SESSION_REVOKED"
+
+
+# -- bad input never becomes a 500 ----------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+_lines = st.lists(st.tuples(st.one_of(_text, st.uuids().map(str)),
+                            st.integers(-(2**31), 2**31 - 1),
+                            st.one_of(_text, st.text(min_size=490, max_size=520)),
+                            st.lists(_text, max_size=22)), max_size=4)
+
+
+@pytest.mark.fuzz
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(request_id=_text, order_type=st.integers(-3, 9), table=_text, notes=_text, lines=_lines)
+def test_any_create_request_is_a_valid_draft_or_invalid_argument(request_id, order_type, table,
+                                                                 notes, lines) -> None:
+    request = pb.CreateOrderRequest(
+        request_id=request_id, order_type=order_type, table_number=table, notes=notes,
+        lines=[pb.OrderLineInput(menu_item_id=item, quantity=quantity, notes=line_notes,
+                                 modifiers=modifiers)
+               for item, quantity, line_notes, modifiers in lines])
+    try:
+        draft = wire.order_draft_input(request)
+    except InvalidArgument as error:
+        assert error.reason and error.metadata.get("field")
+        return
+    assert draft.request_id == request_id and draft.order_type.value in ("DINE_IN", "TAKEAWAY")
+    assert all(1 <= line.quantity <= 999 for line in draft.lines)
+
+
+def test_an_out_of_range_timestamp_is_invalid_argument() -> None:
+    from google.protobuf import timestamp_pb2
+
+    with pytest.raises(InvalidArgument) as caught:
+        wire.timestamp_input(timestamp_pb2.Timestamp(seconds=2**62), "created_after")
+    assert caught.value.reason == "VALUE_OUT_OF_RANGE"
