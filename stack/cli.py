@@ -1,6 +1,6 @@
 """`posmesh`: run the whole system, one service, or render the edge config.
 
-    posmesh run                  every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
+    posmesh run [--demo]         every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
     posmesh serve auth           one service (what a container runs)
     posmesh envoy-config         render and validate the Envoy config, print its path
 """
@@ -94,6 +94,19 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
     return code
 
 
+async def seed_demo(stack) -> None:
+    import httpx
+
+    from stack import demo
+
+    try:
+        restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, stack.data_dir)
+    except (demo.DemoError, httpx.HTTPError, OSError) as exc:
+        _loud("demo seeding failed (the stack keeps running)", str(exc))
+        return
+    print(demo.describe(stack.edge_url, _relative(stack.ca_file), restaurant_id, logins), flush=True)
+
+
 def _loud(headline: str, details: str) -> None:
     bar = "!" * 78
     print(f"\n{bar}\nposmesh: {headline}\n{bar}\n{details}\n{bar}", file=sys.stderr, flush=True)
@@ -110,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="posmesh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the whole system locally")
+    run_parser = commands.add_parser("run", help="run the whole system locally")
+    run_parser.add_argument("--demo", action="store_true",
+                            help="seed a demo restaurant, staff and menu, and print the logins")
     serve_parser = commands.add_parser("serve", help="run one service")
     serve_parser.add_argument("service", choices=SERVICES)
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         import uvloop
 
-        sys.exit(uvloop.run(run()))
+        sys.exit(uvloop.run(run(on_ready=seed_demo if args.demo else None)))
 
 
 if __name__ == "__main__":

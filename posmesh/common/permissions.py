@@ -29,6 +29,8 @@ class Rule:
     roles: frozenset[str] = frozenset()
     # Whether a `restaurant_id` in the request (path, body, X-Restaurant-Id) must equal the token's.
     tenant_checked: bool = True
+    # What the domain adds on top of the row (shown in the README's matrix).
+    note: str = ""
 
     @property
     def permission(self) -> str:
@@ -41,8 +43,8 @@ SIGNED_IN = Rule(Access.SIGNED_IN)
 INTERNAL = Rule(Access.INTERNAL, tenant_checked=False)
 
 
-def restaurant(*roles: str) -> Rule:
-    return Rule(Access.RESTAURANT, frozenset(roles))
+def restaurant(*roles: str, note: str = "") -> Rule:
+    return Rule(Access.RESTAURANT, frozenset(roles), note=note)
 
 
 _AUTH = "/posmesh.auth.v1.AuthService/"
@@ -68,7 +70,8 @@ PERMISSIONS: dict[str, Rule] = {
     _AUTH + "Logout": SIGNED_IN,
     _AUTH + "GetMe": SIGNED_IN,
     # The target restaurant is the point of the call, so it is not tenant-checked.
-    _AUTH + "SwitchRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False),
+    _AUTH + "SwitchRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False,
+                                     note="to a restaurant the caller belongs to"),
     _AUTH_ADMIN + "EnsureUser": INTERNAL,
     _AUTH_ADMIN + "BatchGetUsers": INTERNAL,
     _AUTH_ADMIN + "GrantMembership": INTERNAL,
@@ -76,17 +79,18 @@ PERMISSIONS: dict[str, Rule] = {
     _AUTH_ADMIN + "RevokeUserSessions": INTERNAL,
     _AUTH_ADMIN + "RecordSecurityEvent": INTERNAL,
     # Staff: restaurants the caller belongs to (membership is checked in the domain).
-    _STAFF + "CreateRestaurant": SIGNED_IN,
-    _STAFF + "ListRestaurants": SIGNED_IN,
-    _STAFF + "GetRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False),
+    _STAFF + "CreateRestaurant": Rule(Access.SIGNED_IN, note="the caller becomes its owner"),
+    _STAFF + "ListRestaurants": Rule(Access.SIGNED_IN, note="the caller's restaurants only"),
+    _STAFF + "GetRestaurant": Rule(Access.SIGNED_IN, tenant_checked=False,
+                                   note="a restaurant the caller belongs to; else 404"),
     _STAFF + "UpdateRestaurant": restaurant(OWNER),
     # Staff: employees of the token's restaurant. Managers manage staff-role employees only.
-    _STAFF + "ListEmployees": restaurant(*EVERY_ROLE),
-    _STAFF + "GetEmployee": restaurant(*EVERY_ROLE),
-    _STAFF + "CreateEmployee": restaurant(*MANAGERS),
-    _STAFF + "UpdateEmployee": restaurant(*MANAGERS),
-    _STAFF + "DeleteEmployee": restaurant(*MANAGERS),
-    _STAFF + "UndeleteEmployee": restaurant(*MANAGERS),
+    _STAFF + "ListEmployees": restaurant(*EVERY_ROLE, note="staff see the directory only (no contact details or pay)"),
+    _STAFF + "GetEmployee": restaurant(*EVERY_ROLE, note="staff: directory fields, full record for themselves"),
+    _STAFF + "CreateEmployee": restaurant(*MANAGERS, note="managers: staff-role employees only"),
+    _STAFF + "UpdateEmployee": restaurant(*MANAGERS, note="managers: staff-role employees only, never themselves"),
+    _STAFF + "DeleteEmployee": restaurant(*MANAGERS, note="managers: staff-role employees only; never the last owner"),
+    _STAFF + "UndeleteEmployee": restaurant(*MANAGERS, note="managers: staff-role employees only"),
     # Menu.
     _MENU + "GetMenu": restaurant(*EVERY_ROLE),
     _MENU + "CreateMenuCategory": restaurant(*MANAGERS),
@@ -130,10 +134,10 @@ def matrix_markdown() -> str:
             continue
         if rule.access is Access.RESTAURANT:
             cells = ["yes" if role in rule.roles else "—" for role in ROLES]
-            note = "own restaurant only"
+            note = rule.note or "own restaurant only"
         else:
             cells = [rule.access.value] * 3
-            note = {Access.PUBLIC: "no token needed", Access.SIGNED_IN: "any signed-in user",
+            note = rule.note or {Access.PUBLIC: "no token needed", Access.SIGNED_IN: "any signed-in user",
                     Access.INTERNAL: "service-to-service; not routed by the edge"}[rule.access]
         lines.append(f"| `{permission_name(method)}` | " + " | ".join(cells) + f" | {note} |")
     return "\n".join(lines)

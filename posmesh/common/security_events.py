@@ -19,6 +19,9 @@ log = logging.getLogger("posmesh.security")
 
 INFO, WARNING, CRITICAL = "info", "warning", "critical"
 _MAX_PENDING = 1000
+# Details echo client input (headers, ids); cap each value so an attacker cannot bloat the log
+# or push an event past the store's size limit.
+_MAX_DETAIL_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,15 @@ def configure(sink: SecurityEventSink | None) -> None:
 def record(type: str, *, severity: str = WARNING, ip: str = "", user_id: str = "",
            restaurant_id: str = "", **details: object) -> None:
     """Records an event; returns at once."""
-    _recorder.record(SecurityEvent(type, severity, ip, user_id, restaurant_id, dict(details)))
+    capped = {key: _cap(value) for key, value in details.items()}
+    _recorder.record(SecurityEvent(type, severity, _cap(ip), _cap(user_id), _cap(restaurant_id),
+                                   capped))
+
+
+def _cap(value: object) -> object:
+    if isinstance(value, str) and len(value) > _MAX_DETAIL_CHARS:
+        return value[:_MAX_DETAIL_CHARS] + f"...[{len(value) - _MAX_DETAIL_CHARS} more chars]"
+    return value
 
 
 async def flush(timeout: float = 5.0) -> None:

@@ -34,8 +34,10 @@ from services.auth.sessions import CachedSession, RevocationPublisher, SessionCa
 from services.auth.store import (
     AuthStore,
     EmailTaken,
+    LockedRefreshToken,
     MembershipRecord,
     NewSession,
+    RefreshUnit,
     RevokedSession,
     SessionView,
     UserNotFound,
@@ -340,9 +342,8 @@ class AuthDomain:
         if digest is None:
             raise refresh_invalid()
         now = _utcnow()
-        revoked: list[RevokedSession] = []
-        pair: TokenPair | None = None
-        async with self._store.refresh_unit(digest) as unit:
+        ended_because = ""
+        async with self._store.refresh_unit(digest) as unit:  # holds the token's row lock
             token = unit.token
             if token is None:
                 raise refresh_invalid()
@@ -351,47 +352,56 @@ class AuthDomain:
                 raise refresh_reused() if session.revoke_reason == REFRESH_REUSED else session_revoked()
             if now >= session.expires_at or now >= session.absolute_expires_at:
                 raise refresh_expired()
-            if token.rotated_at is None:
-                if session.restaurant_id and not session.is_member:
-                    # The membership went away (its revocation already ended the session; this
-                    # guards against a session that escaped it).
-                    revoked = await unit.revoke_session(reason=MEMBERSHIP_REVOKED, now=now)
-                else:
-                    pair, successor_digest, successor_id = self._successor(session, now)
-                    sealed = refresh_tokens.seal(presented, token.id, refresh_tokens.SealedPair(
-                        pair.access_token, int(now.timestamp()) + pair.expires_in,
-                        pair.refresh_token))
-                    expires_at = min(now + self._refresh_ttl, session.absolute_expires_at)
-                    if not await unit.rotate(successor_id=successor_id,
-                                             successor_digest=successor_digest, sealed=sealed,
-                                             grace_until=now + self._grace,
-                                             session_expires_at=expires_at, now=now):
-                        raise session_revoked()
-                    pair = TokenPair(pair.access_token, pair.refresh_token, pair.expires_in,
-                                     _seconds_until(expires_at, now), pair.user)
-            elif (token.sealed_successor is not None and token.grace_until is not None
-                  and now < token.grace_until
-                  and (opened := refresh_tokens.unseal(presented, token.id,
-                                                       token.sealed_successor)) is not None):
-                # A concurrent refresh from the same app: the very same successor pair.
-                pair = TokenPair(opened.access_token, opened.refresh_token,
-                                 max(0, opened.access_expires_at - int(now.timestamp())),
-                                 _seconds_until(session.expires_at, now), _context_user(session))
+            if token.rotated_at is None and session.restaurant_id and not session.is_member:
+                # The membership is gone (its revocation ended the session already; this guards
+                # a session that escaped it).
+                ended_because = MEMBERSHIP_REVOKED
+            elif token.rotated_at is None:
+                return await self._rotate(unit, presented, now)
+            elif (replayed := self._replay(token, presented, now)) is not None:
+                return replayed
             else:
-                revoked = await unit.revoke_session(reason=REFRESH_REUSED, now=now)
-                security_events.record(
-                    REFRESH_REUSED, severity=security_events.CRITICAL, ip=client_ip,
-                    user_id=session.user_id, restaurant_id=session.restaurant_id,
-                    session_id=session.session_id,
-                    rotated_at=token.rotated_at.isoformat() if token.rotated_at else "")
-        # Committed: now tell everyone, and answer.
-        if pair is not None:
-            return pair
-        if token is not None and token.rotated_at is None:
-            await self._revocations.publish(revoked, MEMBERSHIP_REVOKED)
+                ended_because = REFRESH_REUSED
+            revoked = await unit.revoke_session(reason=ended_because, now=now)
+        # Committed: now tell every service, and answer.
+        await self._revocations.publish(revoked, ended_because)
+        if ended_because == MEMBERSHIP_REVOKED:
             raise session_revoked()
-        await self._revocations.publish(revoked, REFRESH_REUSED)
+        security_events.record(
+            REFRESH_REUSED, severity=security_events.CRITICAL, ip=client_ip,
+            user_id=session.user_id, restaurant_id=session.restaurant_id,
+            session_id=session.session_id, rotated_at=token.rotated_at.isoformat())
         raise refresh_reused()
+
+    async def _rotate(self, unit: RefreshUnit, presented: str, now: datetime) -> TokenPair:
+        """Issues the successor pair, keeping it sealed under the presented token for the grace
+        window, and slides the session's expiry (never past its absolute maximum)."""
+        token = unit.token
+        assert token is not None
+        session = token.session
+        pair, successor_digest, successor_id = self._successor(session, now)
+        sealed = refresh_tokens.seal(presented, token.id, refresh_tokens.SealedPair(
+            pair.access_token, int(now.timestamp()) + pair.expires_in, pair.refresh_token))
+        expires_at = min(now + self._refresh_ttl, session.absolute_expires_at)
+        if not await unit.rotate(successor_id=successor_id, successor_digest=successor_digest,
+                                 sealed=sealed, grace_until=now + self._grace,
+                                 session_expires_at=expires_at, now=now):
+            raise session_revoked()  # a logout won the race; nothing is committed
+        return TokenPair(pair.access_token, pair.refresh_token, pair.expires_in,
+                         _seconds_until(expires_at, now), pair.user)
+
+    def _replay(self, token: LockedRefreshToken, presented: str, now: datetime) -> TokenPair | None:
+        """The successor pair of a token rotated moments ago (a concurrent refresh from the same
+        app), while the grace window lasts; None after it."""
+        if token.sealed_successor is None or token.grace_until is None or now >= token.grace_until:
+            return None
+        opened = refresh_tokens.unseal(presented, token.id, token.sealed_successor)
+        if opened is None:
+            return None
+        session = token.session
+        return TokenPair(opened.access_token, opened.refresh_token,
+                         max(0, opened.access_expires_at - int(now.timestamp())),
+                         _seconds_until(session.expires_at, now), _context_user(session))
 
     def _successor(self, session: SessionView, now: datetime) -> tuple[TokenPair, bytes, str]:
         secret = refresh_tokens.new_secret()

@@ -76,7 +76,7 @@ def _wrong_value(f: FieldDescriptor) -> st.SearchStrategy:
 
 
 def _is_repeated(f: FieldDescriptor) -> bool:
-    return f.label == FieldDescriptor.LABEL_REPEATED
+    return f.is_repeated
 
 
 def shaped_body(message: Descriptor) -> st.SearchStrategy:

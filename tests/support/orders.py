@@ -23,7 +23,10 @@ from tests.support.restaurants import (
     error_reason,
 )
 
-__all__ = ["Party", "Session", "error_reason", "grpc_reason", "open_restaurant", "add_menu_item",
+# A restaurant member's logged-in session (the name other suites import).
+Member = Session
+
+__all__ = ["Member", "Party", "Session", "error_reason", "grpc_reason", "open_restaurant", "add_menu_item",
            "line", "order_body", "place_order", "move", "money_of", "feed_stub", "event_head",
            "read_events"]
 
