@@ -189,7 +189,10 @@ class Bench:
                                           warmup=p.single_warmup)
         self._print("login", login)
         self.results["workloads"]["login"] = login
-        sessions = [token for outcome in outcomes for token in outcome.refresh_tokens]
+        # Sessions to refresh: one per seeded person plus one per login just made; each is
+        # refreshed by one request at a time (its token rotates on every use).
+        sessions = [p.refresh_token for r in self.world.restaurants for p in r.people]
+        sessions += [token for outcome in outcomes for token in outcome.refresh_tokens]
         refresh, _ = await self.http("refresh", rate=p.rates["refresh"], duration=p.single_s,
                                      warmup=p.single_warmup, extra={"refresh_tokens": sessions})
         self._print("refresh", refresh)

@@ -102,7 +102,7 @@ class Scenarios:
     def _refresh(self) -> Fire:
         # Each refresh token is used once and replaced by its successor: a session is never
         # refreshed twice at once (that would be a reuse outside the grace window).
-        free = list(self.extra["refresh_tokens"])
+        free = list(self.extra["refresh_tokens"])[self.shard::self.shards]  # disjoint per process
         self.rng.shuffle(free)
 
         async def fire(i: int) -> Outcome:

@@ -2,6 +2,7 @@
 
     posmesh run [--demo]         every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
     posmesh serve auth           one service (what a container runs)
+    posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
     posmesh envoy-config         render and validate the Envoy config, print its path
 """
 
@@ -28,6 +29,26 @@ def serve(service: str) -> None:
     telemetry.setup(service, settings)
     module = importlib.import_module(f"services.{service}.main")
     uvloop.run(module.serve(settings))
+
+
+def manage_keys(command: str) -> None:
+    """Key files are shared with the running auth service, which picks changes up within a
+    second; the lock in services.auth.keys makes this safe while it runs."""
+    import time
+
+    from posmesh.common.settings import get_settings
+    from services.auth import keys
+
+    settings = get_settings()
+    if command == "rotate":
+        keys.ensure_keys(settings)
+        new = keys.rotate(settings)
+        print(f"published key {new.kid}; it signs from "
+              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(new.sign_from))}")
+    for info in keys.ensure_keys(settings):
+        print(f"{info.kid}  {info.alg}  published "
+              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.publish_at))}  signs from "
+              f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.sign_from))}")
 
 
 def envoy_config(out: Path | None, check: bool) -> None:
@@ -128,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
                             help="seed a demo restaurant, staff and menu, and print the logins")
     serve_parser = commands.add_parser("serve", help="run one service")
     serve_parser.add_argument("service", choices=SERVICES)
+    keys_parser = commands.add_parser("keys", help="manage the auth service's signing keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser(
+        "rotate", help="publish a new signing key now; it signs after JWT_KEY_PUBLISH_LEAD_SECONDS")
+    keys_commands.add_parser("list", help="show every key with its publish and signing times")
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
@@ -135,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "serve":
         serve(args.service)
+    elif args.command == "keys":
+        manage_keys(args.keys_command)
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
     else:

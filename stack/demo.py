@@ -23,10 +23,10 @@ PEOPLE = (  # (email, full name, access role, job title)
     ("server@demo.posmesh.test", "Sam Server", "staff", "server"),
     ("cook@demo.posmesh.test", "Casey Cook", "staff", "cook"),
 )
-MENU = {  # category -> [(name, price in pence, tax rate in basis points)]
-    "Mains": [("Fish and chips", 1450, 2000), ("Halloumi burger", 1295, 2000)],
-    "Sides": [("Chunky chips", 395, 2000), ("House salad", 450, 2000)],
-    "Drinks": [("Lemonade", 325, 2000), ("Flat white", 310, 2000)],
+MENU = {  # category -> [(name, price in pence, tax rate in parts per million: 20 % = 200000)]
+    "Mains": [("Fish and chips", 1450, 200_000), ("Halloumi burger", 1295, 200_000)],
+    "Sides": [("Chunky chips", 395, 200_000), ("House salad", 450, 200_000)],
+    "Drinks": [("Lemonade", 325, 200_000), ("Flat white", 310, 200_000)],
 }
 
 
@@ -114,7 +114,7 @@ async def seed(edge_url: str, ca_file: Path, data_dir: Path) -> tuple[str, list[
                 for name, price, tax in items:
                     _check(await client.post(f"{menu_path}/items", headers=headers, json={
                         "category_id": made["id"], "name": name, "price_minor": str(price),
-                        "tax_rate_bp": tax, "available": True}), f"add menu item {name}")
+                        "tax_rate_ppm": tax, "available": True}), f"add menu item {name}")
     path = _credentials_file(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"restaurant_id": restaurant_id,

@@ -100,9 +100,10 @@ async def flush(timeout: float = 5.0) -> None:
 class GrpcSecurityEventSink:
     """Sends events to the auth service (for every service but auth)."""
 
-    def __init__(self, channel) -> None:
+    def __init__(self, channel, source: str) -> None:
         from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 
+        self._source = source
         self._pb = auth_pb2
         self._stub = auth_pb2_grpc.AuthAdminServiceStub(channel)
 
@@ -111,7 +112,7 @@ class GrpcSecurityEventSink:
             self._pb.RecordSecurityEventRequest(
                 type=event.type, severity=event.severity, ip=event.ip, user_id=event.user_id,
                 restaurant_id=event.restaurant_id,
-                details_json=json.dumps(event.details, default=str),
+                details_json=json.dumps(event.details, default=str), source=self._source,
             ),
             timeout=5,
         )

@@ -268,10 +268,10 @@ class AuthDomain:
             await self._limiter.abandoned(attempt)
             raise
         if not result.ok:
-            lockout = await self._limiter.failed(attempt)
             details = {"account": account_id(email), "known_account": user is not None}
             security_events.record("LOGIN_FAILED", ip=client_ip, user_id=user.id if user else "",
                                    **details)
+            lockout = await self._limiter.failed(attempt)
             if lockout is not None:
                 security_events.record("LOGIN_LOCKOUT", ip=client_ip,
                                        user_id=user.id if user else "", locked=lockout.subject_kind,

@@ -38,7 +38,7 @@ async def serve(settings: Settings) -> None:
 
     auth_channel = clients.channel("auth", settings)
     authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
-    security_events.configure(security_events.GrpcSecurityEventSink(auth_channel))
+    security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="orders"))
     restaurants = RestaurantDirectory(staff_fetcher(clients.channel("staff", settings)),
                                       ttl_seconds=settings.orders_restaurant_cache_seconds)
 

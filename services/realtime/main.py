@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> None:
     redis = create_redis(settings)
     authenticator, jwks_refresher = await remote_authenticator(settings, redis,
                                                                clients.channel("auth", settings))
-    security_events.configure(security_events.GrpcSecurityEventSink(clients.channel("auth", settings)))
+    security_events.configure(security_events.GrpcSecurityEventSink(clients.channel("auth", settings), source="realtime"))
     hub = OrderHub(GrpcFeedSource(clients.channel("orders", settings)),
                    pending_limit=settings.ws_send_queue_size)
     registry = ConnectionRegistry(redis)

@@ -7,7 +7,8 @@ Redis hash `realtime:conns:{process_id}` (fields `u:{user}`, `r:{restaurant}`,
 (score = last heartbeat). A process that dies stops heartbeating: its hash expires and readers skip
 it, so counts never stick. Admission is one Lua script that sums the live processes and increments
 this process's hash atomically, so two processes cannot both admit the 21st socket of a user.
-Every heartbeat rewrites the mirror from memory, which also heals it after a Redis restart.
+The mirror is rewritten from memory only when it may be wrong (a Redis call failed, or the hash
+is gone after a Redis restart): a routine rewrite could erase an admission in flight.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class ConnectionRegistry:
         self._release = redis.register_script(_RELEASE)
         self._counts: Counter[str] = Counter()  # the same fields as the Redis mirror
         self._task: asyncio.Task | None = None
+        self._mirror_stale = False  # a Redis write failed: rewrite the mirror at the next beat
         self.redis_ok = True
 
     # --- admission -------------------------------------------------------------------------
@@ -105,6 +107,7 @@ class ConnectionRegistry:
         except Exception as exc:
             # Redis down: enforce the caps on this process's own sockets only.
             self.redis_ok = False
+            self._mirror_stale = True
             log.warning("presence unavailable, checking connection caps locally",
                         extra={"error": repr(exc)})
             if self._counts[fields[0]] >= per_user:
@@ -130,6 +133,7 @@ class ConnectionRegistry:
         try:
             await self._release(keys=[self._hash_key], args=list(fields))
         except Exception as exc:  # the next heartbeat rewrites the mirror from memory
+            self._mirror_stale = True
             log.warning("could not release presence in Redis", extra={"error": repr(exc)})
 
     # --- reading ---------------------------------------------------------------------------
@@ -172,18 +176,30 @@ class ConnectionRegistry:
     # --- heartbeat -------------------------------------------------------------------------
 
     async def heartbeat(self) -> None:
-        """Mark this process alive and rewrite its mirror from memory, atomically."""
-        snapshot = {field: count for field, count in self._counts.items() if count > 0}
+        """Mark this process alive; rewrite its mirror from memory when it may be wrong."""
+        # Taken before the check: every count in it was already written to Redis, so a missing
+        # hash then means Redis lost it (not that an admission is still on its way).
+        written = any(count > 0 for count in self._counts.values())
         now = time.time()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(PROCESSES_KEY, {self.process_id: now})
-            pipe.delete(self._hash_key)
-            if snapshot:
-                pipe.hset(self._hash_key, mapping=snapshot)
-                pipe.expire(self._hash_key, HASH_TTL_SECONDS)
+            pipe.expire(self._hash_key, HASH_TTL_SECONDS)
+            pipe.exists(self._hash_key)
             # Processes that stopped long ago leave the set.
             pipe.zremrangebyscore(PROCESSES_KEY, "-inf", now - 10 * STALE_AFTER_SECONDS)
-            await pipe.execute()
+            _, _, exists, _ = await pipe.execute()
+        if self._mirror_stale or (written and not exists):
+            snapshot = {field: count for field, count in self._counts.items() if count > 0}
+            # Rare (after a Redis failure); an admission racing this rewrite may be counted
+            # once too few or too many until the next one.
+            self._mirror_stale = False
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._hash_key)
+                if snapshot:
+                    pipe.hset(self._hash_key, mapping=snapshot)
+                    pipe.expire(self._hash_key, HASH_TTL_SECONDS)
+                await pipe.execute()
+            log.info("presence mirror rewritten from memory", extra={"fields": len(snapshot)})
 
     async def _run(self) -> None:
         while True:
@@ -192,6 +208,7 @@ class ConnectionRegistry:
                 self.redis_ok = True
             except Exception as exc:
                 self.redis_ok = False
+                self._mirror_stale = True
                 log.warning("presence heartbeat failed", extra={"error": repr(exc)})
             await asyncio.sleep(HEARTBEAT_SECONDS)
 

@@ -25,7 +25,7 @@ async def serve(settings: Settings) -> None:
     redis = create_redis(settings)
     auth_channel = clients.channel("auth", settings)
     authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
-    security_events.configure(security_events.GrpcSecurityEventSink(auth_channel))
+    security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="staff"))
     domain = StaffDomain(StaffStore(engine), AuthAccounts(auth_channel))
 
     def register(server) -> list[str]:

@@ -13,9 +13,9 @@ import time
 import jwt
 
 from services.auth import keys
+from services.auth.keys import SigningKey, load_private_key
 from tests.support.accounts import error_reason, login, register_and_login
 from tests.support.tokens import bearer, mint_token
-from services.auth.keys import SigningKey, load_private_key
 
 
 def _kid(token: str) -> str:

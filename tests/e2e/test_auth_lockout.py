@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from posmesh.common.errors import ResourceExhausted
-from services.auth.rate_limits import LoginLimiter
 from posmesh.common.redis import create_redis
+from services.auth.rate_limits import LoginLimiter
 from tests.support.accounts import (
     auth_db,
     error_metadata,

@@ -4,8 +4,8 @@ detection after it, sliding and absolute expiry, and what is (not) stored."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import base64
+import hashlib
 import uuid
 
 from tests.support.accounts import auth_db, error_reason, register_and_login

@@ -4,11 +4,12 @@ introspection (valid=false with the reason)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -87,7 +88,7 @@ async def test_a_short_lived_token_works_until_it_expires_then_asks_for_a_refres
         reply = await edge.get("/api/v1/auth/me", headers=bearer(token))
         if reply.status_code != 200:
             break
-        await _sleep(0.5)
+        await asyncio.sleep(0.5)
     assert reply.status_code == 401 and error_reason(reply) == "TOKEN_EXPIRED"
     assert reply.json()["details"][0]["metadata"]["action"] == "REFRESH_TOKEN"
 
@@ -98,8 +99,3 @@ async def test_a_valid_signature_for_a_session_that_never_existed_is_not_a_live_
     assert reply.status_code == 401 and error_reason(reply) == "SESSION_REVOKED"
     verify = (await edge.post("/api/v1/auth/verify", json={"token": token})).json()
     assert verify["valid"] is False and verify["reason"] == "SESSION_REVOKED"
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-    await asyncio.sleep(seconds)

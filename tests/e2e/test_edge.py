@@ -59,6 +59,9 @@ def _edge(config: dict) -> tuple[list[dict], list[dict]]:
 def _matches(match: dict, path: str, grpc_request: bool = False) -> bool:
     if "grpc" in match and not grpc_request:
         return False
+    if grpc_request and any(h["name"] == "content-type" and h.get("invert_match")
+                            for h in match.get("headers", [])):
+        return False  # JSON routes refuse application/grpc
     if "path" in match:
         return path == match["path"]
     if "prefix" in match:

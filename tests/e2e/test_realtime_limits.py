@@ -4,6 +4,7 @@ connection caps. Through Envoy the same code runs on every connection (test_real
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -84,3 +85,25 @@ async def test_a_heartbeat_rewrites_the_mirror_after_redis_lost_it(redis):
         assert (await registry.presence(restaurant))["pos"] == 1
     finally:
         await registry.stop()
+
+
+async def test_concurrent_admissions_racing_heartbeats_never_pass_the_cap(redis):
+    first, second = ConnectionRegistry(redis), ConnectionRegistry(redis)
+    user, restaurant = f"user-{uuid.uuid4().hex}", f"rest-{uuid.uuid4().hex}"
+    try:
+        for _ in range(3):
+            attempts = [registry.admit(user, restaurant, "pos", per_user=20, per_restaurant=100)
+                        for registry in (first, second) for _ in range(15)]
+            beats = [registry.heartbeat() for registry in (first, second) for _ in range(5)]
+            results = await asyncio.gather(*attempts, *beats)
+            admitted = sum(1 for result in results[:len(attempts)] if result.admitted)
+            assert admitted == 20, admitted
+            total = (await first.presence(restaurant))["pos"]
+            assert total == 20, total
+            for registry in (first, second):
+                for _ in range(registry.local_totals()["pos"]):
+                    await registry.release(user, restaurant, "pos")
+            assert (await first.presence(restaurant))["pos"] == 0
+    finally:
+        await first.stop()
+        await second.stop()

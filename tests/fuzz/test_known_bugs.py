@@ -1,0 +1,48 @@
+"""The defects in tests/fuzz/known_bugs.py, each as the behaviour it should have. Strict xfail:
+a fix makes the test pass, which fails the suite until the marker and the entry are removed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.fuzz.known_bugs import INVALID_UTF8_PATH, OVERSIZED_RESTAURANT_HEADER, SECURITY_EVENT_NUL
+from tests.support.orders import error_reason, line, order_body
+
+pytestmark = pytest.mark.fuzz
+
+
+@pytest.mark.xfail(strict=True, reason=INVALID_UTF8_PATH.summary)
+async def test_invalid_utf8_in_a_path_parameter_is_a_400_not_a_500(edge, fuzz_world):
+    world = fuzz_world
+    for path in (f"/api/v1/restaurants/{world.a.restaurant_id}/menu/categories/%C0%AF",
+                 "/api/v1/orders/%ED%A0%80", "/api/v1/employees/%C0%AF"):
+        reply = await edge.get(path, headers=world.a.owner.headers) if "orders" in path else \
+            await edge.delete(path, headers=world.a.owner.headers)
+        assert reply.status_code == 400 and error_reason(reply), (path, reply.status_code, reply.text)
+
+
+@pytest.mark.xfail(strict=True, reason=OVERSIZED_RESTAURANT_HEADER.summary)
+async def test_an_oversized_restaurant_header_is_a_403_and_the_attempt_is_recorded(
+        stack, edge, fuzz_world):
+    world = fuzz_world
+    before = len(stack.service_log("orders"))
+    reply = await edge.get("/api/v1/orders/active",
+                           headers={**world.a.owner.headers, "x-restaurant-id": "x" * 20_000})
+    assert (reply.status_code, error_reason(reply)) == (403, "TENANT_MISMATCH"), reply.text[:300]
+    await asyncio.sleep(1.0)  # security events are stored in the background
+    assert "could not store security event" not in stack.service_log("orders")[before:]
+
+
+@pytest.mark.xfail(strict=True, reason=SECURITY_EVENT_NUL.summary)
+async def test_a_tenant_mismatch_with_a_nul_in_the_restaurant_id_is_still_recorded(
+        stack, edge, fuzz_world):
+    world = fuzz_world
+    before = len(stack.service_log("orders"))
+    body = order_body([line(world.a_dish)])
+    body["restaurant_id"] = "evil\u0000restaurant"
+    reply = await edge.post("/api/v1/orders", headers=world.a.staff.headers, json=body)
+    assert (reply.status_code, error_reason(reply)) == (403, "TENANT_MISMATCH"), reply.text[:300]
+    await asyncio.sleep(1.0)
+    assert "could not store security event" not in stack.service_log("orders")[before:]
