@@ -19,6 +19,11 @@ gen: $(DEPS_STAMP)
 	$(BIN)/python -m stack.codegen
 	@touch $(GEN_STAMP)
 
+# The benchmark (docs/bench.md): starts its own stack; `make bench ARGS=--quick` in under 2 min.
+.PHONY: bench
+bench: $(GEN_STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
 envoy-config: $(GEN_STAMP)
 	$(BIN)/posmesh envoy-config
 

@@ -69,9 +69,11 @@ def evaluate(results: dict) -> list[Check]:
 
     # --- orders (issue 5) -------------------------------------------------------------------
     mix = w.get("orders_mix")
+    quick = results.get("mode") == "quick"
     add(_check("orders", "mix at 800 req/s for 60 s: p95 < 50 ms", mix,
-               lambda s: s["p95_ms"] < 50 and s["offered_rps"] >= 800 and s["duration_s"] >= 60,
-               lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s for {s['duration_s']} s"))
+               lambda s: s["p95_ms"] < 50 and s["offered_rps"] >= 800 and (quick or s["duration_s"] >= 60),
+               lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s for {s['duration_s']} s"
+                         + (" (quick run: indicative)" if quick else "")))
     add(_check("orders", "mix: p99 < 150 ms", mix, lambda s: s["p99_ms"] < 150,
                lambda s: f"p99 {s['p99_ms']} ms"))
     add(_check("orders", "mix: zero errors", mix, lambda s: s["errors"] == 0,
@@ -86,9 +88,13 @@ def evaluate(results: dict) -> list[Check]:
     # --- realtime (issue 6) -----------------------------------------------------------------
     ws = results.get("websockets", {})
     idle = ws.get("idle")
-    add(_check("realtime", "10,000 concurrent authenticated connections on one realtime process",
-               idle, lambda s: s["held"] >= 10_000,
-               lambda s: f"{s['held']} held by one process ({s['failed']} failed)"))
+    if quick and idle and idle["held"] < 10_000:
+        add(Check("realtime", "10,000 concurrent authenticated connections on one realtime process",
+                  f"quick run holds {idle['held']}: run the full bench", None))
+    else:
+        add(_check("realtime", "10,000 concurrent authenticated connections on one realtime process",
+                   idle, lambda s: s["held"] >= 10_000,
+                   lambda s: f"{s['held']} held by one process ({s['failed']} failed)"))
     add(_check("realtime", "memory per idle connection < 20 KiB (RSS delta / N)", idle,
                lambda s: s["realtime_kib_per_connection"] < 20,
                lambda s: f"{s['realtime_kib_per_connection']} KiB (over {s['measured_over']} sockets)"))

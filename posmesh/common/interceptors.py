@@ -19,6 +19,7 @@ from posmesh.common.errors import (
     ERROR_DOMAIN,
     ApiError,
     Internal,
+    InvalidArgument,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
@@ -112,6 +113,28 @@ def _requested_restaurants(request: Any, metadata: dict[str, str]) -> list[tuple
     return found
 
 
+class _Undecodable:
+    """Stands in for a request grpc could not parse, so the caller gets INVALID_ARGUMENT with a
+    reason instead of grpc's bare INTERNAL "Exception deserializing request"."""
+
+
+def _tolerant(deserializer: Callable | None) -> Callable | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, invalid UTF-8 in a string field
+            return _Undecodable()
+    return deserialize
+
+
+def _shown(value: str, limit: int = 64) -> str:
+    """A client-supplied value as it may appear in an error message: bounded."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
@@ -126,12 +149,12 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, rule, metadata),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, rule, metadata),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         # Client- and bidi-streaming RPCs are only used by infrastructure (reflection).
         if rule is not None and rule.access is permissions.Access.PUBLIC:
@@ -180,6 +203,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, request, ctx, method: str, rule: permissions.Rule | None,
                      metadata: dict[str, str]) -> None:
+        if isinstance(request, _Undecodable):
+            raise InvalidArgument("INVALID_ENCODING",
+                                  "the request could not be decoded: strings must be valid UTF-8")
         ip = _client_ip(metadata, ctx)
         token = _bearer(metadata)
         context.set_request(context.RequestInfo(method=method, client_ip=ip, bearer_token=token,
@@ -217,9 +243,10 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                         raise _no_context(method)
                     raise PermissionDenied(
                         "TENANT_MISMATCH",
-                        f"the {where} names restaurant {requested} but your token is for "
+                        f"the {where} names restaurant {_shown(requested)} but your token is for "
                         f"restaurant {claims.restaurant_id}; switch restaurant first",
-                        token_restaurant_id=claims.restaurant_id, requested_restaurant_id=requested)
+                        token_restaurant_id=claims.restaurant_id,
+                        requested_restaurant_id=_shown(requested))
         if rule.access is permissions.Access.RESTAURANT:
             if not claims.restaurant_id:
                 raise _no_context(method)

@@ -5,7 +5,6 @@ the process exits."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from websockets.asyncio.server import serve as ws_serve

@@ -4,7 +4,6 @@ and a realtime shutdown. See docs/realtime.md."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import time
@@ -14,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.orders import add_menu_item, line, move, open_restaurant, place_order
-from tests.support.realtime import edge_socket, process_health, signed_in
+from tests.support.realtime import process_health, signed_in
 
 EVENT_TYPES = ("order.created", "order.updated", "order.status_changed", "menu.updated")
 

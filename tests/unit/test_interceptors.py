@@ -222,3 +222,23 @@ async def test_an_internal_rpc_arriving_through_the_edge_is_refused(channel):
     error = await call_error(stream.read())
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_reason(error) == "INTERNAL_ONLY"
+
+
+async def test_a_request_that_cannot_be_decoded_is_invalid_argument_invalid_encoding(channel, signing_key):
+    # A string field holding invalid UTF-8, as a transcoded query string can carry.
+    bad_utf8 = b"\x0a\x02\xff\xfe"
+    call = channel.unary_unary("/posmesh.orders.v1.MenuService/GetMenu",
+                               request_serializer=lambda raw: raw,
+                               response_deserializer=orders_pb2.Menu.FromString)
+    error = await call_error(call(bad_utf8, metadata=bearer(make_token(signing_key))))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(error) == "INVALID_ENCODING"
+
+
+async def test_a_huge_restaurant_header_is_not_echoed_whole_in_the_error(channel, signing_key):
+    huge = "r" * 10_000
+    error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
+        orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
+        metadata=bearer(make_token(signing_key), ("x-restaurant-id", huge))))
+    assert error_reason(error) == "TENANT_MISMATCH"
+    assert len(error.details()) < 400
