@@ -99,9 +99,19 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def server_interceptor():
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+# Long-lived server streams are not traced: a span lasting hours says little, and the
+# instrumentation ends it from the context that cancels the stream, which fails ("Failed to
+# detach context", logged at ERROR on every client hang-up).
+UNTRACED_METHODS = (
+    "/posmesh.orders.v1.OrderService/WatchOrders",
+    "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders",
+)
 
+
+def server_interceptor():
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    untraced = filters.any_of(*(filters.full_method_name(name) for name in UNTRACED_METHODS))
     return aio_server_interceptor()
 
 

@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from posmesh.common import context
 from posmesh.common.authn import Authenticator
 from posmesh.common.interceptors import server_interceptors
+from posmesh.common.server import SERVER_OPTIONS
 from posmesh.common.tokens import KeySet, TokenVerifier
 from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 
@@ -76,7 +77,8 @@ async def channel(signing_key, revocations):
     public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(signing_key.public_key()))
     keys.load_jwks({"keys": [{**public_jwk, "kid": KID, "alg": "ES256", "use": "sig"}]})
     verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5)
-    server = grpc.aio.server(interceptors=server_interceptors(Authenticator(verifier, revocations)))
+    server = grpc.aio.server(interceptors=server_interceptors(Authenticator(verifier, revocations)),
+                             options=SERVER_OPTIONS)
     orders_pb2_grpc.add_MenuServiceServicer_to_server(FakeMenu(), server)
     orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(FakeFeed(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -236,7 +238,7 @@ async def test_a_request_that_cannot_be_decoded_is_invalid_argument_invalid_enco
 
 
 async def test_a_huge_restaurant_header_is_not_echoed_whole_in_the_error(channel, signing_key):
-    huge = "r" * 10_000
+    huge = "r" * 20_000
     error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
         orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
         metadata=bearer(make_token(signing_key), ("x-restaurant-id", huge))))
