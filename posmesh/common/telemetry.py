@@ -112,7 +112,7 @@ def server_interceptor():
     from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
     untraced = filters.any_of(*(filters.full_method_name(name) for name in UNTRACED_METHODS))
-    return aio_server_interceptor()
+    return aio_server_interceptor(filter_=filters.negate(untraced))
 
 
 def client_interceptors() -> list:
