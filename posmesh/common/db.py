@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -60,3 +61,17 @@ def pool_stats(engine: AsyncEngine) -> dict[str, int]:
         "checked_in": pool.checkedin(),
         "max_overflow": pool._max_overflow,
     }
+
+
+class EngineProbe:
+    """Health's view of a SQLAlchemy engine: a round trip and the pool statistics."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    def pool_stats(self) -> dict[str, int]:
+        return pool_stats(self._engine)

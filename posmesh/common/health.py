@@ -9,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from importlib import metadata
-from typing import Awaitable
+from typing import Awaitable, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import text
-
 from posmesh.common import clients
-from posmesh.common.db import pool_stats
 from posmesh.common.settings import Settings
 from posmesh.health.v1 import health_pb2 as system_pb2
 from posmesh.health.v1 import health_pb2_grpc as system_pb2_grpc
@@ -51,11 +48,20 @@ async def _timed(name: str, probe: Awaitable[str | None]) -> system_pb2.Componen
     )
 
 
+class DatabaseProbe(Protocol):
+    """The pool a service really uses: a SQLAlchemy engine (db.EngineProbe) or a raw asyncpg pool."""
+
+    async def ping(self) -> None: ...
+
+    def pool_stats(self) -> dict[str, int]: ...
+
+
 class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
-    def __init__(self, name: str, settings: Settings, *, engine=None, redis=None) -> None:
+    def __init__(self, name: str, settings: Settings, *, database: DatabaseProbe | None = None,
+                 redis=None) -> None:
         self._name = name
         self._settings = settings
-        self._engine = engine
+        self._database = database
         self._redis = redis
         self._version = _version()
 
@@ -64,7 +70,7 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
 
     async def check(self) -> system_pb2.GetSystemHealthResponse:
         probes = [_timed(service, self._check_service(service)) for service in clients.SERVICES]
-        if self._engine is not None:
+        if self._database is not None:
             probes.append(_timed("database", self._check_database()))
         if self._redis is not None:
             probes.append(_timed("redis", self._check_redis()))
@@ -72,7 +78,7 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
         services, dependencies = results[: len(clients.SERVICES)], results[len(clients.SERVICES):]
         for component in dependencies:
             if component.name == "database":
-                component.pool.CopyFrom(system_pb2.PoolStats(**pool_stats(self._engine)))
+                component.pool.CopyFrom(system_pb2.PoolStats(**self._database.pool_stats()))
         healthy = all(component.status == SERVING for component in results)
         return system_pb2.GetSystemHealthResponse(
             status=SERVING if healthy else "DEGRADED",
@@ -93,8 +99,7 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
         return None
 
     async def _check_database(self) -> str | None:
-        async with self._engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        await self._database.ping()
         return None
 
     async def _check_redis(self) -> str | None:

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from posmesh.common import clients, telemetry
+from posmesh.common import clients, db, telemetry
 from posmesh.common.health import SystemHealth
 from posmesh.common.settings import Settings
 from posmesh.health.v1 import health_pb2 as system_pb2
@@ -55,6 +55,7 @@ async def run_grpc_service(
     register: Register,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     engine=None,
+    database=None,
     redis=None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
@@ -65,6 +66,8 @@ async def run_grpc_service(
     `register(server)` adds the service's servicers and returns their full names (for
     reflection and per-service health). `interceptors` run after the tracing interceptor, so
     their logs and errors carry the trace ids. `address` defaults to the service's setting.
+    Health reports `database` (a health.DatabaseProbe, e.g. a raw asyncpg store) or else
+    `engine`'s SQLAlchemy pool.
     """
     telemetry.setup(name, settings)
     server = grpc.aio.server(
@@ -75,7 +78,9 @@ async def run_grpc_service(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     system_pb2_grpc.add_SystemHealthServiceServicer_to_server(
-        SystemHealth(name, settings, engine=engine, redis=redis), server
+        SystemHealth(name, settings, redis=redis,
+                     database=database or (db.EngineProbe(engine) if engine is not None else None)),
+        server
     )
     system_name = system_pb2.DESCRIPTOR.services_by_name["SystemHealthService"].full_name
     reflection.enable_server_reflection(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posmesh.common import clients, db, security_events
+from posmesh.common import clients, security_events
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.migrations import run_migrations
@@ -29,9 +29,6 @@ LIVE_BLOCK_SECONDS = 5.0
 
 async def serve(settings: Settings) -> None:
     await run_migrations(settings, Path(__file__).parent, SCHEMA)
-    # SQLAlchemy only for the platform's health check (pool stats, a round trip); the store
-    # talks to PostgreSQL through asyncpg (see store.py).
-    engine = db.create_engine(settings, SCHEMA)
     redis = create_redis(settings)
     stream_redis = create_redis(settings, socket_timeout=LIVE_BLOCK_SECONDS + 5)
     store = await OrdersStore.open(settings)
@@ -78,7 +75,7 @@ async def serve(settings: Settings) -> None:
         settings,
         register=register,
         interceptors=server_interceptors(authenticator),
-        engine=engine,
+        database=store,  # health reports the asyncpg pool the store really uses
         redis=redis,
         on_shutdown=on_shutdown,
         on_draining=on_draining,

@@ -127,9 +127,10 @@ class IdempotencyRecord:
 
 
 class OrdersStore:
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float, steady_size: int) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
+        self._steady_size = steady_size
 
     @classmethod
     async def open(cls, settings: Settings) -> "OrdersStore":
@@ -146,14 +147,23 @@ class OrdersStore:
             statement_cache_size=256,
             server_settings=server_settings(settings, "posmesh-orders"),
         )
-        return cls(pool, settings.db_pool_timeout)
+        return cls(pool, settings.db_pool_timeout, settings.db_pool_size)
 
     async def close(self) -> None:
         await asyncio.wait_for(self._pool.close(), 10)
 
+    async def ping(self) -> None:
+        """A round trip on a pooled connection (the platform's health check)."""
+        async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+            await connection.fetchval("SELECT 1")
+
     def pool_stats(self) -> dict[str, int]:
-        return {"size": self._pool.get_size(), "idle": self._pool.get_idle_size(),
-                "max_size": self._pool.get_max_size()}
+        """This pool in the platform's terms: `size` is the steady pool (DB_POOL_SIZE),
+        connections opened beyond it count as overflow (up to DB_MAX_OVERFLOW)."""
+        opened, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return {"size": self._steady_size, "checked_out": opened - idle, "checked_in": idle,
+                "overflow": max(0, opened - self._steady_size),
+                "max_overflow": self._pool.get_max_size() - self._steady_size}
 
     # -- plumbing ------------------------------------------------------------------------------
 

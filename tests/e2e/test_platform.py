@@ -41,6 +41,22 @@ async def test_health_lists_every_service_and_dependency(edge):
     assert "checked_out" in dependencies["database"]["pool"]
 
 
+@pytest.mark.parametrize("service", ["auth", "staff", "orders"])
+async def test_every_database_service_reports_the_pool_it_really_uses(stack, service):
+    from posmesh.health.v1 import health_pb2 as system_pb2, health_pb2_grpc as system_pb2_grpc
+
+    async with grpc.aio.insecure_channel(stack.addr(service)) as channel:
+        reply = await system_pb2_grpc.SystemHealthServiceStub(channel).GetSystemHealth(
+            system_pb2.GetSystemHealthRequest(), timeout=5)
+
+    assert reply.answered_by == service
+    database = next(d for d in reply.dependencies if d.name == "database")
+    assert database.status == "SERVING"
+    assert (database.pool.size, database.pool.max_overflow) == (20, 40)
+    # A live pool: the health check's own round trip has opened at least one connection.
+    assert database.pool.checked_in + database.pool.checked_out >= 1
+
+
 async def test_legacy_health_path_answers_the_same(edge_http1):
     reply = await edge_http1.get("/health")
 
