@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto')
 .PHONY: run test gen lint-protos envoy-config clean
 
 run: $(GEN_STAMP)
-	$(BIN)/posmesh run
+	$(BIN)/posmesh run $(ARGS)
 
 test: $(GEN_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.errors import grpc_reason
 from posmesh.auth.v1 import auth_pb2
 from posmesh.common.tokens import REVOCATIONS_CHANNEL, revoked_key
 from tests.support.accounts import (
@@ -51,18 +52,6 @@ class RevocationListener:
 
     async def marker(self, session_id: str) -> str | None:
         return await self._redis.get(revoked_key(session_id))
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
 
 
 async def test_ensure_user_creates_once_and_then_returns_the_same_user(stack, edge):
@@ -108,7 +97,7 @@ async def test_grant_membership_validates_its_input(stack, edge):
     for request in bad:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await admin_call(stack, "GrantMembership", request)
-        codes.append((caught.value.code(), _reason(caught.value)))
+        codes.append((caught.value.code(), grpc_reason(caught.value)))
     assert codes == [(grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND"),
                      (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
                      (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")]

@@ -9,21 +9,11 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from tests.support.errors import grpc_reason
 from tests.support.accounts import error_reason, register_and_login
 from tests.support.tokens import bearer, malformed_tokens, mint_token, resign
-
-
-def _grpc_reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ async def test_every_malformed_token_is_refused_by_the_service_itself(stack, sig
                 await stub.GetMe(auth_pb2.GetMeRequest(),
                                  metadata=(("authorization", f"Bearer {case.token}"),), timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, case.name
-            assert _grpc_reason(caught.value) == case.reason, case.name
+            assert grpc_reason(caught.value) == case.reason, case.name
         await stub.GetMe(auth_pb2.GetMeRequest(), metadata=signed_in.grpc_metadata, timeout=5)
 
 

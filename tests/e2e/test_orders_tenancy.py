@@ -7,10 +7,10 @@ import pytest_asyncio
 
 from posmesh.orders.v1 import orders_pb2 as pb
 from posmesh.orders.v1 import orders_pb2_grpc
+from tests.support.errors import grpc_reason
 from tests.support.orders import (
     add_menu_item,
     error_reason,
-    grpc_reason,
     line,
     open_restaurant,
     order_body,

@@ -26,7 +26,7 @@ from tests.support.restaurants import (
 # A restaurant member's logged-in session (the name other suites import).
 Member = Session
 
-__all__ = ["Member", "Party", "Session", "error_reason", "grpc_reason", "open_restaurant", "add_menu_item",
+__all__ = ["Member", "Party", "Session", "error_reason", "open_restaurant", "add_menu_item",
            "line", "order_body", "place_order", "move", "money_of", "feed_stub", "event_head",
            "read_events"]
 
@@ -40,18 +40,6 @@ class Party:
     owner: Session
     manager: Session
     staff: Session
-
-
-def grpc_reason(error: grpc.aio.AioRpcError) -> str:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return ""
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
