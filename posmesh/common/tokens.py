@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -84,7 +85,15 @@ class KeySet:
 
 
 class TokenVerifier:
-    """Verifies signature, algorithm, issuer, audience and expiry; CPU only (~0.2 ms)."""
+    """Verifies signature, algorithm, issuer, audience and expiry; CPU only (~0.2 ms).
+
+    A till sends the same access token with every request for its whole lifetime, so verified
+    tokens are remembered (exact token string -> claims, bounded LRU): a repeat costs a dict
+    lookup instead of an ECDSA verification. A remembered token is used only while it has not
+    expired and its key is still in the key set; anything else is verified from scratch.
+    """
+
+    CACHE_SIZE = 4096
 
     def __init__(self, keys: KeySet, *, issuer: str, audience: str, leeway_seconds: int,
                  on_unknown_kid: Callable[[str], None] | None = None) -> None:
@@ -93,8 +102,23 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway_seconds
         self._on_unknown_kid = on_unknown_kid
+        self._verified: OrderedDict[str, tuple[Claims, str]] = OrderedDict()
 
     def verify(self, token: str) -> Claims:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            claims, kid = remembered
+            if claims.exp + self.leeway > time.time() and self.keys.get(kid) is not None:
+                self._verified.move_to_end(token)
+                return claims
+            del self._verified[token]
+        claims, kid = self._verify_from_scratch(token)
+        self._verified[token] = (claims, kid)
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify_from_scratch(self, token: str) -> tuple[Claims, str]:
         if not token:
             raise token_invalid("no access token was sent")
         if len(token) > MAX_TOKEN_BYTES:
@@ -137,7 +161,7 @@ class TokenVerifier:
             raise token_invalid(f"the access token lacks the {exc.claim!r} claim") from None
         except jwt.PyJWTError:
             raise token_invalid("the access token's signature or payload is invalid") from None
-        return _claims(payload)
+        return _claims(payload), kid
 
 
 def _claims(payload: dict) -> Claims:

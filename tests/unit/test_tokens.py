@@ -205,3 +205,49 @@ async def test_the_refresher_loads_keys_and_refetches_soon_after_an_unknown_kid(
         assert verifier.verify(token).sid
     finally:
         await refresher.stop()
+
+
+def test_a_repeated_token_is_answered_from_memory_without_a_second_signature_check(verifier, key, monkeypatch):
+    token = sign(key, claims())
+    first = verifier.verify(token)
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("verified the signature twice"))
+
+    assert verifier.verify(token) == first
+
+
+def test_a_remembered_token_stops_verifying_once_it_expires(keyset, key):
+    strict = TokenVerifier(keyset, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=0)
+    expires = int(time.time()) + 1
+    token = sign(key, claims(iat=expires - 100, exp=expires))
+    strict.verify(token)
+    time.sleep(max(0.0, expires + 0.2 - time.time()))
+
+    assert reason_of(strict, token) == "TOKEN_EXPIRED"
+
+
+def test_a_remembered_token_stops_verifying_once_its_key_is_withdrawn(key):
+    keys = KeySet()
+    keys.load_jwks({"keys": [public_jwk("k1", key.public_key())]})
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=LEEWAY)
+    token = sign(key, claims())
+    verifier.verify(token)
+    keys.load_jwks({"keys": [public_jwk("k2", ec.generate_private_key(ec.SECP256R1()).public_key())]})
+
+    assert reason_of(verifier, token) == "TOKEN_INVALID"
+
+
+def test_the_memory_of_verified_tokens_is_bounded(verifier, key, monkeypatch):
+    monkeypatch.setattr(TokenVerifier, "CACHE_SIZE", 3)
+    tokens = [sign(key, claims()) for _ in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+
+    assert list(verifier._verified) == tokens[-3:]
+
+
+def test_a_refused_token_is_not_remembered(verifier, key):
+    header, _, signature = sign(key, claims(role="staff")).split(".")
+    forged = f"{header}.{_b64(json.dumps(claims(role='owner')).encode())}.{signature}"
+    for _ in range(2):
+        assert reason_of(verifier, forged) == "TOKEN_INVALID"
+    assert forged not in verifier._verified
