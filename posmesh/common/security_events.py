@@ -88,7 +88,12 @@ def record(type: str, *, severity: str = WARNING, ip: str = "", user_id: str = "
 
 
 def _cap(value: object) -> object:
-    if isinstance(value, str) and len(value) > _MAX_DETAIL_CHARS:
+    if not isinstance(value, str):
+        return value
+    # PostgreSQL text and jsonb cannot hold NUL: an attacker must not keep a probe out of the
+    # audit table by putting one in an id.
+    value = value.replace("\x00", "\\x00")
+    if len(value) > _MAX_DETAIL_CHARS:
         return value[:_MAX_DETAIL_CHARS] + f"...[{len(value) - _MAX_DETAIL_CHARS} more chars]"
     return value
 
