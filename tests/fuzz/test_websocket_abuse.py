@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from bench.openloop import percentile
-from tests.support.orders import line, place_order
+from tests.support.orders import add_menu_item, line, place_order
 from tests.support.realtime import edge_socket, signed_in
 
 pytestmark = pytest.mark.fuzz
@@ -100,6 +100,8 @@ async def test_a_10_mb_frame_is_refused_with_1009_and_nothing_else_notices(
 async def test_10000_messages_a_second_from_one_client_leave_the_others_within_target(
         stack, edge, fuzz_world, no_unhandled_errors):
     world = fuzz_world
+    # A dish of its own: the route fuzzing may have deleted the world's (DELETE is a valid input).
+    dish = await add_menu_item(edge, world.a.manager, price_minor=500)
     observer = await signed_in(stack, world.a.staff, "kitchen")
     baseline = await _ping_rtts(observer, 20)
     message = json.dumps({"type": "ping", "data": {"timestamp": 0}})
@@ -131,7 +133,7 @@ async def test_10000_messages_a_second_from_one_client_leave_the_others_within_t
     flooding = asyncio.ensure_future(flood())
     await asyncio.sleep(0.2)
     rtts = await _ping_rtts(observer, 40, interval=0.05)
-    order = await place_order(edge, world.a.staff, [line(world.a_dish)])
+    order = await place_order(edge, world.a.staff, [line(dish)])
     created_at = time.monotonic()
     event = await observer.next("order.created", timeout=5)
     event_ms = (time.monotonic() - created_at) * 1000
