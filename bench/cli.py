@@ -36,6 +36,8 @@ from bench.world import Target, World
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESTAURANTS = 20
+ENVOY_MAX_DOWNSTREAM = 10_000  # envoy/envoy.yaml.j2's overload manager
+FD_RESERVE = 300  # Envoy's descriptors for listeners, upstream gRPC, admin, logs
 # Orders-mix targets of the orders issue.
 MIX_P95_MS, MIX_P99_MS = 50.0, 150.0
 
@@ -64,6 +66,9 @@ class Profile:
     verification_samples: int
     holders: int
     max_steps: int = 5
+    day_small_people: tuple[int, int, int] | None = None
+    day_small_s: float = 0
+    day_small_warmup: float = 0
 
 
 FULL = Profile(
@@ -72,15 +77,16 @@ FULL = Profile(
            "create_order": 100},
     mix_rate=800, mix_s=60, mix_warmup=5,
     step_rates=(100, 200, 300, 400, 600, 1000, 1200, 1600), step_s=10, step_warmup=2,
-    day_people=(30, 10, 10), day_s=45, day_warmup=10,
-    sockets_small=1000, sockets_large=10_000, fanout_events_small=40, fanout_events_large=20,
+    day_people=(30, 10, 10), day_s=40, day_warmup=8,
+    day_small_people=(8, 2, 2), day_small_s=20, day_small_warmup=5,
+    sockets_small=1000, sockets_large=10_000, fanout_events_small=40, fanout_events_large=15,
     burst_events=20, verification_samples=5000, holders=4,
 )
 QUICK = Profile(
     name="quick", ceiling_s=3, single_s=4, single_warmup=1,
     rates={"login": 50, "refresh": 100, "verify": 300, "list_active": 400, "get_order": 400,
            "create_order": 100},
-    mix_rate=800, mix_s=8, mix_warmup=2,
+    mix_rate=800, mix_s=6, mix_warmup=2,
     step_rates=(), step_s=0, step_warmup=0, max_steps=0,
     day_people=(6, 2, 2), day_s=8, day_warmup=2,
     sockets_small=1000, sockets_large=0, fanout_events_small=15, fanout_events_large=0,
@@ -101,6 +107,9 @@ class Bench:
         self.edge = Target(host, port, system.ca_file)
         self.world: World | None = None
         self.restaurants = RESTAURANTS
+        self.fd_limit = 20_000
+        self.edge_socket_capacity = ENVOY_MAX_DOWNSTREAM
+        self.sockets_via_edge = self.sockets_direct = self.edge_refused = 0
         self.ceiling_rps: float | None = None
         self.results: dict = {"workloads": {}, "websockets": {}, "failures": {},
                               "notes": list(system.notes)}
@@ -118,12 +127,14 @@ class Bench:
                    ) -> tuple[dict, list[HttpResult]]:
         processes = processes or (1 if rate <= 450 else 2)
         start_at = time.monotonic() + 1.5
+        cpu_before = self.cpu_seconds()
         specs = [HttpLoad(scenario, target or self.edge, rate=rate / processes, duration=duration,
                           warmup=warmup, concurrency=concurrency, connections=connections,
                           world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF, shard=n, shards=processes,
                           start_at=start_at, extra=dict(extra or {}))
                  for n in range(processes)]
         outcomes = await self._pool(run_http, *specs)
+        cpu = self.cpu_share(cpu_before, self.cpu_seconds(), time.monotonic() - start_at)
         merged = Recorder()
         for outcome in outcomes:
             merged.merge(outcome.recorder)
@@ -131,16 +142,63 @@ class Bench:
             duration = max(o.duration for o in outcomes)
         summary = summarise(merged, duration, offered_rate=rate or None)
         summary["generator_processes"] = processes
+        summary["cpu_percent"] = cpu  # of one core, from send of the first request to the last reply
         if self.ceiling_rps:
             summary["ratio_to_ceiling"] = round(summary["achieved_rps"] / self.ceiling_rps, 3)
         return summary, list(outcomes)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each part of the system and the bench."""
+        names: dict[int, str] = {}
+        if self.system.stack is not None:
+            for name, pids in self.system.stack.pids().items():
+                for pid in pids:
+                    names[pid] = "realtime" if name.startswith("realtime") else name
+        me = psutil.Process()
+        processes = {pid: None for pid in names}
+        try:
+            processes.update({child.pid: None for child in me.children(recursive=True)})
+        except psutil.Error:
+            pass
+        processes[me.pid] = None
+        totals: dict[str, float] = {}
+        for pid in processes:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            name = names.get(pid) or ("bench supervisor" if pid == me.pid else "bench generators")
+            used = times.user + times.system
+            if name == "postgres":  # backends that have exited are counted in their parent
+                used += times.children_user + times.children_system
+            totals[name] = totals.get(name, 0.0) + used
+        return totals
+
+    @staticmethod
+    def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+        """Percent of one core each part used over `seconds` (200 % = both cores)."""
+        return {name: round((after[name] - before.get(name, 0.0)) / seconds * 100)
+                for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])
+                if seconds > 0 and after[name] - before.get(name, 0.0) > 0.01 * seconds}
 
     def _print(self, name: str, s: dict) -> None:
         errors = f", errors {s['errors']} {s['error_kinds']}" if s.get("errors") else ""
         log(f"  {name}: offered {s.get('offered_rps', 'max')}/s, achieved {s['achieved_rps']}/s, "
             f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} max {s['max_ms']} ms{errors}")
+        if s.get("cpu_percent"):
+            log("    CPU % of a core: " + ", ".join(f"{k} {v}" for k, v in s["cpu_percent"].items()))
+
+    async def quiet(self, limit: float = 20.0, busy_percent: float = 25.0) -> None:
+        """Waits (up to `limit` s) until the machine is nearly idle, so a phase does not start
+        while the previous one's aftermath (a backlog, 10,000 sockets closing) is still running."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(psutil.cpu_percent, 1.0) < busy_percent:
+                return
 
     async def phase(self, name: str, coroutine) -> None:
+        if name != "seed":
+            await self.quiet()
         log(f"{name} ...")
         started = time.monotonic()
         try:
@@ -172,8 +230,8 @@ class Bench:
             self.ceiling_rps = summary["achieved_rps"]
             summary["ratio_to_ceiling"] = 1.0
             self._print("ceiling (python generator)", summary)
-            h2load = await ceiling.h2load(f"https://localhost:{envoy.port}{ceiling.PATH}",
-                                          duration=max(3, int(p.ceiling_s)))
+            h2load = None if p.name == "quick" else await ceiling.h2load(
+                f"https://localhost:{envoy.port}{ceiling.PATH}", duration=int(p.ceiling_s))
             if h2load:
                 log(f"  ceiling (h2load): {h2load.get('rps')} req/s, {h2load.get('failed')} failed")
             self.results["ceiling"] = {"python": summary, "h2load": h2load}
@@ -215,32 +273,50 @@ class Bench:
             return
         token = self.world.restaurants[0].staff[0].access_token
         [result] = await self._pool(measure, VerificationSpec(
-            jwks, token, env, samples=self.profile.verification_samples))
+            jwks, token, env, samples=self.profile.verification_samples,
+            can_mint=self.system.stack is not None))
         self.results["verification"] = result
-        log(f"  verify p99 {result['verify']['p99_ms']} ms; with revocation p99 "
-            f"{result['verify_with_revocation']['p99_ms']} ms")
+        log(f"  first sight: verify p99 {result['verify']['p99_ms']} ms, with revocation p99 "
+            f"{result['verify_with_revocation']['p99_ms']} ms; repeat: p99 "
+            f"{result['verify_repeat']['p99_ms']} / {result['verify_with_revocation_repeat']['p99_ms']} ms")
 
     async def run_orders(self) -> None:
         p = self.profile
         for name in ("list_active", "get_order", "create_order"):
-            summary, outcomes = await self.http(name, rate=p.rates[name], duration=p.single_s,
-                                                warmup=p.single_warmup)
+            summary, _ = await self.http(name, rate=p.rates[name], duration=p.single_s,
+                                         warmup=p.single_warmup)
             self._print(name, summary)
             self.results["workloads"][name] = summary
-            await self.close_orders(outcomes)
+            await self.close_orders()
 
-    async def close_orders(self, outcomes: list[HttpResult]) -> None:
-        """Cancels the orders a workload created (outside any measurement), so each workload
-        starts from the same open orders per restaurant (a list of active orders returns up to
-        100 of them: an ever-growing backlog would measure the backlog, not the service)."""
-        created = [(rid, oid) for outcome in outcomes
-                   for rid, ids in outcome.created_orders.items() for oid in ids]
-        if not created:
-            return
+    async def close_orders(self) -> None:
+        """Cancels every open order but the seeded ones (outside any measurement), so each
+        workload starts from the same 10 open orders per restaurant: a list of active orders
+        returns up to 100, and a growing backlog would measure the backlog. Orders created by
+        requests the generator gave up on (timeouts) are open too, hence the listing."""
         started = time.monotonic()
+        await self.settle()
+        seeded = {o for r in self.world.restaurants for o in r.order_ids}
+        extra: list[tuple[str, str, int]] = []
+        async with edge_client(self.system.edge_url, self.system.ca_file) as client:
+            for restaurant in self.world.restaurants:
+                headers = {"authorization": f"Bearer {restaurant.staff[0].access_token}"}
+                token = ""
+                while True:
+                    reply = await client.get("/api/v1/orders/active", headers=headers,
+                                             params={"page_size": 500, "page_token": token})
+                    reply.raise_for_status()
+                    body = reply.json()
+                    extra += [(restaurant.id, o["id"], o["version"]) for o in body["orders"]
+                              if o["id"] not in seeded]
+                    token = body.get("next_page_token", "")
+                    if not token:
+                        break
+        if not extra:
+            return
         summary, _ = await self.http("cancel", duration=0, warmup=0, processes=1, concurrency=32,
-                                     extra={"orders": created})
-        log(f"  (closed {len(created)} orders created by the workload in "
+                                     extra={"orders": extra})
+        log(f"  (closed {len(extra)} orders the workload left open in "
             f"{time.monotonic() - started:.1f} s, {summary['errors']} errors)")
 
     async def run_mix(self) -> None:
@@ -278,12 +354,10 @@ class Bench:
 
     async def _mix_step(self, rate: int, duration: float, warmup: float, label: str = "step"
                         ) -> dict:
-        summary, outcomes = await self.http("orders_mix", rate=rate, duration=duration,
-                                            warmup=warmup)
+        summary, _ = await self.http("orders_mix", rate=rate, duration=duration, warmup=warmup)
         summary["meets"] = self._meets(summary)
         self._print(f"orders mix {label} at {rate}/s for {duration:g} s", summary)
-        await self.settle()
-        await self.close_orders(outcomes)
+        await self.close_orders()
         return summary
 
     async def settle(self, limit: float = 60.0) -> None:
@@ -311,14 +385,27 @@ class Bench:
         return f"p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms, {s['errors']} errors"
 
     async def run_pos_day(self) -> None:
+        """The 1,000-user day of the issue, and first a smaller day this machine can carry
+        (full run), so the report shows both the limit and a healthy day."""
         p = self.profile
-        tills, kitchens, phones = p.day_people
+        if p.day_small_people:
+            self.results["workloads"]["pos_day_small"] = await self._day(
+                p.day_small_people, p.day_small_s, p.day_small_warmup)
+            await self.close_orders()
+            await self.quiet()
+        self.results["workloads"]["pos_day"] = await self._day(p.day_people, p.day_s, p.day_warmup)
+
+    async def _day(self, people: tuple[int, int, int], duration: float, warmup: float) -> dict:
+        tills, kitchens, phones = people
         halves = [self.world.restaurants[0::2], self.world.restaurants[1::2]]
         start_at = time.monotonic() + 3  # each process starts once its sockets are connected
+        cpu_before = self.cpu_seconds()
+        began = time.monotonic()
         specs = [DaySpec(self.edge, self.system.edge_url, restaurants, tills, kitchens, phones,
-                         p.day_s, p.day_warmup, seed=n + 1, start_at=start_at)
+                         duration, warmup, seed=n + 1, start_at=start_at)
                  for n, restaurants in enumerate(halves)]
         outcomes = await self._pool(run_day, *specs)
+        cpu = self.cpu_share(cpu_before, self.cpu_seconds(), time.monotonic() - began)
         overall = Recorder()
         by_kind: dict[str, Recorder] = {}
         events = []
@@ -328,7 +415,7 @@ class Bench:
                 by_kind.setdefault(kind, Recorder()).merge(recorder)
             events.extend(outcome.event_latencies)
         users = sum(o.users for o in outcomes)
-        summary = summarise(overall, p.day_s, offered_rate=round(len(overall.latencies) / p.day_s, 1))
+        summary = summarise(overall, duration, offered_rate=round(len(overall.latencies) / duration, 1))
         events.sort()
         summary.update(
             users=users, restaurants=len(self.world.restaurants), sockets=sum(o.sockets for o in outcomes),
@@ -340,14 +427,15 @@ class Bench:
             event_deliveries=len(events),
             event_p50_ms=round(percentile(events, .5) * 1000, 2),
             event_p99_ms=round(percentile(events, .99) * 1000, 2),
-            by_kind={kind: summarise(r, p.day_s) for kind, r in by_kind.items()})
+            by_kind={kind: summarise(r, duration) for kind, r in by_kind.items()},
+            cpu_percent=cpu)
         if self.ceiling_rps:
             summary["ratio_to_ceiling"] = round(summary["achieved_rps"] / self.ceiling_rps, 3)
         self._print(f"POS day, {users} users", summary)
         log(f"  sockets {summary['sockets']} (failures {summary['socket_failures']}, closes "
             f"{summary['socket_closes']}); events p50 {summary['event_p50_ms']} ms p99 "
             f"{summary['event_p99_ms']} ms, {summary['missing_events']} missing")
-        self.results["workloads"]["pos_day"] = summary
+        return summary
 
     async def run_websockets(self) -> None:
         p = self.profile
@@ -364,7 +452,12 @@ class Bench:
         realtime = psutil.Process(self.system.pid_of("realtime"))
         envoy_pid = self.system.pid_of("envoy")
         envoy = psutil.Process(envoy_pid) if envoy_pid else None
-        holders = [SocketHolder(self.system.edge_url, self.system.ca_file) for _ in range(p.holders)]
+        holders = [SocketHolder(self.system.edge_url, self.system.ca_file,
+                                self.system.settings.realtime_ws_addr) for _ in range(p.holders)]
+        # Envoy holds two descriptors per proxied socket (client side and upstream) and admits
+        # at most 10,000 downstream connections.
+        self.edge_socket_capacity = min(ENVOY_MAX_DOWNSTREAM - 10,
+                                        (self.fd_limit - FD_RESERVE) // 2)
         ws = self.results["websockets"]
         try:
             await asyncio.sleep(1.0)
@@ -378,7 +471,7 @@ class Bench:
             log(f"  {held['held']} sockets: realtime {idle['realtime_kib_per_connection']} KiB "
                 f"per connection, Envoy {idle['envoy_kib_per_connection']} KiB")
             ws["fanout_1000"] = await self._fanout(holders, place, tokens[2], held["held"],
-                                                   p.fanout_events_small, spacing=0.25, via="edge")
+                                                   p.fanout_events_small, spacing=0.4, via="edge")
             if not p.sockets_large:
                 ws["deliveries"] = await self._burst(holders, place, tokens[2], held["held"],
                                                      realtime, via="edge")
@@ -389,16 +482,25 @@ class Bench:
             rss_large = realtime.memory_info().rss
             idle = self._idle({"held": total, "failed": held["failed"] + more["failed"],
                                "connect_s": round(held["connect_s"] + more["connect_s"], 1),
-                               "failures": {**held["failures"], **more["failures"]}},
+                               "failures": {**held["failures"], **more["failures"]},
+                               "via_edge": more["via_edge"], "direct": more["direct"],
+                               "edge_refused": more["edge_refused"],
+                               "edge_refusals": more["edge_refusals"]},
                               rss_before, rss_large, envoy_before, envoy, total)
+            # The growth from 1,000 to N sockets, without the one-time costs of the first ones.
+            idle["realtime_kib_per_connection_marginal"] = round(
+                (rss_large - rss_small) / max(1, total - held["held"]) / 1024, 1)
             ws["idle"] = idle
             log(f"  {total} sockets: realtime {idle['realtime_kib_per_connection']} KiB per "
-                f"connection, Envoy {idle['envoy_kib_per_connection']} KiB")
-            # Every one of Envoy's 10,000 downstream connections is a socket now: the create
-            # goes straight to the orders service (the measured path starts at its response).
-            via = "grpc" if total >= 9_990 else "edge"
+                f"connection ({idle['realtime_kib_per_connection_marginal']} KiB from 1,000 to "
+                f"{total}), Envoy {idle['envoy_kib_per_connection']} KiB")
+            # When Envoy is full (all its downstream connections taken, or its overload manager
+            # refusing new requests), the create goes straight to the orders service with the
+            # same token: the measured path starts at its response either way.
+            via = "grpc" if self.edge_refused or \
+                self.sockets_via_edge >= ENVOY_MAX_DOWNSTREAM - 10 else "edge"
             ws["fanout_10000"] = await self._fanout(holders, place, tokens[2], total,
-                                                    p.fanout_events_large, spacing=1.0, via=via)
+                                                    p.fanout_events_large, spacing=2.0, via=via)
             ws["deliveries"] = await self._burst(holders, place, tokens[2], total, realtime, via=via)
         finally:
             statuses = []
@@ -418,33 +520,50 @@ class Bench:
               count: int) -> dict:
         envoy_after = envoy.memory_info().rss if envoy else 0
         n = max(1, held["held"])
+        through_envoy = max(1, held.get("via_edge") or held["held"])
         return {
             "held": held["held"], "failed": held["failed"], "failures": held["failures"],
+            "via_edge": held.get("via_edge"), "direct": held.get("direct"),
+            "edge_refused": held.get("edge_refused", 0), "edge_refusals": held.get("edge_refusals", {}),
+            "open_file_limit": self.fd_limit,
             "connect_s": held["connect_s"], "measured_over": held["held"],
             "realtime_rss_before_mib": round(rss_before / (1 << 20), 1),
             "realtime_rss_after_mib": round(rss_after / (1 << 20), 1),
             "realtime_kib_per_connection": round((rss_after - rss_before) / n / 1024, 1),
-            "envoy_kib_per_connection": round((envoy_after - envoy_before) / n / 1024, 1),
+            "envoy_kib_per_connection": round((envoy_after - envoy_before) / through_envoy / 1024, 1),
         }
 
     async def _connect(self, holders: list[SocketHolder], tokens: list[str], restaurant_id: str,
                        count: int) -> dict:
+        """Opens `count` more sockets through Envoy, spread over the holders. Beyond what Envoy
+        can hold (its descriptors under the open-file limit; its overload manager's heap cap,
+        which it answers with 503), sockets go straight to the realtime port."""
         started = time.monotonic()
-        shares = [count // len(holders) + (1 if n < count % len(holders) else 0)
-                  for n in range(len(holders))]
+        through_edge = max(0, min(count, self.edge_socket_capacity - self.sockets_via_edge))
+        specs = [("kitchen", restaurant_id, tokens[k % len(tokens)], k >= through_edge)
+                 for k in range(count)]
         replies = await asyncio.gather(*(
-            holder.call("connect", specs=[("kitchen", restaurant_id, tokens[(n + k) % len(tokens)])
-                                          for k in range(share)], concurrency=48)
-            for n, (holder, share) in enumerate(zip(holders, shares))))
+            holder.call("connect", specs=specs[n::len(holders)], concurrency=48)
+            for n, holder in enumerate(holders)))
         failures: dict = {}
+        refusals: dict = {}
         for reply in replies:
             for kind, number in reply["failures"].items():
                 failures[kind] = failures.get(kind, 0) + number
+            for kind, number in reply["edge_refusals"].items():
+                refusals[kind] = refusals.get(kind, 0) + number
+        self.sockets_via_edge = sum(r["via_edge"] for r in replies)
+        self.sockets_direct = sum(r["direct"] for r in replies)
+        self.edge_refused = sum(r["edge_refused"] for r in replies)
         held = sum(r["connected"] for r in replies)
         if failures:
             log(f"  socket failures: {failures}")
+        if refusals:
+            log(f"  refused by Envoy, held straight on the realtime port instead: {refusals}")
         return {"held": held, "failed": sum(failures.values()), "failures": failures,
-                "connect_s": round(time.monotonic() - started, 1)}
+                "connect_s": round(time.monotonic() - started, 1),
+                "via_edge": self.sockets_via_edge, "direct": self.sockets_direct,
+                "edge_refused": self.edge_refused, "edge_refusals": refusals}
 
     async def _trigger(self, place, token: str, count: int, spacing: float, via: str):
         trigger = Trigger(self.edge, token, place.menu_item_ids, count, spacing, via=via,
@@ -466,15 +585,28 @@ class Bench:
                       spacing: float, via: str) -> dict:
         for holder in holders:
             await holder.call("reset")
+        cpu_before, began = self.cpu_seconds(), time.monotonic()
         made = await self._trigger(place, token, events, spacing, via)
-        await asyncio.sleep(3.0)
+        await self._delivered(holders, len(made) * sockets)
+        cpu = self.cpu_share(cpu_before, self.cpu_seconds(), time.monotonic() - began)
         receipts, out_of_order = await self._collect(holders)
         result = analyse(made, receipts, sockets)
-        result.update(via=via, spacing_s=spacing, out_of_order=out_of_order)
+        result.update(via=via, spacing_s=spacing, out_of_order=out_of_order, cpu_percent=cpu)
         log(f"  fan-out to {sockets}: last socket p50 {result['last_socket_p50_ms']} ms, p99 "
             f"{result['last_socket_p99_ms']} ms; delivery p99 {result['delivery_p99_ms']} ms; "
             f"{result['missing_deliveries']} missing, {out_of_order} out of order")
+        log("    CPU % of a core: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
         return result
+
+    async def _delivered(self, holders, expected: int, limit: float = 30.0) -> None:
+        """Waits until the holders have `expected` receipts (or `limit` seconds)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            counts = [await holder.call("count") for holder in holders]
+            if sum(c["receipts"] for c in counts) >= expected:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
 
     async def _burst(self, holders, place, token: str, sockets: int, realtime: psutil.Process,
                      *, via: str) -> dict:
@@ -484,7 +616,7 @@ class Bench:
             await holder.call("reset")
         cpu_before = sum(realtime.cpu_times()[:2])
         made = await self._trigger(place, token, self.profile.burst_events, 0.0, via)
-        await asyncio.sleep(4.0)
+        await self._delivered(holders, len(made) * sockets)
         cpu = sum(realtime.cpu_times()[:2]) - cpu_before
         receipts, _ = await self._collect(holders)
         deliveries = sum(len(times) for times in receipts.values())
@@ -529,10 +661,12 @@ async def run(args: argparse.Namespace) -> int:
     settings = system.settings
     bench = Bench(profile, system, executor)
     bench.restaurants = args.restaurants
+    bench.fd_limit = fd_limit
     # Start every generator process now (imports included), so the first workload starts on time.
     await bench._pool(_pause, *[0.5] * 4)
     bench.results.update(
-        date=dt.date.today().isoformat(), mode=profile.name, command=command, machine=info,
+        date=dt.date.today().isoformat(),
+        mode=profile.name + (f", only {args.only}" if args.only else ""), command=command, machine=info,
         stack={"description": description, "argon2": {
             "memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
             "parallelism": settings.argon2_parallelism},
@@ -543,7 +677,9 @@ async def run(args: argparse.Namespace) -> int:
         phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("orders", bench.run_orders), ("mix", bench.run_mix),
-                  ("pos_day", bench.run_pos_day), ("websockets", bench.run_websockets)]
+                  # Sockets before the POS day: the realtime process's memory is measured from
+                  # a baseline no earlier workload has grown.
+                  ("websockets", bench.run_websockets), ("pos_day", bench.run_pos_day)]
         for name, phase in phases:
             if only and name not in only and name != "seed":
                 continue
@@ -559,7 +695,8 @@ async def run(args: argparse.Namespace) -> int:
     results["elapsed_s"] = round(time.monotonic() - started)
     results["generator"]["processes"] = "1–4"
     checks = targets.evaluate(results)
-    name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}")
+    name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}") + \
+        ("-partial" if args.only else "")
     out_dir = Path(args.out) if args.out else RESULTS_DIR
     paths = report.write(results, checks, out_dir, name=name,
                          update_latest=profile.name == "full" and not args.only)

@@ -16,6 +16,19 @@ from bench.scenarios import Scenarios
 from bench.world import Target, World
 
 
+def _dump_tasks(signum, frame) -> None:
+    import sys
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        print("no running event loop", file=sys.stderr, flush=True)
+        return
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()
+
+
 @dataclass
 class HttpLoad:
     scenario: str
@@ -78,8 +91,12 @@ async def _run_http(spec: HttpLoad) -> HttpResult:
 
 
 def warm_up_process() -> None:
-    """Imports the heavy modules once, so a worker's first workload starts on time."""
+    """Imports the heavy modules once, so a worker's first workload starts on time; and
+    `kill -USR1 <pid>` prints what every asyncio task of the worker is waiting on."""
     import importlib
+    import signal
+
+    signal.signal(signal.SIGUSR1, _dump_tasks)
 
     for module in ("h2.connection", "uvloop", "websockets.asyncio.client", "bench.scenarios"):
         importlib.import_module(module)

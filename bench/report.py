@@ -39,13 +39,37 @@ def workloads_table(results: dict) -> list[str]:
         lines.append(f"| {WORKLOAD_LABELS[name]} | {offered} | {s['achieved_rps']} | "
                      f"{_ms(s['p50_ms'])} | {_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | "
                      f"{_ms(s['max_ms'])} | {s['errors']} | {s.get('ratio_to_ceiling', '—')} |")
-    day = workloads.get("pos_day")
-    if day:
+    for day in (workloads.get("pos_day_small"), workloads.get("pos_day")):
+        if not day:
+            continue
         lines.append(f"| mixed POS day ({day['users']} users, {day['sockets']} sockets) | "
                      f"{day['offered_rps']} | {day['achieved_rps']} | {_ms(day['p50_ms'])} | "
                      f"{_ms(day['p95_ms'])} | {_ms(day['p99_ms'])} | {_ms(day['max_ms'])} | "
                      f"{day['errors']} | {day.get('ratio_to_ceiling', '—')} |")
     return lines
+
+
+CPU_COLUMNS = ("envoy", "auth", "staff", "orders", "realtime", "postgres", "redis",
+               "bench generators", "bench supervisor")
+
+
+def cpu_table(results: dict) -> list[str]:
+    """Where the CPU went during each workload: percent of one core (the machine has N × 100)."""
+    rows = []
+    workloads = results.get("workloads", {})
+    names = [n for n in WORKLOAD_LABELS if n != "ceiling"] + ["pos_day_small", "pos_day"]
+    for name in names:
+        s = workloads.get(name)
+        if s and s.get("cpu_percent"):
+            cells = [str(s["cpu_percent"].get(column, 0)) for column in CPU_COLUMNS]
+            label = WORKLOAD_LABELS.get(name) or f"mixed POS day, {s.get('users')} users"
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "### Where the CPU went (% of one core; "
+                f"{results['machine']['cores']} cores = {results['machine']['cores']}00 %)", "",
+            "| workload | " + " | ".join(CPU_COLUMNS) + " |",
+            "|---|" + "---:|" * len(CPU_COLUMNS)] + rows
 
 
 def markdown(results: dict, checks: list[Check]) -> str:
@@ -71,6 +95,7 @@ def markdown(results: dict, checks: list[Check]) -> str:
                     f"{h.get('rps', '—')} req/s, mean {h.get('mean_ms', '—')} ms, "
                     f"{h.get('failed', '—')} failed. Ratios above use the Python generator's "
                     f"ceiling, the same client as every workload."]
+    out += cpu_table(results)
     steps = results.get("workloads", {}).get("orders_mix_steps") or []
     if steps:
         out += ["", "## Orders mix: step search", "",
@@ -79,9 +104,11 @@ def markdown(results: dict, checks: list[Check]) -> str:
         for s in steps:
             out.append(f"| {s['offered_rps']} | {s['achieved_rps']} | {s['p50_ms']} | {s['p95_ms']} | "
                        f"{s['p99_ms']} | {s['errors']} | {'yes' if s['meets'] else 'no'} |")
-    day = results.get("workloads", {}).get("pos_day")
-    if day:
-        out += ["", "## Mixed POS day", "",
+    for day in (results.get("workloads", {}).get("pos_day_small"),
+                results.get("workloads", {}).get("pos_day")):
+        if not day:
+            continue
+        out += ["", f"## Mixed POS day: {day['users']} users", "",
                 f"{day['users']} simulated users in {day['restaurants']} restaurants "
                 f"({day['per_restaurant']}), about one action per second each (exponential think "
                 f"time), {day['sockets']} live sockets; {day['duration_s']} s measured. Order events "
@@ -97,10 +124,24 @@ def markdown(results: dict, checks: list[Check]) -> str:
         out += ["", "## WebSockets", ""]
         idle = ws.get("idle")
         if idle:
-            out.append(f"- Idle: {idle['held']:,} authenticated sockets through Envoy held by one realtime "
+            route = "through Envoy"
+            if idle.get("direct"):
+                route = f"({idle['via_edge']:,} through Envoy, {idle['direct']:,} straight to the realtime port: "
+                reasons = []
+                if idle.get("edge_refused"):
+                    reasons.append(f"Envoy refused {idle['edge_refused']:,} ({idle['edge_refusals']}) — its "
+                                   f"overload manager stops accepting requests at 95 % of its 512 MiB heap")
+                if idle["direct"] > idle.get("edge_refused", 0):
+                    reasons.append(f"Envoy needs two descriptors per socket and the open-file limit is "
+                                   f"{idle['open_file_limit']:,}")
+                route += "; ".join(reasons) + ")"
+            out.append(f"- Idle: {idle['held']:,} authenticated sockets {route} held by one realtime "
                        f"process (connected in {idle['connect_s']} s, {idle['failed']} failed); realtime "
                        f"RSS {idle['realtime_rss_before_mib']} → {idle['realtime_rss_after_mib']} MiB = "
-                       f"**{idle['realtime_kib_per_connection']} KiB per connection**; Envoy "
+                       f"**{idle['realtime_kib_per_connection']} KiB per connection**"
+                       + (f" ({idle['realtime_kib_per_connection_marginal']} KiB each from 1,000 on)"
+                          if idle.get("realtime_kib_per_connection_marginal") is not None else "")
+                       + "; Envoy "
                        f"{idle['envoy_kib_per_connection']} KiB per connection.")
         for key in ("fanout_1000", "fanout_10000"):
             fan = ws.get(key)
@@ -110,7 +151,9 @@ def markdown(results: dict, checks: list[Check]) -> str:
                            f"p99 **{fan['last_socket_p99_ms']} ms**, max {fan['last_socket_max_ms']} ms; "
                            f"per delivery p50 {fan['delivery_p50_ms']} ms, p99 {fan['delivery_p99_ms']} ms; "
                            f"{fan['missing_deliveries']} missing, {fan['duplicate_deliveries']} duplicated, "
-                           f"{fan['out_of_order']} out of order.")
+                           f"{fan['out_of_order']} out of order."
+                           + (" CPU (% of a core) meanwhile: " + ", ".join(
+                               f"{k} {v}" for k, v in fan["cpu_percent"].items()) if fan.get("cpu_percent") else ""))
         rate = ws.get("deliveries")
         if rate:
             out.append(f"- Throughput: {rate['deliveries']:,} deliveries in a burst of {rate['events']} events "
@@ -120,9 +163,13 @@ def markdown(results: dict, checks: list[Check]) -> str:
     if verification:
         out += ["", "## Token verification in-process", "", "| check | p50 ms | p99 ms | p99.9 ms | per second, one core |",
                 "|---|---:|---:|---:|---:|"]
-        for key, label in (("verify", "signature, alg, iss/aud, expiry"),
-                           ("verify_with_revocation", "+ revocation check in Redis")):
-            s = verification[key]
+        for key, label in (("verify", "signature, alg, iss/aud, expiry — token seen first time"),
+                           ("verify_with_revocation", "+ revocation check in Redis — first time"),
+                           ("verify_repeat", "signature … expiry — same token again (verifier's cache)"),
+                           ("verify_with_revocation_repeat", "+ revocation check — same token again")):
+            s = verification.get(key)
+            if not s:
+                continue
             out.append(f"| {label} | {s['p50_ms']} | {s['p99_ms']} | {s['p999_ms']} | {s['per_second_one_core']:,} |")
     notes = results.get("notes") or []
     if notes:
@@ -152,11 +199,11 @@ def plot(results: dict, path: Path) -> bool:
             ax.plot([s["offered_rps"]], [max(s["p95_ms"], 0.1)], "x", markersize=8)
             ax.annotate(f"{name} p95", (s["offered_rps"], max(s["p95_ms"], 0.1)),
                         textcoords="offset points", xytext=(5, 4), fontsize=8)
-    day = workloads.get("pos_day")
-    if day:
-        ax.plot([day["offered_rps"]], [max(day["p95_ms"], 0.1)], "D", markersize=6)
-        ax.annotate("POS day p95", (day["offered_rps"], max(day["p95_ms"], 0.1)),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for day in (workloads.get("pos_day_small"), workloads.get("pos_day")):
+        if day:
+            ax.plot([day["offered_rps"]], [max(day["p95_ms"], 0.1)], "D", markersize=6)
+            ax.annotate(f"POS day {day['users']} users p95", (day["offered_rps"], max(day["p95_ms"], 0.1)),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axhline(50, color="grey", linestyle="--", linewidth=0.8)
     ax.axhline(150, color="grey", linestyle=":", linewidth=0.8)
     ax.text(ax.get_xlim()[0], 52, " p95 target 50 ms", fontsize=8, color="grey")

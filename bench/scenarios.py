@@ -163,14 +163,13 @@ class Scenarios:
         return fire
 
     def _cancel(self) -> Fire:
-        """Housekeeping between workloads (not measured): cancels orders a workload created.
-        Nothing else touched them, so they are still at version 1."""
-        orders = self.extra["orders"]
+        """Housekeeping between workloads (not measured): cancels the given open orders."""
+        orders = self.extra["orders"]  # [(restaurant id, order id, version)]
         tokens = {r.id: r.staff[0].access_token for r in self.world.restaurants}
-        body = json.dumps({"status": "CANCELLED", "version": 1}).encode()
 
         async def fire(i: int) -> Outcome:
-            restaurant_id, order_id = orders[i]
+            restaurant_id, order_id, version = orders[i]
+            body = json.dumps({"status": "CANCELLED", "version": version}).encode()
             return await self._call("POST", f"/api/v1/orders/{order_id}/status",
                                     [bearer(tokens[restaurant_id]), JSON], body)
         return fire

@@ -63,6 +63,7 @@ async def serve(settings: Settings) -> None:
         max_queue=MAX_INBOUND_QUEUE,
         server_header=None,
         logger=logging.getLogger("websockets.server"),
+        backlog=4096,  # reconnect storms of thousands of screens; asyncio's default is 100
     )
     log.info("realtime serving WebSockets on %s", settings.realtime_ws_addr)
 
