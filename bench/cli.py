@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import multiprocessing
+import signal
 import sys
 import time
 import traceback
@@ -633,6 +634,30 @@ class Bench:
         return result
 
 
+def _stop_on_signals(system: System) -> None:
+    """Ctrl-C or SIGTERM: end the load processes at once (a future waiting on a worker cannot
+    be cancelled otherwise) and cancel the run, whose `finally` stops the stack. Nothing is
+    written for an interrupted run."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def interrupted(name: str) -> None:
+        log(f"{name}: stopping the load and the stack")
+        stack_pids = ({pid for pids in system.stack.pids().values() for pid in pids}
+                      if system.stack is not None else set())
+        for child in psutil.Process().children():
+            if child.pid not in stack_pids:
+                try:
+                    child.terminate()
+                except psutil.Error:
+                    pass
+        if main is not None:
+            main.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted, signum.name)
+
+
 def _pause(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -656,6 +681,7 @@ async def run(args: argparse.Namespace) -> int:
         description = ("local stack via stack.supervisor.Stack, one realtime process, temp data dir; "
                        "bench overrides: " + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
         log(f"  up in {system.stack.started_in:.1f} s at {system.edge_url}")
+    _stop_on_signals(system)
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=4, mp_context=context, initializer=warm_up_process)
     settings = system.settings
@@ -730,7 +756,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
         code = uvloop.run(run(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         code = 130
     sys.exit(code)
 
