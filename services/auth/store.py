@@ -170,29 +170,22 @@ class AuthStore:
             return _user(row), False
 
     async def user_for_login(self, email: str) -> tuple[UserRecord, list[MembershipRecord]] | None:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(text("""
-                SELECT u.id, u.email, u.full_name, u.password_hash, u.created_at,
-                       m.restaurant_id, m.restaurant_name, m.role
-                FROM users u LEFT JOIN memberships m ON m.user_id = u.id
-                WHERE u.email = :email
-                ORDER BY m.created_at
-            """), {"email": email})).all()
-        if not rows:
-            return None
-        memberships = [MembershipRecord(str(row.restaurant_id), row.restaurant_name, row.role)
-                       for row in rows if row.restaurant_id is not None]
-        return _user(rows[0]), memberships
+        return await self._user_and_memberships("u.email = :key", email)
 
     async def user_with_memberships(self, user_id: str) -> tuple[UserRecord, list[MembershipRecord]] | None:
+        return await self._user_and_memberships("u.id = :key", user_id)
+
+    async def _user_and_memberships(self, condition: str, key: str
+                                    ) -> tuple[UserRecord, list[MembershipRecord]] | None:
+        # `condition` is one of the two constants above, never client input.
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(text("""
+            rows = (await conn.execute(text(f"""
                 SELECT u.id, u.email, u.full_name, u.password_hash, u.created_at,
                        m.restaurant_id, m.restaurant_name, m.role
                 FROM users u LEFT JOIN memberships m ON m.user_id = u.id
-                WHERE u.id = :id
+                WHERE {condition}
                 ORDER BY m.created_at
-            """), {"id": user_id})).all()
+            """), {"key": key})).all()
         if not rows:
             return None
         memberships = [MembershipRecord(str(row.restaurant_id), row.restaurant_name, row.role)
