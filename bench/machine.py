@@ -36,8 +36,8 @@ def describe() -> dict:
 def command_line() -> str:
     """The command that reproduces this run, as typed at the repository root."""
     args = sys.argv[1:]
-    return "make bench" + (f" ARGS={shlex.quote(' '.join(args))}" if args else "") + \
-        f"   (= .venv/bin/python -m bench {' '.join(shlex.quote(a) for a in args)})".rstrip()
+    direct = " ".join([".venv/bin/python -m bench", *(shlex.quote(a) for a in args)])
+    return "make bench" + (f" ARGS={shlex.quote(' '.join(args))}" if args else "") + f" (= {direct})"
 
 
 def summary_line(machine: dict) -> str:

@@ -267,10 +267,10 @@ class _Day:
             try:
                 kind, error = await asyncio.wait_for(
                     getattr(self, role)(place, n), 15)
-            except asyncio.TimeoutError:
-                kind, error = role, "timeout"
+            except asyncio.TimeoutError:  # which action it was is not known: name the person
+                kind, error = f"{role} (no answer in 15 s)", "timeout"
             except Exception as exc:
-                kind, error = role, type(exc).__name__
+                kind, error = f"{role} (failed)", type(exc).__name__
             if due_at - start >= spec.warmup:
                 self.by_kind[kind].record(time.monotonic() - due_at, error)
 
