@@ -434,13 +434,8 @@ class StaffDomain:
         rid = uuid.UUID(caller.restaurant_id)
 
         async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
-            restaurant = await self._lock_restaurant(tx, rid)
-            actor = await self._actor(tx, caller, rid)
-            target = await self._target(tx, caller, rid, employee_id)
-            if denial := rules.role_denial(actor.access_role, name, target_role=target.access_role):
-                self._deny(caller, denial)
-            if version and version != target.version:
-                raise version_conflict("employee", version, target.version)
+            restaurant, target = await self._guarded_target(tx, caller, rid, employee_id, name,
+                                                            version)
             if not target.active:
                 return target  # already deactivated: deleting again changes nothing
             if target.access_role == OWNER:
@@ -463,13 +458,8 @@ class StaffDomain:
         rid = uuid.UUID(caller.restaurant_id)
 
         async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
-            restaurant = await self._lock_restaurant(tx, rid)
-            actor = await self._actor(tx, caller, rid)
-            target = await self._target(tx, caller, rid, employee_id)
-            if denial := rules.role_denial(actor.access_role, name, target_role=target.access_role):
-                self._deny(caller, denial)
-            if version and version != target.version:
-                raise version_conflict("employee", version, target.version)
+            restaurant, target = await self._guarded_target(tx, caller, rid, employee_id, name,
+                                                            version)
             if target.active:
                 return target  # already active: nothing to do
             updated = await tx.update_employee(target.id, {"active": True, "deactivate_time": None})
@@ -535,6 +525,19 @@ class StaffDomain:
                 restaurant_id=rid))
         assert actor is not None
         return actor
+
+    async def _guarded_target(self, tx: StaffTransaction, caller: Caller, rid: uuid.UUID,
+                              employee_id: str, name: str, version: int):
+        """Locks the restaurant, then checks the caller may act on the employee under `name` and
+        that `version` (when given) is current. Returns (restaurant, employee)."""
+        restaurant = await self._lock_restaurant(tx, rid)
+        actor = await self._actor(tx, caller, rid)
+        target = await self._target(tx, caller, rid, employee_id)
+        if denial := rules.role_denial(actor.access_role, name, target_role=target.access_role):
+            self._deny(caller, denial)
+        if version and version != target.version:
+            raise version_conflict("employee", version, target.version)
+        return restaurant, target
 
     async def _target(self, tx: StaffTransaction, caller: Caller, rid: uuid.UUID,
                       employee_id: str) -> Employee:

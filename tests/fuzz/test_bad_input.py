@@ -5,11 +5,11 @@ is a 4xx with a JSON error and a reason (or a 200 when the input happened to be 
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest
 
+from tests.support.errors import json_reason
 from tests.fuzz.inputs import Request, draw, requests_for
 from tests.fuzz.routes import Route, mobile_routes
 
@@ -23,17 +23,6 @@ NO_HANG_SECONDS = 10.0
 SKIPPED = {"Logout"}
 
 ROUTES = [route for route in mobile_routes() if route.method_name not in SKIPPED]
-
-
-def error_reason(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return ""
-    for detail in parsed.get("details", []) if isinstance(parsed, dict) else []:
-        if isinstance(detail, dict) and detail.get("reason"):
-            return detail["reason"]
-    return ""
 
 
 async def send(client: httpx.AsyncClient, request: Request, token: str) -> tuple[int, bytes]:
@@ -56,7 +45,7 @@ def verdict(status: int, body: bytes) -> str | None:
     if status >= 500:
         return f"server error {status}"
     if status >= 400:
-        if not error_reason(body):
+        if not json_reason(body):
             return f"{status} without a JSON error reason: {body[:200]!r}"
     elif status != 200:
         return f"unexpected status {status}"

@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from bench.h2client import H2Connection
 from posmesh.common.permissions import Access
+from tests.support.errors import json_reason
 from tests.fuzz.routes import Route, mobile_routes
 from tests.support.realtime import edge_socket
 from tests.support.tokens import MalformedToken, malformed_tokens
@@ -22,17 +23,6 @@ from tests.support.tokens import MalformedToken, malformed_tokens
 pytestmark = pytest.mark.fuzz
 
 ROUTES = mobile_routes()
-
-
-def reason_of(body: bytes) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return ""
-    for detail in parsed.get("details", []) if isinstance(parsed, dict) else []:
-        if isinstance(detail, dict) and detail.get("reason"):
-            return detail["reason"]
-    return ""
 
 
 def catalogue(stack, world) -> list[MalformedToken]:
@@ -81,17 +71,17 @@ async def test_every_malformed_token_is_refused_on_every_route_with_its_reason(
                      {"authorization": f"Bearer {case.token}"}), 10)
         where = f"{route.name} with {case.name}"
         if case.name == OVERSIZED:
-            if (status, reason_of(body)) != (431, "HEADERS_TOO_LARGE"):
+            if (status, json_reason(body)) != (431, "HEADERS_TOO_LARGE"):
                 problems.append(f"{where}: {status} {body[:200]!r}")
         elif route.access is Access.PUBLIC:
-            if status >= 500 or (status >= 400 and not reason_of(body)):
+            if status >= 500 or (status >= 400 and not json_reason(body)):
                 problems.append(f"{where}: {status} {body[:200]!r}")
             if route.method_name == "VerifyToken":
                 answer = json.loads(body)
                 if status != 200 or answer.get("valid") or answer.get("reason") != case.reason:
                     problems.append(f"{where}: verify said {status} {answer}")
-        elif (status, reason_of(body)) != (401, case.reason):
-            problems.append(f"{where}: {status} {reason_of(body) or body[:200]!r}, "
+        elif (status, json_reason(body)) != (401, case.reason):
+            problems.append(f"{where}: {status} {json_reason(body) or body[:200]!r}, "
                             f"expected 401 {case.reason}")
 
     await asyncio.gather(*(one(route, case) for route in ROUTES for case in cases))
@@ -167,10 +157,10 @@ async def test_other_ways_of_presenting_a_token_are_refused_or_understood_never_
         reply = await edge.get(path, headers=headers)
         assert reply.status_code in (401, 431) or reply.status_code == 200, (headers, reply.status_code)
         if reply.status_code == 401:
-            assert reason_of(reply.content) == "TOKEN_INVALID", reply.text
+            assert json_reason(reply.content) == "TOKEN_INVALID", reply.text
     # Never from the query string.
     reply = await edge.get(path, params={"access_token": valid})
-    assert (reply.status_code, reason_of(reply.content)) == (401, "TOKEN_INVALID")
+    assert (reply.status_code, json_reason(reply.content)) == (401, "TOKEN_INVALID")
     # Two Authorization headers, one valid: no 5xx, and never another restaurant's data.
     for first, second in ((valid, "garbage"), ("garbage", valid)):
         reply = await edge_http1.get(path, headers=[("authorization", f"Bearer {first}"),

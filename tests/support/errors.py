@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -14,4 +16,16 @@ def grpc_reason(error: grpc.aio.AioRpcError) -> str:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             return info.reason
+    return ""
+
+
+def json_reason(body: bytes) -> str:
+    """The ErrorInfo reason of a JSON error body ('' when it is not one)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return ""
+    for detail in parsed.get("details", []) if isinstance(parsed, dict) else []:
+        if isinstance(detail, dict) and detail.get("reason"):
+            return detail["reason"]
     return ""
