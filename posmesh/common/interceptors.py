@@ -52,6 +52,7 @@ async def abort(ctx: grpc.aio.ServicerContext, error: ApiError) -> None:
 
 def infrastructure_error(exc: BaseException) -> ApiError | None:
     """A failing database or Redis is a retryable UNAVAILABLE, never an opaque INTERNAL."""
+    import asyncpg.exceptions
     import redis.exceptions
     import sqlalchemy.exc
 
@@ -61,6 +62,12 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
         isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
     ):
+        return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
+                           retryable="true")
+    # Raw asyncpg (the orders hot path): a lost connection, a server shutting down or starting up.
+    if isinstance(exc, (asyncpg.exceptions.PostgresConnectionError,
+                        asyncpg.exceptions.OperatorInterventionError,
+                        asyncpg.exceptions.InterfaceError)):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 
+import asyncpg.exceptions
 import grpc
 import jwt
 import pytest
@@ -21,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from posmesh.common import context
 from posmesh.common.authn import Authenticator
-from posmesh.common.interceptors import server_interceptors
+from posmesh.common.interceptors import infrastructure_error, server_interceptors
 from posmesh.common.server import SERVER_OPTIONS
 from posmesh.common.tokens import KeySet, TokenVerifier
 from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -244,3 +245,19 @@ async def test_a_huge_restaurant_header_is_not_echoed_whole_in_the_error(channel
         metadata=bearer(make_token(signing_key), ("x-restaurant-id", huge))))
     assert error_reason(error) == "TENANT_MISMATCH"
     assert len(error.details()) < 400
+
+
+@pytest.mark.parametrize("exc", [
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.InterfaceError("connection is closed"),
+])
+def test_a_lost_asyncpg_connection_is_a_retryable_database_unavailable(exc):
+    error = infrastructure_error(exc)
+    assert error is not None and error.code == grpc.StatusCode.UNAVAILABLE
+    assert error.reason == "DATABASE_UNAVAILABLE"
+
+
+def test_an_asyncpg_query_error_is_not_mistaken_for_an_outage():
+    assert infrastructure_error(asyncpg.exceptions.UniqueViolationError("duplicate")) is None
