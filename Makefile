@@ -47,4 +47,5 @@ $(GEN_STAMP): $(DEPS_STAMP) $(PROTOS)
 
 # Generated code and the local venv; the data dir (.posmesh/: database, keys) is kept.
 clean:
-	rm -rf $(VENV) build posmesh/auth/v1 posmesh/staff/v1 posmesh/orders/v1 posmesh/realtime/v1 posmesh/health/v1
+	rm -rf $(VENV) build posmesh/auth/v1 posmesh/staff/v1 posmesh/orders/v1 posmesh/realtime/v1 posmesh/health/v1 \
+		posmesh/api/v1
