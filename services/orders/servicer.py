@@ -10,12 +10,11 @@ import logging
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
-import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from posmesh.common import context
-from posmesh.common.errors import ERROR_DOMAIN, ApiError
+from posmesh.common.errors import ERROR_DOMAIN, ApiError, Internal
 from posmesh.common.interceptors import infrastructure_error
 from posmesh.common.tokens import RevocationChecker, session_revoked, token_expired
 from posmesh.orders.v1 import orders_pb2 as pb
@@ -205,7 +204,7 @@ async def with_final_error(messages: AsyncIterator[pb.WatchOrdersResponse]
         error = exc if isinstance(exc, ApiError) else (
             translate_database_error(exc) or infrastructure_error(exc))
         if not isinstance(error, ApiError):
-            error = ApiError("INTERNAL", "internal error; it has been logged")
+            error = Internal("INTERNAL", "internal error; it has been logged")
         yield pb.WatchOrdersResponse(error=status_message(error))
         raise
 
@@ -214,5 +213,4 @@ def status_message(error: ApiError) -> status_pb2.Status:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
                                             metadata=error.metadata))
-    code = error.code if error.code != grpc.StatusCode.UNKNOWN else grpc.StatusCode.INTERNAL
-    return status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])

@@ -59,7 +59,7 @@ def translate(error: grpc.aio.AioRpcError, operation: str) -> errors.ApiError:
     if (cls := _BY_CODE.get(code)) is not None:
         return cls(reason or code.name, error.details() or f"{operation} was refused", **metadata)
     log.error("auth %s failed unexpectedly: %s %s", operation, code.name, error.details())
-    return errors.ApiError("INTERNAL", "internal error; it has been logged")
+    return errors.Internal("INTERNAL", "internal error; it has been logged")
 
 
 class AuthAccounts:
