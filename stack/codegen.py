@@ -1,7 +1,8 @@
 """Generate Python code and Envoy's descriptor set from protos/ (`make gen`, `python -m stack.codegen`).
 
-Output: posmesh/<svc>/v1/{*_pb2.py,*_pb2_grpc.py,*.pyi,__init__.py} (git-ignored) and
-build/posmesh.pb (every import included, with source info, for grpc_json_transcoder).
+Output: posmesh/<svc>/v1/{*_pb2.py,*_pb2_grpc.py,*.pyi,__init__.py} (git-ignored),
+build/posmesh.pb (every import included, with source info, for grpc_json_transcoder) and the API
+documents generated from it, build/api/ (stack.api_docs: OpenAPI, AsyncAPI, the explorer).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 DESCRIPTOR_SET = ROOT / "build" / "posmesh.pb"
+API_DIR = ROOT / "build" / "api"
 # Not imported by our protos, but the transcoder needs them in the descriptor set to print
 # google.rpc.Status details (ErrorInfo) as JSON.
 EXTRA_INPUTS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
@@ -61,6 +63,9 @@ def generate() -> None:
             *EXTRA_INPUTS,
         ]
     )
+    from stack import api_docs  # needs the code generated above
+
+    api_docs.write(API_DIR, DESCRIPTOR_SET)
 
 
 def is_current() -> bool:
@@ -96,7 +101,8 @@ def main(argv: list[str]) -> None:
     if argv:
         raise SystemExit("usage: python -m stack.codegen [--googleapis-into DIR]")
     generate()
-    print(f"generated {len(proto_files())} protos and {DESCRIPTOR_SET.relative_to(ROOT)}", file=sys.stderr)
+    print(f"generated {len(proto_files())} protos, {DESCRIPTOR_SET.relative_to(ROOT)} and "
+          f"{API_DIR.relative_to(ROOT)}/", file=sys.stderr)
 
 
 if __name__ == "__main__":
