@@ -6,6 +6,8 @@ The routes and the authentication rules are derived, not hand-written:
 - a method is open (no JWT at the edge) exactly when posmesh.common.permissions marks it PUBLIC;
   everything else the edge routes falls under the final default-deny rule.
 Services that are not in EDGE_SERVICES (AuthAdminService, reflection) get no route at all.
+The API documents (stack.api_docs) are generated beside the rendered config and served by the
+edge itself, open to anyone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jinja2
 
 from posmesh.common import permissions
 from posmesh.common.settings import Settings
-from stack import codegen
+from stack import api_docs, codegen
 from stack.certs import ensure_dev_certs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +142,8 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
     if missing:
         raise ValueError(f"services missing from {descriptor_set}: {', '.join(sorted(missing))}")
     routes.open.append(OpenRule(path=GRPC_HEALTH_PREFIX + "Check"))
+    # The API documents and their explorer, served by the edge itself.
+    routes.open.extend(OpenRule(path=item.path) for item in api_docs.PUBLISHED)
     routes.open.extend(OpenRule(prefix=prefix) for prefix in WEBSOCKET_PREFIXES)
     return routes
 
@@ -187,6 +191,7 @@ def render(settings: Settings, out_dir: Path) -> Path:
     shutil.copyfile(codegen.DESCRIPTOR_SET, descriptor)
     certs = ensure_dev_certs(settings.certs_dir)
     routes = edge_routes(descriptor)
+    published = api_docs.write(out_dir / "api", descriptor)
     ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
     clusters = [
         _cluster("auth", [settings.auth_addr], http2=True),
@@ -218,6 +223,7 @@ def render(settings: Settings, out_dir: Path) -> Path:
         jwks_socket=jwks_socket(settings),
         websocket_prefixes=WEBSOCKET_PREFIXES,
         grpc_health_prefix=GRPC_HEALTH_PREFIX,
+        published=published,
     )
     path = out_dir / "envoy.yaml"
     path.write_text(text)
