@@ -73,3 +73,19 @@ def no_unhandled_errors(stack) -> Iterator[None]:
         if lines:
             problems[name] = lines[:5]
     assert not problems, f"unhandled exceptions in the service logs: {json.dumps(problems, indent=1)}"
+
+
+# Lines a test reports for the end of the run (the schemathesis summary), printed after the
+# results so they can be quoted.
+_REPORTED: list[str] = []
+
+
+def report(lines: list[str]) -> None:
+    _REPORTED.extend(lines)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _REPORTED:
+        terminalreporter.section("API conformance")
+        for line in _REPORTED:
+            terminalreporter.write_line(line)
