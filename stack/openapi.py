@@ -108,7 +108,8 @@ class _Document:
         }
         if rule.access is Access.PUBLIC:
             operation["security"] = []
-        parameters = self._path_parameters(binding, request) + self._query_parameters(binding, request)
+        parameters = [*self._path_parameters(binding, request),
+                      *self._query_parameters(binding, request)]
         if parameters:
             operation["parameters"] = parameters
         if binding.body:
@@ -165,7 +166,7 @@ class _Document:
         if binding.body == "*":
             return []
         taken = set(binding.path_fields) | {binding.body}
-        return [parameter for parameter in self._flatten(request, "", taken, set())]
+        return list(self._flatten(request, "", taken, set()))
 
     def _flatten(self, message: str, prefix: str, taken: set[str], seen: set[str]):
         for field in self.contract.message(message).field:

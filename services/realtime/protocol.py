@@ -387,9 +387,6 @@ CLIENT_MESSAGES: tuple[MessageSpec, ...] = (
         DataField("timestamp", "echoed in the pong", {}, required=False),)),
     MessageSpec(PONG, "The answer to a server ping."),
 )
-CLOSE_REASON_FIELD = DataField(
-    "close_code", "the WebSocket close code that follows",
-    {"type": "integer", "enum": sorted({close for _, close in AUTH_FAILURES.values()})})
 SERVER_MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec(AUTH_SUCCESS, "The socket is authenticated (also the answer to a reauth).", (
         DataField("user_id", "the token's user", _TEXT),
@@ -408,7 +405,9 @@ SERVER_MESSAGES: tuple[MessageSpec, ...] = (
                   {"type": "string", "enum": list(AUTH_ACTIONS)}),
         DataField("retry_after_ms", "how long to wait before reconnecting (0: no wait)",
                   {"type": "integer", "minimum": 0}),
-        CLOSE_REASON_FIELD,
+        DataField("close_code", "the WebSocket close code that follows",
+                  {"type": "integer",
+                   "enum": sorted({close for _, close in AUTH_FAILURES.values()})}),
     )),
     MessageSpec(PING, "A heartbeat, every WS_PING_INTERVAL_SECONDS; answer with a pong.", (
         DataField("timestamp", "server time", _MILLISECONDS),)),
