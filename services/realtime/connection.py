@@ -187,7 +187,7 @@ class Connection:
                 except ProtocolError:
                     after, resume_invalid = None, True
                 request = protocol.AuthRequest(header_token, "", "", after, resume_invalid)
-                return await self._admit(request, from_header=True)
+                return await self._admit(request)
             try:
                 async with asyncio.timeout(gateway.settings.ws_auth_timeout_seconds):
                     request = await self._wait_for_authenticate()
@@ -199,7 +199,7 @@ class Connection:
                     "of opening the socket") from None
             if request is None:
                 return False
-            return await self._admit(request, from_header=False)
+            return await self._admit(request)
         except AuthFailed as failure:
             self._fail(failure)
             return False
@@ -223,7 +223,7 @@ class Connection:
     def _policy(self) -> LimitPolicy:
         return LimitPolicy.for_client(self.gateway.settings, self.ip)
 
-    async def _admit(self, request: protocol.AuthRequest, *, from_header: bool) -> bool:
+    async def _admit(self, request: protocol.AuthRequest) -> bool:
         gateway = self.gateway
         authenticator = gateway.authenticator
         target = self.target
@@ -253,15 +253,13 @@ class Connection:
         await self._refuse_if_revoked(claims.sid, claims.sub)
 
         # The user and restaurant come from the token; what the message says must agree with it.
-        if not from_header or request.user_id:
-            if not request.user_id:
-                raise AuthFailed("USER_ID_MISSING",
-                                 "the authenticate message has no user_id (or a zero one)")
-            if request.user_id != claims.sub:
-                security_events.record("WS_USER_MISMATCH", ip=self.ip, user_id=claims.sub,
-                                       restaurant_id=claims.restaurant_id)
-                raise AuthFailed("USER_ID_MISMATCH",
-                                 "the user_id in the message is not the token's user")
+        # A missing or zero user_id is taken from the token (the fix the app's own report
+        # prescribes); only a different one is refused.
+        if request.user_id and request.user_id != claims.sub:
+            security_events.record("WS_USER_MISMATCH", ip=self.ip, user_id=claims.sub,
+                                   restaurant_id=claims.restaurant_id)
+            raise AuthFailed("USER_ID_MISMATCH",
+                             "the user_id in the message is not the token's user")
         if request.restaurant_id and request.restaurant_id != target.restaurant_id:
             raise AuthFailed("TENANT_MISMATCH",
                              f"the message names restaurant {request.restaurant_id[:64]} but the "

@@ -157,26 +157,40 @@ async def test_a_token_for_another_restaurant_is_closed_with_4003(stack, party, 
     assert await sock.closed() == (4003, "TENANT_MISMATCH")
 
 
-@pytest.mark.parametrize("sent_user_id, code", [
-    ("other-user", "USER_ID_MISMATCH"),
-    ("0", "USER_ID_MISSING"),
-    (0, "USER_ID_MISSING"),
-    ("", "USER_ID_MISSING"),
-    (None, "USER_ID_MISSING"),
-])
-async def test_a_mismatched_zero_or_missing_user_id_is_an_auth_error_and_nothing_crashes(
-        stack, party, sent_user_id, code):
+async def test_a_user_id_that_is_not_the_tokens_user_is_refused_with_4001(stack, party):
+    sock = await edge_socket(stack, "pos", party.restaurant_id)
+    error = await sock.authenticate(party.staff.access_token, "other-user")
+    assert error["type"] == "auth_error" and error["data"]["code"] == "USER_ID_MISMATCH"
+    assert error["data"]["action"] == "LOGIN"
+    assert (await sock.closed())[0] == 4001
+    fine = await signed_in(stack, party.staff)  # the service is unaffected
+    await fine.close()
+
+
+@pytest.mark.parametrize("sent_user_id", ["0", 0, "", "00000000-0000-0000-0000-000000000000",
+                                          None])
+async def test_a_missing_or_zero_user_id_is_taken_from_the_token(stack, party, sent_user_id):
     sock = await edge_socket(stack, "pos", party.restaurant_id)
     if sent_user_id is None:  # no user_id field at all
         await sock.send({"type": "authenticate", "token": party.staff.access_token,
                          "restaurant_id": party.restaurant_id, "timestamp": 1})
-        error = await sock.next("auth_error", "auth_success")
+        welcome = await sock.next("auth_error", "auth_success")
     else:
-        error = await sock.authenticate(party.staff.access_token, sent_user_id)
-    assert error["type"] == "auth_error" and error["data"]["code"] == code
-    assert (await sock.closed())[0] == 4001
-    fine = await signed_in(stack, party.staff)  # the service is unaffected
-    await fine.close()
+        welcome = await sock.authenticate(party.staff.access_token, sent_user_id)
+    assert welcome["type"] == "auth_success", welcome
+    assert welcome["data"]["user_id"] == party.staff.user_id
+    assert welcome["data"]["restaurant_id"] == party.restaurant_id
+    await sock.close()
+
+
+async def test_a_browser_on_an_allowed_origin_authenticates_with_only_a_token(stack, party):
+    sock = await edge_socket(stack, "kitchen", party.restaurant_id,
+                             origin="capacitor://localhost")
+    await sock.send({"type": "authenticate", "token": party.staff.access_token})
+    welcome = await sock.next("auth_error", "auth_success")
+    assert welcome["type"] == "auth_success", welcome
+    assert welcome["data"]["user_id"] == party.staff.user_id
+    await sock.close()
 
 
 async def test_management_sockets_are_for_owners_and_managers(stack, party):

@@ -233,16 +233,24 @@ async def test_an_expired_token_is_token_expired_with_refresh_token_and_counted_
     assert rig.window.hits[before:] == [("127.0.0.1", True)]
 
 
-@pytest.mark.parametrize("sent_user", ["someone-else", "0", 0, "", None])
-async def test_a_mismatched_zero_or_missing_user_id_is_an_auth_error(rig, sent_user):
+async def test_a_user_id_other_than_the_tokens_is_user_id_mismatch(rig):
     sock = await rig.open()
-    error = await sock.authenticate(rig.token(user="u-real"), sent_user)
+    error = await sock.authenticate(rig.token(user="u-real"), "someone-else")
     assert error["type"] == "auth_error"
-    assert error["data"]["code"] in {"USER_ID_MISMATCH", "USER_ID_MISSING"}
+    assert error["data"]["code"] == "USER_ID_MISMATCH"
     assert (await sock.closed())[0] == 4001
     # The process is fine: the next client gets in.
     ok = await rig.signed_in(user="u-after-mismatch")
     await ok.close()
+
+
+@pytest.mark.parametrize("sent_user", ["0", 0, "", None])
+async def test_a_zero_or_missing_user_id_means_the_tokens_user(rig, sent_user):
+    sock = await rig.open()
+    welcome = await sock.authenticate(rig.token(user="u-from-token"), sent_user)
+    assert welcome["type"] == "auth_success"
+    assert welcome["data"]["user_id"] == "u-from-token"
+    await sock.close()
 
 
 async def test_a_token_for_another_restaurant_is_closed_with_4003(rig):
