@@ -49,6 +49,8 @@ class Settings(BaseSettings):
         alias="CORS_ALLOWED_ORIGINS",
     )
     login_rate_limit_per_minute: int = Field(600, alias="EDGE_LOGIN_RATE_LIMIT_PER_MINUTE")
+    # Public health checks per client address per minute at the edge (load balancers, apps).
+    health_rate_limit_per_minute: int = Field(120, alias="EDGE_HEALTH_RATE_LIMIT_PER_MINUTE")
     # --- platform edge (owned by stack/ and envoy/) ---
     # How long Envoy keeps the JWKS it fetched from the auth service before fetching it again.
     edge_jwks_cache_seconds: int = Field(60, alias="EDGE_JWKS_CACHE_SECONDS")
@@ -126,6 +128,9 @@ class Settings(BaseSettings):
     order_watch_relay_grace_seconds: float = Field(1.0, alias="ORDER_WATCH_RELAY_GRACE_SECONDS")
     # How long a restaurant's currency and time zone (from the staff service) are cached.
     orders_restaurant_cache_seconds: float = Field(60.0, alias="ORDERS_RESTAURANT_CACHE_SECONDS")
+
+    # One aggregated health check serves every caller of a process for this long.
+    health_cache_seconds: float = Field(1.0, alias="HEALTH_CACHE_SECONDS")
 
     # Telemetry: OTLP/gRPC export when set, tracing stays in-process (ids in logs) otherwise.
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
