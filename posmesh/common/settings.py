@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic import field_validator
-from typing import Annotated
+from typing import Annotated, Literal
 
 
 class Settings(BaseSettings):
@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     # Realtime (added by the realtime service): unsent bytes a socket may hold before it is closed
     # as a slow consumer (4008); WS_SEND_QUEUE_SIZE bounds the events held while a socket catches up.
     ws_send_buffer_bytes: int = Field(262144, alias="WS_SEND_BUFFER_BYTES")
+    # Live sockets one session may hold per connection type; a newer one replaces the oldest
+    # (closed 1000 REPLACED), so an app that reconnects without closing never doubles events.
+    ws_max_sockets_per_session: int = Field(1, alias="WS_MAX_SOCKETS_PER_SESSION", ge=1)
+    # A socket opened without last_event_id resumes where its session's previous socket got to,
+    # if that was confirmed within this window and at most WS_RESUME_MAX_EVENTS ago; beyond,
+    # the client is sent resync_required.
+    ws_resume_window_seconds: int = Field(900, alias="WS_RESUME_WINDOW_SECONDS")
+    ws_resume_max_events: int = Field(500, alias="WS_RESUME_MAX_EVENTS")
+    # Who is sent the token_expired warning: "reauth-clients" (sockets that declared the reauth
+    # capability or have sent a reauth) or "all" (the old behaviour; apps that reconnect on it
+    # instead of sending reauth open extra sockets).
+    ws_token_warning_to: Literal["reauth-clients", "all"] = Field(
+        "reauth-clients", alias="WS_TOKEN_WARNING_TO")
 
     # Orders (services/orders; docs/orders.md explains each).
     # Approximate length each restaurant's Redis stream is trimmed to (XADD MAXLEN ~).

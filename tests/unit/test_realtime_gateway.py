@@ -65,6 +65,9 @@ class MemoryRegistry:
     def local_presence(self):
         return {r: dict(c) for r, c in self.presence_counts.items()}
 
+    async def live_processes(self):
+        return [self.process_id]
+
     def local_totals(self):
         totals: Counter[str] = Counter()
         for counts in self.presence_counts.values():
@@ -306,7 +309,8 @@ async def test_an_address_over_its_window_is_4029(rig):
 
 async def test_token_expired_warning_then_reauth_keeps_the_connection(rig):
     sock = await rig.open()
-    assert (await sock.authenticate(rig.token(user="u-re", ttl=3), "u-re"))["type"] == "auth_success"
+    assert (await sock.authenticate(rig.token(user="u-re", ttl=3), "u-re",
+                                    capabilities=["reauth"]))["type"] == "auth_success"
     warning = await sock.next("token_expired", timeout=3)
     assert 0 < warning["data"]["seconds_until_expiry"] <= 2
     hello = await sock.reauth(rig.token(user="u-re", ttl=600))
@@ -324,14 +328,33 @@ async def test_reauth_with_another_users_token_is_refused_and_the_socket_stays(r
     await sock.close()
 
 
-async def test_without_reauth_the_socket_closes_at_expiry_with_4001(rig):
+async def test_a_reauth_client_without_a_reauth_is_warned_then_closed_at_expiry_with_4001(rig):
     sock = await rig.open()
-    assert (await sock.authenticate(rig.token(user="u-noreauth", ttl=2), "u-noreauth"))[
-        "type"] == "auth_success"
+    assert (await sock.authenticate(rig.token(user="u-noreauth", ttl=2), "u-noreauth",
+                                    capabilities=["reauth"]))["type"] == "auth_success"
     assert (await sock.next("token_expired", timeout=2))["type"] == "token_expired"
     error = await sock.next("auth_error", timeout=4)
     assert error["data"]["code"] == "TOKEN_EXPIRED"
     assert (await sock.closed())[0] == 4001
+
+
+async def test_a_client_that_never_declared_reauth_is_not_warned_and_closed_at_expiry(rig):
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-legacy", ttl=2), "u-legacy"))[
+        "type"] == "auth_success"
+    error = await sock.next("auth_error", "token_expired", timeout=4)
+    assert error["type"] == "auth_error" and error["data"]["code"] == "TOKEN_EXPIRED"
+    assert (await sock.closed())[0] == 4001
+    assert not [m for m in sock.received if m["type"] == "token_expired"]
+
+
+async def test_with_the_warning_to_all_a_legacy_client_is_warned_too(rig, monkeypatch):
+    monkeypatch.setattr(rig.settings, "ws_token_warning_to", "all")
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-all", ttl=2), "u-all"))[
+        "type"] == "auth_success"
+    assert (await sock.next("token_expired", timeout=2))["type"] == "token_expired"
+    await sock.close()
 
 
 async def test_a_revocation_closes_the_sessions_sockets_at_once(rig):
