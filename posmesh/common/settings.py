@@ -116,11 +116,12 @@ class Settings(BaseSettings):
     # the client is sent resync_required.
     ws_resume_window_seconds: int = Field(900, alias="WS_RESUME_WINDOW_SECONDS")
     ws_resume_max_events: int = Field(500, alias="WS_RESUME_MAX_EVENTS")
-    # Who is sent the token_expired warning: "reauth-clients" (sockets that declared the reauth
-    # capability or have sent a reauth) or "all" (the old behaviour; apps that reconnect on it
-    # instead of sending reauth open extra sockets).
-    ws_token_warning_to: Literal["reauth-clients", "all"] = Field(
-        "reauth-clients", alias="WS_TOKEN_WARNING_TO")
+    # Who is sent the token_expired warning: "all" (an app that reconnects on it instead of
+    # sending reauth opens new sockets, which replace the old with no gap and no repeat) or
+    # "reauth-clients" (only sockets that declared the reauth capability or have sent a reauth;
+    # the others are closed at expiry and reconnect). docs/realtime.md has both measured.
+    ws_token_warning_to: Literal["all", "reauth-clients"] = Field(
+        "all", alias="WS_TOKEN_WARNING_TO")
 
     # Orders (services/orders; docs/orders.md explains each).
     # Approximate length each restaurant's Redis stream is trimmed to (XADD MAXLEN ~).

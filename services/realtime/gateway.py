@@ -39,7 +39,10 @@ from services.realtime.session_sockets import SessionSockets
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 1.0
+# How soon a delivered event is followed by a confirmation ping (resume.py).
+TICK_SECONDS = 0.25
+# How often moved positions are written to Redis (a close writes its own at once).
+SAVE_POSITIONS_SECONDS = 2.0
 MISSED_HEARTBEATS = 3
 KERNEL_SEND_BUFFER_BYTES = 64 * 1024
 # A safety net under pub/sub (a message published during a silent reconnect is lost): every
@@ -243,6 +246,7 @@ class RealtimeGateway:
         next_sweep = time.monotonic() + REVOCATION_SWEEP_SECONDS
         sweep: asyncio.Task | None = None
         saving: asyncio.Task | None = None
+        next_save = time.monotonic() + SAVE_POSITIONS_SECONDS
         while True:
             await asyncio.sleep(min(TICK_SECONDS, interval))
             now = time.monotonic()
@@ -253,12 +257,13 @@ class RealtimeGateway:
             if heartbeat:
                 next_ping = now + interval
             self._ping(heartbeat=heartbeat, dead_before=now - MISSED_HEARTBEATS * interval)
-            if saving is None or saving.done():
+            if now >= next_save and (saving is None or saving.done()):
+                next_save = now + SAVE_POSITIONS_SECONDS
                 saving = asyncio.create_task(self._save_positions(), name="resume-positions")
 
     def _ping(self, *, heartbeat: bool, dead_before: float) -> None:
         """Every socket at the heartbeat; in between, a socket that was sent events no answered
-        ping covers, so its confirmed position (resume.py) trails by about a second."""
+        ping covers, so its confirmed position (resume.py) trails by a tick and a round trip."""
         frame = protocol.wire_text_frame(protocol.ping_frame())  # one frame for every socket
         for conn in tuple(self.index.all):
             if not conn.authenticated or conn.closing:
