@@ -33,6 +33,9 @@ BENCH_OVERRIDES: dict[str, object] = {
     "WS_MAX_CONNECTIONS_PER_IP_PER_MINUTE": 100_000,
     "WS_MAX_CONNECTIONS_PER_USER": 20_000,
     "WS_MAX_CONNECTIONS_PER_RESTAURANT": 20_000,
+    # The socket holders stand in for thousands of screens but sign in a few accounts once each:
+    # every socket of one of those sessions must stay live (in production a screen is a session).
+    "WS_MAX_SOCKETS_PER_SESSION": 20_000,
 }
 
 

@@ -43,6 +43,21 @@ EDGE_SERVICES: dict[str, str] = {
 # Standard gRPC health through the edge (grpcurl / load balancers); answered by auth.
 GRPC_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 WEBSOCKET_PREFIXES = ("/ws/", "/api/v1/websocket/ws/")  # the second for older app builds
+# Answered by the edge itself, without a token (what existing apps poll).
+PING_PATH = "/ping"
+# On every response unless the route set its own: the OWASP Secure Headers Project's
+# recommendations for an API (a JSON API is never framed, sniffed, cached or embedded).
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("referrer-policy", "no-referrer"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("x-permitted-cross-domain-policies", "none"),
+    ("cache-control", "no-store"),
+)
 HEALTH_CLUSTER_SERVICES = ("auth", "staff", "orders")
 
 
@@ -142,6 +157,7 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
     if missing:
         raise ValueError(f"services missing from {descriptor_set}: {', '.join(sorted(missing))}")
     routes.open.append(OpenRule(path=GRPC_HEALTH_PREFIX + "Check"))
+    routes.open.append(OpenRule(path=PING_PATH))
     # The API documents and their explorer, served by the edge itself.
     routes.open.extend(OpenRule(path=item.path) for item in api_docs.PUBLISHED)
     routes.open.extend(OpenRule(prefix=prefix) for prefix in WEBSOCKET_PREFIXES)
@@ -223,6 +239,7 @@ def render(settings: Settings, out_dir: Path) -> Path:
         jwks_socket=jwks_socket(settings),
         websocket_prefixes=WEBSOCKET_PREFIXES,
         grpc_health_prefix=GRPC_HEALTH_PREFIX,
+        security_headers=SECURITY_HEADERS,
         published=published,
     )
     path = out_dir / "envoy.yaml"

@@ -25,6 +25,7 @@ class RequestInfo:
     client_ip: str
     bearer_token: str  # the raw token, for introspection endpoints; "" when absent
     request_id: str = ""
+    via_edge: bool = False  # arrived through the public edge (not from inside the mesh)
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)

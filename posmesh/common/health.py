@@ -1,22 +1,31 @@
 """posmesh.health.v1.SystemHealthService: the aggregated health any service process can answer.
 
 Each service's standard grpc.health.v1 Check, concurrently with a short deadline, plus this
-process's own database (pool statistics and a round trip) and Redis (PING).
+process's own database (pool statistics and a round trip) and Redis (PING). One check serves
+every caller for HEALTH_CACHE_SECONDS, so a flood of health calls costs one fan-out per second.
+
+Who sees what: anyone (the route is public) gets the overall status only; an owner or manager
+with a valid token, and callers inside the mesh (not through the edge), get every component with
+its latency and pool. Errors are short classifications; the raw exception text goes to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from importlib import metadata
 from typing import Awaitable, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from posmesh.common import clients
+from posmesh.common import clients, context
+from posmesh.common.permissions import MANAGERS
 from posmesh.common.settings import Settings
 from posmesh.health.v1 import health_pb2 as system_pb2
 from posmesh.health.v1 import health_pb2_grpc as system_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 1.0
 SERVING, NOT_SERVING = "SERVING", "NOT_SERVING"
@@ -37,9 +46,11 @@ async def _timed(name: str, probe: Awaitable[str | None]) -> system_pb2.Componen
     except asyncio.TimeoutError:
         error = f"no answer within {CHECK_TIMEOUT_SECONDS:g}s"
     except grpc.aio.AioRpcError as exc:
-        error = f"{exc.code().name}: {exc.details() or ''}".strip()
+        log.warning("health check of %s failed: %s %s", name, exc.code().name, exc.details())
+        error = exc.code().name
     except Exception as exc:  # a health check reports failures, it never raises them
-        error = f"{type(exc).__name__}: {exc}"
+        log.warning("health check of %s failed: %r", name, exc)
+        error = type(exc).__name__
     return system_pb2.ComponentHealth(
         name=name,
         status=NOT_SERVING if error else SERVING,
@@ -64,9 +75,30 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
         self._database = database
         self._redis = redis
         self._version = _version()
+        self._latest: system_pb2.GetSystemHealthResponse | None = None
+        self._latest_at = 0.0
+        self._running: asyncio.Task | None = None
 
-    async def GetSystemHealth(self, request, context) -> system_pb2.GetSystemHealthResponse:
-        return await self.check()
+    async def GetSystemHealth(self, request, ctx) -> system_pb2.GetSystemHealthResponse:
+        report = await self.latest()
+        if _may_see_details():
+            return report
+        return system_pb2.GetSystemHealthResponse(status=report.status)
+
+    async def latest(self) -> system_pb2.GetSystemHealthResponse:
+        """The newest report, checked again when older than HEALTH_CACHE_SECONDS; concurrent
+        callers share one check."""
+        if self._latest is not None and \
+                time.monotonic() - self._latest_at < self._settings.health_cache_seconds:
+            return self._latest
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._refresh(), name="system-health")
+        return await asyncio.shield(self._running)
+
+    async def _refresh(self) -> system_pb2.GetSystemHealthResponse:
+        report = await self.check()
+        self._latest, self._latest_at = report, time.monotonic()
+        return report
 
     async def check(self) -> system_pb2.GetSystemHealthResponse:
         probes = [_timed(service, self._check_service(service)) for service in clients.SERVICES]
@@ -105,3 +137,11 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
     async def _check_redis(self) -> str | None:
         await self._redis.ping()
         return None
+
+
+def _may_see_details() -> bool:
+    """Owners and managers (a valid token) and callers inside the mesh see every component."""
+    if not context.request_info().via_edge:
+        return True
+    caller = context.current_or_none()
+    return caller is not None and caller.role in MANAGERS

@@ -215,15 +215,19 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                                   "the request could not be decoded: strings must be valid UTF-8")
         ip = _client_ip(metadata, ctx)
         token = _bearer(metadata)
+        via_edge = any(header in metadata for header in _EDGE_HEADERS)
         context.set_request(context.RequestInfo(method=method, client_ip=ip, bearer_token=token,
-                                                request_id=metadata.get("x-request-id", "")))
+                                                request_id=metadata.get("x-request-id", ""),
+                                                via_edge=via_edge))
         context.set_caller(None)
         if rule is None:
             raise PermissionDenied("ROLE_FORBIDDEN", f"{method} has no entry in the permission table")
         if rule.access is permissions.Access.PUBLIC:
+            if rule.identifies_caller and token:
+                await self._identify(token, ip)
             return
         if rule.access is permissions.Access.INTERNAL:
-            if any(header in metadata for header in _EDGE_HEADERS):
+            if via_edge:
                 security_events.record("INTERNAL_RPC_FROM_EDGE", severity=security_events.CRITICAL,
                                        ip=ip, method=method)
                 raise PermissionDenied("INTERNAL_ONLY", f"{method} is internal and not callable from outside")
@@ -236,10 +240,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             if error.reason == "SESSION_REVOKED":
                 security_events.record("REVOKED_SESSION_USE", ip=ip, method=method)
             raise
-        caller = context.Caller(user_id=claims.sub, session_id=claims.sid,
-                                restaurant_id=claims.restaurant_id, role=claims.role,
-                                token_id=claims.jti, expires_at=claims.exp, client_ip=ip)
-        context.set_caller(caller)
+        context.set_caller(_caller_of(claims, ip))
         if rule.tenant_checked:
             for where, requested in _requested_restaurants(request, metadata):
                 if requested != claims.restaurant_id:
@@ -267,6 +268,21 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                     f"permission {name} needs role {' or '.join(sorted(rule.roles))}; "
                     f"your role in this restaurant is {claims.role or 'none'}",
                     permission=name, role=claims.role)
+
+
+    async def _identify(self, token: str, ip: str) -> None:
+        """On a public RPC: the caller when the token is valid; anonymous otherwise."""
+        try:
+            claims = await self._authenticator.authenticate(token)
+        except Unauthenticated:
+            return
+        context.set_caller(_caller_of(claims, ip))
+
+
+def _caller_of(claims, ip: str) -> context.Caller:
+    return context.Caller(user_id=claims.sub, session_id=claims.sid,
+                          restaurant_id=claims.restaurant_id, role=claims.role,
+                          token_id=claims.jti, expires_at=claims.exp, client_ip=ip)
 
 
 def _no_context(method: str) -> PermissionDenied:

@@ -31,6 +31,9 @@ class Rule:
     tenant_checked: bool = True
     # What the domain adds on top of the row (shown in the README's matrix).
     note: str = ""
+    # PUBLIC rows only: a valid token, when one is sent, makes the caller known to the servicer
+    # (which may then answer in more detail); an invalid one is ignored, never refused.
+    identifies_caller: bool = False
 
     @property
     def permission(self) -> str:
@@ -60,7 +63,9 @@ PERMISSIONS: dict[str, Rule] = {
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
-    "/posmesh.health.v1.SystemHealthService/GetSystemHealth": PUBLIC,
+    "/posmesh.health.v1.SystemHealthService/GetSystemHealth": Rule(
+        Access.PUBLIC, tenant_checked=False, identifies_caller=True,
+        note="no token needed: status only; details for owners and managers"),
     # Auth.
     _AUTH + "Register": PUBLIC,
     _AUTH + "Login": PUBLIC,

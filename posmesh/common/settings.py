@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic import field_validator
-from typing import Annotated
+from typing import Annotated, Literal
 
 
 class Settings(BaseSettings):
@@ -49,6 +49,8 @@ class Settings(BaseSettings):
         alias="CORS_ALLOWED_ORIGINS",
     )
     login_rate_limit_per_minute: int = Field(600, alias="EDGE_LOGIN_RATE_LIMIT_PER_MINUTE")
+    # Public health checks per client address per minute at the edge (load balancers, apps).
+    health_rate_limit_per_minute: int = Field(120, alias="EDGE_HEALTH_RATE_LIMIT_PER_MINUTE")
     # --- platform edge (owned by stack/ and envoy/) ---
     # How long Envoy keeps the JWKS it fetched from the auth service before fetching it again.
     edge_jwks_cache_seconds: int = Field(60, alias="EDGE_JWKS_CACHE_SECONDS")
@@ -106,6 +108,20 @@ class Settings(BaseSettings):
     # Realtime (added by the realtime service): unsent bytes a socket may hold before it is closed
     # as a slow consumer (4008); WS_SEND_QUEUE_SIZE bounds the events held while a socket catches up.
     ws_send_buffer_bytes: int = Field(262144, alias="WS_SEND_BUFFER_BYTES")
+    # Live sockets one session may hold per connection type; a newer one replaces the oldest
+    # (closed 1000 REPLACED), so an app that reconnects without closing never doubles events.
+    ws_max_sockets_per_session: int = Field(1, alias="WS_MAX_SOCKETS_PER_SESSION", ge=1)
+    # A socket opened without last_event_id resumes where its session's previous socket got to,
+    # if that was confirmed within this window and at most WS_RESUME_MAX_EVENTS ago; beyond,
+    # the client is sent resync_required.
+    ws_resume_window_seconds: int = Field(900, alias="WS_RESUME_WINDOW_SECONDS")
+    ws_resume_max_events: int = Field(500, alias="WS_RESUME_MAX_EVENTS")
+    # Who is sent the token_expired warning: "all" (an app that reconnects on it instead of
+    # sending reauth opens new sockets, which replace the old with no gap and no repeat) or
+    # "reauth-clients" (only sockets that declared the reauth capability or have sent a reauth;
+    # the others are closed at expiry and reconnect). docs/realtime.md has both measured.
+    ws_token_warning_to: Literal["all", "reauth-clients"] = Field(
+        "all", alias="WS_TOKEN_WARNING_TO")
 
     # Orders (services/orders; docs/orders.md explains each).
     # Approximate length each restaurant's Redis stream is trimmed to (XADD MAXLEN ~).
@@ -126,6 +142,9 @@ class Settings(BaseSettings):
     order_watch_relay_grace_seconds: float = Field(1.0, alias="ORDER_WATCH_RELAY_GRACE_SECONDS")
     # How long a restaurant's currency and time zone (from the staff service) are cached.
     orders_restaurant_cache_seconds: float = Field(60.0, alias="ORDERS_RESTAURANT_CACHE_SECONDS")
+
+    # One aggregated health check serves every caller of a process for this long.
+    health_cache_seconds: float = Field(1.0, alias="HEALTH_CACHE_SECONDS")
 
     # Telemetry: OTLP/gRPC export when set, tracing stays in-process (ids in logs) otherwise.
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")

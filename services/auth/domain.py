@@ -25,6 +25,12 @@ from posmesh.common.errors import (
 from posmesh.common.permissions import ROLES
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import Claims, session_revoked
+from posmesh.common.user_events import (
+    MEMBERSHIP_GRANTED,
+    MEMBERSHIP_REVOKED as MEMBERSHIP_REVOKED_EVENT,
+    UserEvent,
+    UserEventPublisher,
+)
 from services.auth import refresh_tokens
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.keys import KeyRing
@@ -217,7 +223,7 @@ class AuthDomain:
     def __init__(self, *, settings: Settings, store: AuthStore, passwords: PasswordHashing,
                  limiter: LoginLimiter, issuer: AccessTokenIssuer, keyring: KeyRing,
                  authenticator: Authenticator, cache: SessionCache,
-                 revocations: RevocationPublisher) -> None:
+                 revocations: RevocationPublisher, user_events: UserEventPublisher) -> None:
         self._settings = settings
         self._store = store
         self._passwords = passwords
@@ -227,6 +233,7 @@ class AuthDomain:
         self._authenticator = authenticator
         self._cache = cache
         self._revocations = revocations
+        self._user_events = user_events
         self._refresh_ttl = timedelta(days=settings.refresh_token_ttl_days)
         self._absolute_ttl = timedelta(days=max(settings.refresh_token_absolute_days,
                                                 settings.refresh_token_ttl_days))
@@ -538,6 +545,11 @@ class AuthDomain:
                                    restaurant_id=restaurant_id, previous_role=change.previous_role,
                                    role=role, sessions_ended=len(change.revoked))
             await self._revocations.publish(change.revoked, ROLE_CHANGED)
+        if change.previous_role != role:
+            # The user's own screens (an app still onboarding) may switch to it at once.
+            await self._user_events.publish(UserEvent(user_id, MEMBERSHIP_GRANTED, {
+                "restaurant_id": restaurant_id, "restaurant_name": restaurant_name, "role": role,
+                "previous_role": change.previous_role}))
         return change.membership, change.previous_role, len(change.revoked)
 
     async def revoke_membership(self, *, user_id: str, restaurant_id: str) -> int:
@@ -551,6 +563,9 @@ class AuthDomain:
                                    user_id=user_id, restaurant_id=restaurant_id,
                                    sessions_ended=len(revoked))
         await self._revocations.publish(revoked, MEMBERSHIP_REVOKED)
+        if existed:
+            await self._user_events.publish(UserEvent(user_id, MEMBERSHIP_REVOKED_EVENT, {
+                "restaurant_id": restaurant_id}))
         return len(revoked)
 
     async def revoke_user_sessions(self, *, user_id: str, restaurant_id: str, reason: str) -> int:

@@ -16,6 +16,7 @@ from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
 from posmesh.common.settings import Settings, get_settings
 from posmesh.common.tokens import KeySet, RevocationChecker
+from posmesh.common.user_events import AUTH_STREAM, UserEventPublisher
 from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.domain import AuthDomain
@@ -75,14 +76,16 @@ async def serve(settings: Settings) -> None:
     authenticator = Authenticator(build_verifier(settings, keyset), RevocationChecker(redis))
     passwords = PasswordHashing.from_settings(settings)
     revocations = RevocationPublisher(redis, settings)
+    user_events = UserEventPublisher(redis, AUTH_STREAM)
     domain = AuthDomain(
         settings=settings, store=store, passwords=passwords, limiter=LoginLimiter(redis, settings),
         issuer=AccessTokenIssuer(settings, keyring), keyring=keyring, authenticator=authenticator,
-        cache=SessionCache(redis, settings), revocations=revocations)
+        cache=SessionCache(redis, settings), revocations=revocations, user_events=user_events)
 
     resynced = await revocations.resync(store)
     log.info("revocation markers re-published for %d recently ended session(s)", resynced)
     revocations.start()
+    user_events.start()
     background = [
         asyncio.create_task(_keep_keys_fresh(keyring, keyset), name="auth-keys"),
         asyncio.create_task(_purge_periodically(store, settings.auth_cleanup_interval_seconds),
@@ -100,6 +103,7 @@ async def serve(settings: Settings) -> None:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await revocations.stop()
+        await user_events.stop()
         await security_events.flush()
         security_events.configure(None)
         passwords.close()

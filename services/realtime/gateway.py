@@ -1,5 +1,6 @@
 """The WebSocket side of the realtime process: upgrade checks, one Connection per socket, the
-heartbeat ticker, revocations, and the process's own health and metrics pages.
+ticker (heartbeats, delivery-confirmation pings, saving resume positions), revocations, user
+events for user-scoped sockets, and the process's own health and metrics pages.
 
 Only Envoy reaches this listener. It serves the upgrade paths (docs/realtime.md) and, for the
 process's operators, `GET /healthz` (JSON) and `GET /metrics` (Prometheus text); Envoy routes
@@ -13,7 +14,6 @@ import json
 import logging
 import socket
 import time
-from collections import Counter
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
@@ -24,37 +24,30 @@ from posmesh.common import security_events
 from posmesh.common.authn import Authenticator
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import revoked_key
+from posmesh.common.user_events import UserEvent
 
 from services.realtime import protocol
-from services.realtime.connection import Connection, ConnectionIndex
+from services.realtime.connection import Connection, ConnectionIndex, SocketServices
 from services.realtime.hub import OrderHub
 from services.realtime.limits import IpAttemptWindow, LimitPolicy, PendingHandshakes
+from services.realtime.metrics import GatewayMetrics
 from services.realtime.presence import ConnectionRegistry
 from services.realtime.protocol import CloseCode
-from services.realtime.revocations import Revocation
+from services.realtime.resume import ResumeBook
+from services.realtime.revocations import Revocation, parse_revocation
+from services.realtime.session_sockets import SessionSockets
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 1.0
+# How soon a delivered event is followed by a confirmation ping (resume.py).
+TICK_SECONDS = 0.25
+# How often moved positions are written to Redis (a close writes its own at once).
+SAVE_POSITIONS_SECONDS = 2.0
 MISSED_HEARTBEATS = 3
 KERNEL_SEND_BUFFER_BYTES = 64 * 1024
 # A safety net under pub/sub (a message published during a silent reconnect is lost): every
 # socket's session is also checked against the revocation markers this often.
 REVOCATION_SWEEP_SECONDS = 15.0
-
-
-class GatewayMetrics:
-    def __init__(self) -> None:
-        self.connections_opened = 0
-        self.slow_consumers = 0
-        self.invalid_messages = 0
-        self.revocation_closes = 0
-        self.refused_origins = 0
-        self.auth_failures: Counter[str] = Counter()
-        self.closes: Counter[int] = Counter()
-
-    def count_close(self, code: int) -> None:
-        self.closes[code] += 1
 
 
 def client_ip(headers: Headers, remote_address) -> str:
@@ -94,19 +87,43 @@ class RealtimeGateway:
                  hub: OrderHub, registry: ConnectionRegistry, send_buffer_limit: int,
                  ip_window: IpAttemptWindow | None = None) -> None:
         self.settings = settings
-        self.authenticator = authenticator
         self.redis = redis
         self.hub = hub
         self.registry = registry
-        self.send_buffer_limit = send_buffer_limit
-        self.ip_window = ip_window or IpAttemptWindow(redis)
         self.pending = PendingHandshakes()
         self.index = ConnectionIndex()
         self.metrics = GatewayMetrics()
+        self.resume = ResumeBook(redis)
+        self.sessions = SessionSockets(
+            redis, registry.process_id, cap=settings.ws_max_sockets_per_session,
+            live_processes=registry.live_processes, on_replaced=self._count_replaced)
+        self.sockets = SocketServices(
+            settings=settings, authenticator=authenticator, hub=hub, registry=registry,
+            ip_window=ip_window or IpAttemptWindow(redis), pending=self.pending,
+            index=self.index, metrics=self.metrics, sessions=self.sessions, resume=self.resume,
+            revoked_reason=self.revoked_reason, send_buffer_limit=send_buffer_limit)
         self.allowed_origins = frozenset(settings.cors_allowed_origins)
         self.draining = False
-        self.revocations_listening = lambda: False
+        self.listening = lambda: False  # the pub/sub subscription (revocations, control)
+        self.following_user_events = lambda: False
         self._ticker: asyncio.Task | None = None
+
+    def _count_replaced(self) -> None:
+        self.metrics.replaced += 1
+
+    def channel_handlers(self) -> dict:
+        """Pub/sub channel → handler, for pubsub.ChannelListener."""
+        from posmesh.common.tokens import REVOCATIONS_CHANNEL
+
+        return {REVOCATIONS_CHANNEL: self._on_revocation_message,
+                self.sessions.channel: self.sessions.on_control}
+
+    def _on_revocation_message(self, payload: bytes | str) -> None:
+        revocation = parse_revocation(payload)
+        if revocation is None:
+            log.warning("ignoring a malformed revocation message")
+            return
+        self.on_revocation(revocation)
 
     # --- upgrades --------------------------------------------------------------------------
 
@@ -156,7 +173,7 @@ class RealtimeGateway:
             return
         self.metrics.connections_opened += 1
         _bound_kernel_send_buffer(ws)
-        await Connection(self, ws, target, ip).run()
+        await Connection(self.sockets, ws, target, ip).run()
 
     # --- revocations -----------------------------------------------------------------------
 
@@ -174,11 +191,24 @@ class RealtimeGateway:
             log.info("closed %d socket(s) on revocation", len(targets),
                      extra={"reason": revocation.reason})
 
+    # --- user events (user-scoped sockets) -------------------------------------------------
+
+    def on_user_event(self, event_id: str, event: UserEvent) -> None:
+        targets = [conn for conn in self.index.by_user.get(event.user_id, ())
+                   if conn.user_scoped and conn.authenticated]
+        if not targets:
+            return
+        frame = protocol.wire_text_frame(protocol.user_event_frame(event_id, event.type,
+                                                                   event.data))
+        for conn in targets:
+            if conn.push_event(frame):
+                self.metrics.user_events += 1
+
     async def revoked_reason(self, session_id: str) -> str | None:
         """Why the session was revoked (its marker's value), or None while it is live. Fails
         open when Redis cannot answer, like every service's revocation check."""
         if self.redis is None:
-            revoked = await self.authenticator.revocations.is_revoked(session_id)
+            revoked = await self.sockets.authenticator.revocations.is_revoked(session_id)
             return "REVOKED" if revoked else None
         try:
             value = await self.redis.get(revoked_key(session_id))
@@ -208,31 +238,51 @@ class RealtimeGateway:
                     text = reason.decode() if isinstance(reason, bytes) else str(reason)
                     self.on_revocation(Revocation(sid, "", "", text or "revoked"))
 
-    # --- heartbeats ------------------------------------------------------------------------
+    # --- the ticker: heartbeats, delivery confirmation, resume positions --------------------
 
     async def _tick(self) -> None:
         interval = self.settings.ws_ping_interval_seconds
         next_ping = time.monotonic() + interval
         next_sweep = time.monotonic() + REVOCATION_SWEEP_SECONDS
         sweep: asyncio.Task | None = None
+        saving: asyncio.Task | None = None
+        next_save = time.monotonic() + SAVE_POSITIONS_SECONDS
         while True:
             await asyncio.sleep(min(TICK_SECONDS, interval))
             now = time.monotonic()
             if now >= next_sweep and (sweep is None or sweep.done()):
                 next_sweep = now + REVOCATION_SWEEP_SECONDS
                 sweep = asyncio.create_task(self.sweep_revoked(), name="revocation-sweep")
-            if now < next_ping:
-                continue
-            next_ping = now + interval
-            dead_before = now - MISSED_HEARTBEATS * interval
-            frame = protocol.wire_text_frame(protocol.ping_frame())  # one frame for every socket
-            for conn in tuple(self.index.all):
-                if not conn.authenticated:
-                    continue  # between admission and auth_success: no ping before the welcome
-                if conn.last_seen < dead_before:
-                    conn.drop(CloseCode.HEARTBEAT_TIMEOUT, "HEARTBEAT_TIMEOUT")
-                else:
-                    conn.push_event(frame)
+            heartbeat = now >= next_ping
+            if heartbeat:
+                next_ping = now + interval
+            self._ping(heartbeat=heartbeat, dead_before=now - MISSED_HEARTBEATS * interval)
+            if now >= next_save and (saving is None or saving.done()):
+                next_save = now + SAVE_POSITIONS_SECONDS
+                saving = asyncio.create_task(self._save_positions(), name="resume-positions")
+
+    def _ping(self, *, heartbeat: bool, dead_before: float) -> None:
+        """Every socket at the heartbeat; in between, a socket that was sent events no answered
+        ping covers, so its confirmed position (resume.py) trails by a tick and a round trip."""
+        frame = protocol.wire_text_frame(protocol.ping_frame())  # one frame for every socket
+        for conn in tuple(self.index.all):
+            if not conn.authenticated or conn.closing:
+                continue  # between admission and auth_success: no ping before the welcome
+            if heartbeat and conn.last_seen < dead_before:
+                conn.drop(CloseCode.HEARTBEAT_TIMEOUT, "HEARTBEAT_TIMEOUT")
+            elif heartbeat or conn.unconfirmed:
+                if conn.push_event(frame):
+                    conn.note_ping()
+
+    async def _save_positions(self) -> None:
+        moved = [conn for conn in tuple(self.index.all)
+                 if conn.authenticated and not conn.user_scoped and conn.confirmed != conn.saved]
+        if not moved:
+            return
+        points = [(conn.session_id, conn.connection_type, conn.resume_point()) for conn in moved]
+        await self.resume.save(points)
+        for conn, (_, _, point) in zip(moved, points):
+            conn.saved = point.sequence
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="ws-heartbeats")
@@ -242,6 +292,7 @@ class RealtimeGateway:
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
+        await self.sessions.stop()
 
     # --- health and metrics ----------------------------------------------------------------
 
@@ -255,7 +306,8 @@ class RealtimeGateway:
             "feeds": len(self.hub.feeds),
             "catching_up": self.hub.catching_up(),
             "redis": "SERVING" if self.registry.redis_ok else "NOT_SERVING",
-            "revocations": "SUBSCRIBED" if self.revocations_listening() else "NOT_SUBSCRIBED",
+            "revocations": "SUBSCRIBED" if self.listening() else "NOT_SUBSCRIBED",
+            "user_events": "FOLLOWING" if self.following_user_events() else "NOT_FOLLOWING",
         }
 
     def prometheus(self) -> str:
@@ -303,6 +355,15 @@ class RealtimeGateway:
                                                          "Sockets closed by a revocation."),
             "posmesh_realtime_refused_origins_total": (self.metrics.refused_origins,
                                                        "Upgrades refused for their Origin."),
+            "posmesh_realtime_replaced_total": (self.metrics.replaced,
+                                                "Sockets replaced by a newer one of their "
+                                                "session."),
+            "posmesh_realtime_resumed_total": (self.metrics.resumed,
+                                               "Sockets started where their session's previous "
+                                               "socket got to."),
+            "posmesh_realtime_user_events_total": (self.metrics.user_events,
+                                                   "User events written to user-scoped "
+                                                   "sockets."),
         }
         for name, (value, help_text) in gauges.items():
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]

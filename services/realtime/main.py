@@ -20,8 +20,9 @@ from posmesh.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.realtime.gateway import RealtimeGateway
 from services.realtime.hub import GrpcFeedSource, OrderHub
 from services.realtime.presence import ConnectionRegistry
-from services.realtime.revocations import RevocationListener
+from services.realtime.pubsub import ChannelListener
 from services.realtime.servicer import RealtimeServicer
+from services.realtime.user_events import UserEventFollower
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,16 @@ async def serve(settings: Settings) -> None:
     registry = ConnectionRegistry(redis)
     gateway = RealtimeGateway(settings, authenticator=authenticator, redis=redis, hub=hub,
                               registry=registry, send_buffer_limit=settings.ws_send_buffer_bytes)
-    listener = RevocationListener(lambda: create_redis(settings, socket_timeout=None),
-                                  gateway.on_revocation, gateway.sweep_revoked)
-    gateway.revocations_listening = listener.subscribed.is_set
+    listener = ChannelListener(lambda: create_redis(settings, socket_timeout=None),
+                               gateway.channel_handlers(), gateway.sweep_revoked)
+    gateway.listening = listener.subscribed.is_set
+    user_events = UserEventFollower(lambda: create_redis(settings, socket_timeout=None),
+                                    gateway.on_user_event)
+    gateway.following_user_events = user_events.following.is_set
 
     registry.start()
     listener.start()
+    user_events.start()
     gateway.start()
     host, _, port = settings.realtime_ws_addr.rpartition(":")
     ws_server = await ws_serve(
@@ -72,6 +77,7 @@ async def serve(settings: Settings) -> None:
         ws_server.close(close_connections=True)  # 1001 going away to every socket
         await ws_server.wait_closed()
         await listener.stop()
+        await user_events.stop()
         await hub.stop()
         await registry.stop()
         await jwks_refresher.stop()

@@ -45,17 +45,19 @@ for _, pid in ipairs(live) do
 end
 if users >= tonumber(ARGV[8]) then return {0, 1, users} end
 if restaurant >= tonumber(ARGV[9]) then return {0, 2, restaurant} end
-redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
-redis.call('HINCRBY', KEYS[2], ARGV[6], 1)
-redis.call('HINCRBY', KEYS[2], ARGV[7], 1)
+for i = 5, 7 do
+  if ARGV[i] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[i], 1) end
+end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[10]))
 return {1, 0, 0}
 """
 
-# KEYS[1] own hash; ARGV fields to decrement.
+# KEYS[1] own hash; ARGV fields to decrement ('' for none).
 _RELEASE = """
 for _, field in ipairs(ARGV) do
-  if redis.call('HINCRBY', KEYS[1], field, -1) <= 0 then redis.call('HDEL', KEYS[1], field) end
+  if field ~= '' and redis.call('HINCRBY', KEYS[1], field, -1) <= 0 then
+    redis.call('HDEL', KEYS[1], field)
+  end
 end
 return 1
 """
@@ -66,11 +68,12 @@ def user_field(user_id: str) -> str:
 
 
 def restaurant_field(restaurant_id: str) -> str:
-    return f"r:{restaurant_id}"
+    """'' for a user-scoped socket: it belongs to no restaurant and counts towards none."""
+    return f"r:{restaurant_id}" if restaurant_id else ""
 
 
 def presence_field(restaurant_id: str, connection_type: str) -> str:
-    return f"p:{restaurant_id}:{connection_type}"
+    return f"p:{restaurant_id}:{connection_type}" if restaurant_id else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +115,20 @@ class ConnectionRegistry:
                         extra={"error": repr(exc)})
             if self._counts[fields[0]] >= per_user:
                 return Admission(False, "user", self._counts[fields[0]])
-            if self._counts[fields[1]] >= per_restaurant:
+            if fields[1] and self._counts[fields[1]] >= per_restaurant:
                 return Admission(False, "restaurant", self._counts[fields[1]])
             result = [1]
         if not int(result[0]):
             return Admission(False, "user" if int(result[1]) == 1 else "restaurant", int(result[2]))
         for field in fields:
-            self._counts[field] += 1
+            if field:
+                self._counts[field] += 1
         return Admission(True)
 
     async def release(self, user_id: str, restaurant_id: str, connection_type: str) -> None:
         fields = (user_field(user_id), restaurant_field(restaurant_id),
                   presence_field(restaurant_id, connection_type))
-        for field in fields:
+        for field in filter(None, fields):
             left = self._counts[field] - 1
             if left > 0:
                 self._counts[field] = left

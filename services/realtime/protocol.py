@@ -23,6 +23,10 @@ from websockets.frames import Frame, Opcode
 POS, KITCHEN, MANAGEMENT = "pos", "kitchen", "management"
 CONNECTION_TYPES = (POS, KITCHEN, MANAGEMENT)
 PATH_PREFIXES = ("/ws/", "/api/v1/websocket/ws/")
+# /ws/{type}/onboarding: a user without a restaurant yet (user-scoped: the user's own events).
+ONBOARDING = "onboarding"
+# What a socket is about: one restaurant's orders, or only the signed-in user's own events.
+RESTAURANT_SCOPE, USER_SCOPE = "restaurant", "user"
 _RESTAURANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 # Client → server message types.
@@ -31,13 +35,21 @@ CLIENT_TYPES = frozenset({AUTHENTICATE, REAUTH, PING, PONG})
 
 # Server → client message types.
 AUTH_SUCCESS, AUTH_ERROR, TOKEN_EXPIRED = "auth_success", "auth_error", "token_expired"
-ERROR, RESYNC_REQUIRED = "error", "resync_required"
+ERROR, RESYNC_REQUIRED, REPLACED = "error", "resync_required", "replaced"
 EVENT_TYPES = ("order.created", "order.updated", "order.status_changed", "menu.updated")
+# Events about the signed-in user, on user-scoped (onboarding) sockets.
+USER_EVENT_TYPES = ("invitation.received", "membership.granted", "membership.revoked",
+                    "restaurant.created")
+
+# What a client may declare in `authenticate.capabilities`: it refreshes in place with `reauth`
+# (so it is sent the token_expired warning; see WS_TOKEN_WARNING_TO).
+REAUTH_CAPABILITY = "reauth"
 
 
 class CloseCode:
     """WebSocket close codes this service uses; docs/realtime.md explains each."""
 
+    NORMAL = 1000  # also: REPLACED by a newer socket of the same session (do not reconnect)
     GOING_AWAY = 1001  # the process is shutting down: reconnect (to another process)
     POLICY_VIOLATION = 1008  # message flood or too many invalid messages
     MESSAGE_TOO_BIG = 1009  # a frame over WS_MAX_MESSAGE_BYTES (sent by the websockets library)
@@ -58,7 +70,6 @@ AUTH_FAILURES: dict[str, tuple[str, int]] = {
     "TOKEN_INVALID": (REFRESH_TOKEN, CloseCode.UNAUTHENTICATED),
     "TOKEN_EXPIRED": (REFRESH_TOKEN, CloseCode.UNAUTHENTICATED),
     "SESSION_REVOKED": (LOGIN, CloseCode.UNAUTHENTICATED),
-    "USER_ID_MISSING": (LOGIN, CloseCode.UNAUTHENTICATED),
     "USER_ID_MISMATCH": (LOGIN, CloseCode.UNAUTHENTICATED),
     "TENANT_MISMATCH": (SWITCH_RESTAURANT, CloseCode.FORBIDDEN),
     "NO_RESTAURANT_CONTEXT": (SWITCH_RESTAURANT, CloseCode.FORBIDDEN),
@@ -84,10 +95,15 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What an upgrade path asks for: /ws/{connection_type}/{restaurant_id}."""
+    """What an upgrade path asks for: /ws/{connection_type}/{restaurant_id}, or
+    /ws/{connection_type}/onboarding (restaurant_id "": the user's own events only)."""
 
     connection_type: str
     restaurant_id: str
+
+    @property
+    def onboarding(self) -> bool:
+        return not self.restaurant_id
 
 
 def parse_path(raw_path: str) -> Target | None:
@@ -96,6 +112,8 @@ def parse_path(raw_path: str) -> Target | None:
     for prefix in PATH_PREFIXES:
         if path.startswith(prefix):
             parts = path[len(prefix):].rstrip("/").split("/")
+            if len(parts) == 2 and parts[0] in CONNECTION_TYPES and parts[1] == ONBOARDING:
+                return Target(parts[0], "")
             if (len(parts) == 2 and parts[0] in CONNECTION_TYPES
                     and _RESTAURANT_ID.match(parts[1])):
                 return Target(parts[0], parts[1])
@@ -143,8 +161,9 @@ class AuthRequest:
     token: str
     user_id: str  # "" when missing or zero
     restaurant_id: str  # "" when not sent
-    last_event_id: int | None  # None: live from now
+    last_event_id: int | None  # None: resume where the session's previous socket got to
     last_event_id_invalid: bool = False  # a garbled one: the client is told to resync
+    capabilities: frozenset[str] = frozenset()  # e.g. {"reauth"}
 
 
 _ZERO_IDS = frozenset({"", "0", "null", "undefined", "none", "00000000-0000-0000-0000-000000000000"})
@@ -197,7 +216,15 @@ def auth_request(message: ClientMessage) -> AuthRequest:
         restaurant_id=_id_text(message.field("restaurant_id")),
         last_event_id=last_event_id,
         last_event_id_invalid=invalid,
+        capabilities=parse_capabilities(message.field("capabilities")),
     )
+
+
+def parse_capabilities(value: Any) -> frozenset[str]:
+    """Known capability names from a JSON list; anything else is ignored."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(item for item in value[:16] if item == REAUTH_CAPABILITY)
 
 
 # Ids of server messages that are not events: unique per process, never a sequence number.
@@ -243,6 +270,22 @@ def auth_error_frame(reason: str, message: str, restaurant_id: str = "", *,
         "retry_after_ms": max(0, int(retry_after_ms)),
         "close_code": close_code,
     }, restaurant_id)
+
+
+def replaced_frame(restaurant_id: str) -> bytes:
+    return encode(REPLACED, {
+        "code": "REPLACED",
+        "message": "a newer connection of this session took over; this one is closed normally "
+                   "and must not reconnect",
+        "action": NONE,
+        "close_code": CloseCode.NORMAL,
+    }, restaurant_id)
+
+
+def user_event_frame(event_id: str, kind: str, data: dict[str, Any]) -> bytes:
+    """An event about the signed-in user (user-scoped sockets). Its id is not a sequence number
+    and never a valid last_event_id."""
+    return encode(kind, data, message_id=event_id)
 
 
 def pong_frame(client_timestamp: Any, restaurant_id: str) -> bytes:

@@ -31,6 +31,7 @@ from posmesh.common.errors import (
     version_conflict,
 )
 from posmesh.common.permissions import OWNER, STAFF
+from posmesh.common.user_events import RESTAURANT_CREATED, UserEvent
 from services.staff import paging, rules, validation
 from services.staff.models import (
     ACTIVE,
@@ -222,10 +223,17 @@ def _page(rows: list, size: int, key: Callable[[Any], tuple], scope: str) -> tup
     return items, paging.encode(create_time, row_id, scope)
 
 
+class UserEvents(Protocol):
+    """Where events about a user go (posmesh.common.user_events.UserEventPublisher)."""
+
+    async def publish(self, *events: UserEvent) -> None: ...
+
+
 class StaffDomain:
-    def __init__(self, store: StaffStore, accounts: Accounts) -> None:
+    def __init__(self, store: StaffStore, accounts: Accounts, user_events: UserEvents) -> None:
         self.store = store
         self.accounts = accounts
+        self.user_events = user_events
 
     # --- restaurants -----------------------------------------------------------------------
 
@@ -256,6 +264,8 @@ class StaffDomain:
             write, what=f"owner membership of restaurant {restaurant_id}")
         log.info("restaurant created", extra={"restaurant_id": str(restaurant_id),
                                               "user_id": caller.user_id})
+        await self.user_events.publish(UserEvent(caller.user_id, RESTAURANT_CREATED, {
+            "restaurant_id": str(restaurant_id), "restaurant_name": new.name, "role": OWNER}))
         return MemberRestaurant(restaurant, OWNER)
 
     async def list_restaurants(self, caller: Caller, page_size: int,

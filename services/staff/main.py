@@ -12,6 +12,7 @@ from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
 from posmesh.common.settings import Settings
+from posmesh.common.user_events import STAFF_STREAM, UserEventPublisher
 from posmesh.staff.v1 import staff_pb2, staff_pb2_grpc
 from services.staff.accounts import AuthAccounts
 from services.staff.domain import StaffDomain
@@ -26,13 +27,16 @@ async def serve(settings: Settings) -> None:
     auth_channel = clients.channel("auth", settings)
     authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
     security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="staff"))
-    domain = StaffDomain(StaffStore(engine), AuthAccounts(auth_channel))
+    user_events = UserEventPublisher(redis, STAFF_STREAM)
+    user_events.start()
+    domain = StaffDomain(StaffStore(engine), AuthAccounts(auth_channel), user_events)
 
     def register(server) -> list[str]:
         staff_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(domain), server)
         return [staff_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name]
 
     async def on_shutdown() -> None:
+        await user_events.stop()
         await jwks_refresher.stop()
         await security_events.flush()
 

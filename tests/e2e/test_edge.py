@@ -129,7 +129,7 @@ def test_only_public_rpcs_skip_the_jwt_and_everything_else_is_denied_by_default(
               if rule.access is permissions.Access.PUBLIC
               and method.split("/")[1] in envoy_config.EDGE_SERVICES}
     documents = {item.path for item in api_docs.PUBLISHED}
-    assert open_grpc == public | {"/grpc.health.v1.Health/Check"} | documents
+    assert open_grpc == public | {"/grpc.health.v1.Health/Check", envoy_config.PING_PATH} | documents
     for protected in ("/api/v1/orders", "/api/v1/auth/me", "/api/v1/restaurants/r-1/menu",
                       "/posmesh.orders.v1.OrderService/CreateOrder"):
         first = next(rule for rule in rules if _matches(rule["match"], protected))
@@ -158,6 +158,7 @@ class _FailingAuth(auth_pb2_grpc.AuthServiceServicer):
 
 
 LOGIN_LIMIT = 3
+HEALTH_LIMIT = 4
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -171,7 +172,8 @@ async def standin_edge() -> AsyncIterator[httpx.AsyncClient]:
     with data_dir() as folder:
         settings = Settings(POSMESH_DATA_DIR=str(folder), EDGE_HOST="127.0.0.1", EDGE_PORT=edge_port,
                             ENVOY_ADMIN_PORT=admin_port, AUTH_ADDR=f"127.0.0.1:{auth_port}",
-                            EDGE_LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT)
+                            EDGE_LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
+                            EDGE_HEALTH_RATE_LIMIT_PER_MINUTE=HEALTH_LIMIT)
         config = envoy_config.render(settings, folder / "envoy")
         envoy = await asyncio.create_subprocess_exec(
             str(envoy_config.envoy_binary()), "-c", str(config), "--disable-hot-restart",
@@ -214,6 +216,16 @@ async def test_login_attempts_over_the_limit_get_429_json_at_the_edge(standin_ed
     assert [r.status_code for r in replies[:LOGIN_LIMIT]] == [501] * LOGIN_LIMIT  # reached auth
     assert replies[-1].status_code == 429
     assert _error_info(replies[-1])["reason"] == "RATE_LIMITED"
+
+
+async def test_public_health_over_the_per_address_limit_gets_429_json_at_the_edge(standin_edge):
+    replies = [await standin_edge.get("/api/v1/health") for _ in range(HEALTH_LIMIT + 1)]
+
+    # The stand-in auth service does not implement health (501): the limit is the edge's own.
+    assert [r.status_code for r in replies[:HEALTH_LIMIT]] == [501] * HEALTH_LIMIT
+    assert replies[-1].status_code == 429
+    assert _error_info(replies[-1])["reason"] == "RATE_LIMITED"
+    assert (await standin_edge.get("/ping")).status_code == 200  # the edge's own answer is free
 
 
 # --- the running edge ---------------------------------------------------------------------------

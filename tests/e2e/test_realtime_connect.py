@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.support.orders import add_menu_item, line, open_restaurant, place_order
-from tests.support.realtime import edge_socket, signed_in, token_expiring
+from tests.support.realtime import edge_socket, new_session, signed_in, token_expiring
 
 ALLOWED_ORIGIN = "capacitor://localhost"
 
@@ -82,7 +82,7 @@ async def test_a_client_that_can_set_headers_authenticates_with_bearer(stack, pa
 async def test_token_expired_warning_then_reauth_keeps_the_connection(stack, edge, party, dish):
     short = token_expiring(stack, party.staff.access_token, seconds=4)
     sock = await edge_socket(stack, "pos", party.restaurant_id)
-    hello = await sock.authenticate(short, party.staff.user_id)
+    hello = await sock.authenticate(short, party.staff.user_id, capabilities=["reauth"])
     assert hello["type"] == "auth_success" and hello["data"]["expires_in"] <= 4
     # Within the warning lead already: the warning follows auth_success at once.
     warning = await sock.next("token_expired", timeout=3)
@@ -157,26 +157,40 @@ async def test_a_token_for_another_restaurant_is_closed_with_4003(stack, party, 
     assert await sock.closed() == (4003, "TENANT_MISMATCH")
 
 
-@pytest.mark.parametrize("sent_user_id, code", [
-    ("other-user", "USER_ID_MISMATCH"),
-    ("0", "USER_ID_MISSING"),
-    (0, "USER_ID_MISSING"),
-    ("", "USER_ID_MISSING"),
-    (None, "USER_ID_MISSING"),
-])
-async def test_a_mismatched_zero_or_missing_user_id_is_an_auth_error_and_nothing_crashes(
-        stack, party, sent_user_id, code):
+async def test_a_user_id_that_is_not_the_tokens_user_is_refused_with_4001(stack, party):
+    sock = await edge_socket(stack, "pos", party.restaurant_id)
+    error = await sock.authenticate(party.staff.access_token, "other-user")
+    assert error["type"] == "auth_error" and error["data"]["code"] == "USER_ID_MISMATCH"
+    assert error["data"]["action"] == "LOGIN"
+    assert (await sock.closed())[0] == 4001
+    fine = await signed_in(stack, party.staff)  # the service is unaffected
+    await fine.close()
+
+
+@pytest.mark.parametrize("sent_user_id", ["0", 0, "", "00000000-0000-0000-0000-000000000000",
+                                          None])
+async def test_a_missing_or_zero_user_id_is_taken_from_the_token(stack, party, sent_user_id):
     sock = await edge_socket(stack, "pos", party.restaurant_id)
     if sent_user_id is None:  # no user_id field at all
         await sock.send({"type": "authenticate", "token": party.staff.access_token,
                          "restaurant_id": party.restaurant_id, "timestamp": 1})
-        error = await sock.next("auth_error", "auth_success")
+        welcome = await sock.next("auth_error", "auth_success")
     else:
-        error = await sock.authenticate(party.staff.access_token, sent_user_id)
-    assert error["type"] == "auth_error" and error["data"]["code"] == code
-    assert (await sock.closed())[0] == 4001
-    fine = await signed_in(stack, party.staff)  # the service is unaffected
-    await fine.close()
+        welcome = await sock.authenticate(party.staff.access_token, sent_user_id)
+    assert welcome["type"] == "auth_success", welcome
+    assert welcome["data"]["user_id"] == party.staff.user_id
+    assert welcome["data"]["restaurant_id"] == party.restaurant_id
+    await sock.close()
+
+
+async def test_a_browser_on_an_allowed_origin_authenticates_with_only_a_token(stack, party):
+    sock = await edge_socket(stack, "kitchen", party.restaurant_id,
+                             origin="capacitor://localhost")
+    await sock.send({"type": "authenticate", "token": party.staff.access_token})
+    welcome = await sock.next("auth_error", "auth_success")
+    assert welcome["type"] == "auth_success", welcome
+    assert welcome["data"]["user_id"] == party.staff.user_id
+    await sock.close()
 
 
 async def test_management_sockets_are_for_owners_and_managers(stack, party):
@@ -287,9 +301,11 @@ async def test_a_message_flood_is_throttled_then_closed_and_others_are_unaffecte
 async def test_a_users_sockets_over_the_cap_are_refused_with_4029(stack, edge):
     own = await open_restaurant(edge)
     cap = stack.settings.ws_max_connections_per_user
-    socks = await asyncio.gather(*(signed_in(stack, own.staff, "kitchen") for _ in range(cap)))
+    devices = await asyncio.gather(*(new_session(edge, own.staff) for _ in range(cap + 1)))
+    socks = await asyncio.gather(*(signed_in(stack, device, "kitchen")
+                                   for device in devices[:cap]))
     extra = await edge_socket(stack, "kitchen", own.restaurant_id)
-    error = await extra.authenticate(own.staff.access_token, own.staff.user_id)
+    error = await extra.authenticate(devices[cap].access_token, own.staff.user_id)
     assert error["data"]["code"] == "TOO_MANY_CONNECTIONS"
     assert error["data"]["retry_after_ms"] > 0
     assert await extra.closed() == (4029, "TOO_MANY_CONNECTIONS")
@@ -298,7 +314,8 @@ async def test_a_users_sockets_over_the_cap_are_refused_with_4029(stack, edge):
 
 async def test_presence_counts_screens_per_type_across_both_processes(stack, edge):
     own = await open_restaurant(edge)
-    kitchens = [await signed_in(stack, own.staff, "kitchen") for _ in range(3)]
+    kitchens = [await signed_in(stack, await new_session(edge, own.staff), "kitchen")
+                for _ in range(3)]
     till = await signed_in(stack, own.staff, "pos")
     reply = await edge.get(f"/api/v1/restaurants/{own.restaurant_id}/presence",
                            headers=own.manager.headers)

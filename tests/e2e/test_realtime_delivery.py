@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.orders import add_menu_item, line, move, open_restaurant, place_order
-from tests.support.realtime import process_health, signed_in
+from tests.support.realtime import new_session, process_health, signed_in
 
 EVENT_TYPES = ("order.created", "order.updated", "order.status_changed", "menu.updated")
 
@@ -72,7 +72,8 @@ async def test_resume_after_a_disconnect_delivers_every_missed_event_once(stack,
     missed = [(await place_order(edge, party.staff, [line(dish)]))["id"] for _ in range(4)]
     # Two screens resume at once: Envoy spreads them over both realtime processes, so one of
     # them is served by a process that never followed this restaurant (a catch-up from orders).
-    resumed = [await signed_in(stack, party.staff, "kitchen", last_event_id=str(seen[-1]))
+    resumed = [await signed_in(stack, await new_session(edge, party.staff), "kitchen",
+                               last_event_id=str(seen[-1]))
                for _ in range(2)]
     live = [(await place_order(edge, party.staff, [line(dish)]))["id"] for _ in range(2)]
     for screen in resumed:
@@ -110,7 +111,8 @@ async def test_an_orders_restart_mid_stream_loses_nothing(stack, edge, party, di
 
 
 async def test_two_realtime_processes_both_deliver(stack, edge, party, dish):
-    socks = [await signed_in(stack, party.staff, "kitchen") for _ in range(6)]
+    socks = [await signed_in(stack, await new_session(edge, party.staff), "kitchen")
+             for _ in range(6)]
     per_process = []
     for addr in stack.settings.realtime_ws_addrs:
         health = await process_health(addr)
@@ -169,7 +171,7 @@ async def test_a_slow_consumer_is_closed_without_slowing_the_others_and_can_resu
     # Fast screens until one shares the slow one's process (and event loop).
     fast = []
     while (await kitchen_counts(stack, party.restaurant_id))[slow_process] < 2:
-        fast.append(await signed_in(stack, party.staff, "kitchen"))
+        fast.append(await signed_in(stack, await new_session(edge, party.staff), "kitchen"))
     slow_before = await total_slow_consumers(stack)
 
     delays = []
@@ -210,7 +212,8 @@ async def test_a_slow_consumer_is_closed_without_slowing_the_others_and_can_resu
 
 async def test_a_realtime_shutdown_closes_its_sockets_with_1001_and_clients_resume_elsewhere(
         stack, edge, party, dish):
-    socks = [await signed_in(stack, party.staff, "pos") for _ in range(4)]
+    devices = [await new_session(edge, party.staff) for _ in range(5)]
+    socks = [await signed_in(stack, device, "pos") for device in devices[:4]]
     await place_order(edge, party.staff, [line(dish)])
     last = [int((await sock.next("order.created"))["id"]) for sock in socks]
     try:
@@ -224,7 +227,7 @@ async def test_a_realtime_shutdown_closes_its_sockets_with_1001_and_clients_resu
         assert closed, "no socket was on the stopped process"
         assert all(frame is not None and frame.code == 1001 for frame in closed), closed
         order = await place_order(edge, party.staff, [line(dish)])
-        again = await signed_in(stack, party.staff, "pos", last_event_id=str(last[0]))
+        again = await signed_in(stack, devices[4], "pos", last_event_id=str(last[0]))
         assert (await again.next("order.created", timeout=10))["data"]["order"]["id"] == order["id"]
         await again.close()
     finally:

@@ -1,8 +1,12 @@
-"""Helpers for the realtime e2e tests: sockets through the edge, tokens with a chosen expiry, and
-each realtime process's own health page.
+"""Helpers for the realtime e2e tests: sockets through the edge, tokens with a chosen expiry, more
+sessions of one person, and each realtime process's own health page.
 
     sock = await edge_socket(stack, "kitchen", party.restaurant_id)
     short = token_expiring(stack, party.staff.access_token, seconds=4)
+    tablet = await new_session(edge, party.staff)   # the same person on another device
+
+A session holds one live socket per connection type (a newer one replaces the older), so a test
+that wants several live sockets of one person signs them in on several devices.
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ from typing import Any
 import httpx
 import jwt
 
+from tests.support.restaurants import Session, login
 from tests.support.ws_client import AppSocket
+
+
+async def new_session(edge: httpx.AsyncClient, member: Session) -> Session:
+    """`member` signed in again (another device): the same user and restaurant, its own session."""
+    again = await login(edge, member.email, member.restaurant_id, user_id=member.user_id)
+    assert again.restaurant_id == member.restaurant_id and again.role == member.role
+    return again
 
 
 async def edge_socket(stack, connection_type: str, restaurant_id: str, **options: Any) -> AppSocket:

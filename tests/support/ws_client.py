@@ -77,13 +77,16 @@ class AppSocket:
 
     async def authenticate(self, token: str, user_id: Any, *, under_data: bool = False,
                            last_event_id: str | None = None, restaurant_id: str | None = None,
+                           capabilities: list[str] | None = None,
                            timeout: float = 10.0) -> dict:
         """Sends `authenticate` and returns the auth_success or auth_error that answers it (the
-        app waits up to 10 s)."""
+        app waits up to 10 s). `capabilities=["reauth"]`: a client that refreshes in place."""
         fields: dict[str, Any] = {"token": token, "user_id": user_id,
                                   "restaurant_id": restaurant_id or self.restaurant_id}
         if last_event_id is not None:
             fields["last_event_id"] = last_event_id
+        if capabilities is not None:
+            fields["capabilities"] = capabilities
         if under_data:
             message = self.envelope("authenticate", fields)
         else:

@@ -11,180 +11,20 @@ import asyncio
 import json
 import time
 import uuid
-from collections import Counter, defaultdict
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from websockets.asyncio.server import serve
 from websockets.exceptions import InvalidStatus
 
-from posmesh.common.authn import Authenticator
-from posmesh.common.settings import Settings
-from posmesh.common.tokens import KeySet, TokenVerifier
-from services.realtime import protocol
-from services.realtime.gateway import RealtimeGateway
-from services.realtime.hub import FeedItem, OrderHub
-from services.realtime.limits import Verdict
-from services.realtime.presence import Admission
 from services.realtime.revocations import Revocation
-from tests.support.ws_client import AppSocket
-
-ISSUER, AUDIENCE, KID = "https://issuer.test", "posmesh-test", "gw-key"
-RESTAURANT = "rest-1"
-ALLOWED_ORIGIN = "capacitor://localhost"
-
-
-class MemoryRevocations:
-    def __init__(self) -> None:
-        self.revoked: set[str] = set()
-
-    async def is_revoked(self, session_id: str) -> bool:
-        return session_id in self.revoked
-
-
-class MemoryRegistry:
-    process_id = "test-process"
-    redis_ok = True
-
-    def __init__(self) -> None:
-        self.users: Counter[str] = Counter()
-        self.presence_counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
-
-    async def admit(self, user_id, restaurant_id, connection_type, *, per_user, per_restaurant):
-        if self.users[user_id] >= per_user:
-            return Admission(False, "user", self.users[user_id])
-        self.users[user_id] += 1
-        self.presence_counts[restaurant_id][connection_type] += 1
-        return Admission(True)
-
-    async def release(self, user_id, restaurant_id, connection_type):
-        self.users[user_id] -= 1
-        self.presence_counts[restaurant_id][connection_type] -= 1
-
-    def local_presence(self):
-        return {r: dict(c) for r, c in self.presence_counts.items()}
-
-    def local_totals(self):
-        totals: Counter[str] = Counter()
-        for counts in self.presence_counts.values():
-            totals.update(counts)
-        return dict(totals)
-
-
-class MemoryWindow:
-    def __init__(self) -> None:
-        self.hits: list[tuple[str, bool]] = []
-        self.refuse = False
-
-    async def hit(self, ip: str, limit: int, *, expired_token: bool = False) -> Verdict:
-        self.hits.append((ip, expired_token))
-        return Verdict(False, 30000) if self.refuse else Verdict(True)
-
-
-class MemoryOrders:
-    """WatchRestaurantOrders in memory, as the orders service answers it: a replay after
-    `after` (or live from the newest event), then live; no message while nothing happens."""
-
-    def __init__(self) -> None:
-        self.history: defaultdict[str, list[int]] = defaultdict(list)
-        self.listeners: defaultdict[str, list[asyncio.Queue]] = defaultdict(list)
-
-    def commit(self, restaurant_id: str, count: int = 1) -> list[int]:
-        added = []
-        for _ in range(count):
-            sequence = len(self.history[restaurant_id]) + 1
-            self.history[restaurant_id].append(sequence)
-            added.append(sequence)
-            for queue in self.listeners[restaurant_id]:
-                queue.put_nowait(sequence)
-        return added
-
-    @staticmethod
-    def item(restaurant_id: str, sequence: int) -> FeedItem:
-        frame = json.dumps({"id": str(sequence), "type": "order.created",
-                            "restaurant_id": restaurant_id, "timestamp": "t",
-                            "data": {"order": {"id": f"o-{sequence}"}}}).encode()
-        return FeedItem(sequence=sequence, frame=protocol.wire_text_frame(frame))
-
-    async def head(self, restaurant_id: str) -> int | None:
-        return len(self.history[restaurant_id])
-
-    async def watch(self, restaurant_id: str, after: int | None):
-        queue: asyncio.Queue = asyncio.Queue()
-        self.listeners[restaurant_id].append(queue)
-        try:
-            if after is None:
-                after = len(self.history[restaurant_id])
-            else:
-                for sequence in list(self.history[restaurant_id]):
-                    if sequence > after:
-                        yield self.item(restaurant_id, sequence)
-                        after = sequence
-            while True:
-                sequence = await queue.get()
-                if after is None or sequence > after:
-                    yield self.item(restaurant_id, sequence)
-        finally:
-            self.listeners[restaurant_id].remove(queue)
-
-
-class Rig:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        keys = KeySet()
-        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        keys.load_jwks({"keys": [{**public, "kid": KID, "alg": "ES256", "use": "sig"}]})
-        self.revocations = MemoryRevocations()
-        self.authenticator = Authenticator(
-            TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=10),
-            self.revocations)
-        self.settings = Settings(WS_AUTH_TIMEOUT_SECONDS=0.6, WS_TOKEN_WARNING_SECONDS=2,
-                                 WS_PING_INTERVAL_SECONDS=1.0, WS_MAX_MESSAGE_BYTES=4096,
-                                 WS_MAX_CONNECTIONS_PER_USER=3,
-                                 CORS_ALLOWED_ORIGINS=ALLOWED_ORIGIN)
-        self.orders = MemoryOrders()
-        self.registry = MemoryRegistry()
-        self.window = MemoryWindow()
-        self.hub = OrderHub(self.orders, pending_limit=16, linger_seconds=0.2, ready_timeout=1.0)
-        self.gateway = RealtimeGateway(self.settings, authenticator=self.authenticator, redis=None,
-                                       hub=self.hub, registry=self.registry,
-                                       send_buffer_limit=64 * 1024, ip_window=self.window)
-        self.url = ""
-
-    def token(self, *, user: str = "user-1", restaurant: str = RESTAURANT, role: str = "staff",
-              ttl: int = 600, sid: str | None = None) -> str:
-        now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": user, "sid": sid or uuid.uuid4().hex,
-                  "restaurant_id": restaurant, "role": role, "jti": uuid.uuid4().hex,
-                  "iat": now - 1, "exp": now + ttl}
-        return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": KID})
-
-    async def open(self, kind: str = "pos", restaurant: str = RESTAURANT, **options) -> AppSocket:
-        return await AppSocket.open(self.url, kind, restaurant, **options)
-
-    async def signed_in(self, *, user: str = "user-1", kind: str = "pos", **token) -> AppSocket:
-        sock = await self.open(kind)
-        hello = await sock.authenticate(self.token(user=user, **token), user)
-        assert hello["type"] == "auth_success", hello
-        return sock
+from tests.support.gateway_rig import ALLOWED_ORIGIN, RESTAURANT, Rig
 
 
 @pytest.fixture(scope="module")
 async def rig():
     rig = Rig()
-    rig.gateway.start()
-    server = await serve(rig.gateway.handler, "127.0.0.1", 0,
-                         process_request=rig.gateway.process_request, compression=None,
-                         ping_interval=None, ping_timeout=None, close_timeout=1,
-                         max_size=rig.settings.ws_max_message_bytes, max_queue=4)
-    port = server.sockets[0].getsockname()[1]
-    rig.url = f"http://127.0.0.1:{port}"
+    await rig.start()
     yield rig
-    await rig.gateway.stop()
-    server.close()
-    await server.wait_closed()
-    await rig.hub.stop()
+    await rig.stop()
 
 
 async def test_the_apps_authenticate_with_top_level_fields_gets_auth_success(rig):
@@ -233,16 +73,24 @@ async def test_an_expired_token_is_token_expired_with_refresh_token_and_counted_
     assert rig.window.hits[before:] == [("127.0.0.1", True)]
 
 
-@pytest.mark.parametrize("sent_user", ["someone-else", "0", 0, "", None])
-async def test_a_mismatched_zero_or_missing_user_id_is_an_auth_error(rig, sent_user):
+async def test_a_user_id_other_than_the_tokens_is_user_id_mismatch(rig):
     sock = await rig.open()
-    error = await sock.authenticate(rig.token(user="u-real"), sent_user)
+    error = await sock.authenticate(rig.token(user="u-real"), "someone-else")
     assert error["type"] == "auth_error"
-    assert error["data"]["code"] in {"USER_ID_MISMATCH", "USER_ID_MISSING"}
+    assert error["data"]["code"] == "USER_ID_MISMATCH"
     assert (await sock.closed())[0] == 4001
     # The process is fine: the next client gets in.
     ok = await rig.signed_in(user="u-after-mismatch")
     await ok.close()
+
+
+@pytest.mark.parametrize("sent_user", ["0", 0, "", None])
+async def test_a_zero_or_missing_user_id_means_the_tokens_user(rig, sent_user):
+    sock = await rig.open()
+    welcome = await sock.authenticate(rig.token(user="u-from-token"), sent_user)
+    assert welcome["type"] == "auth_success"
+    assert welcome["data"]["user_id"] == "u-from-token"
+    await sock.close()
 
 
 async def test_a_token_for_another_restaurant_is_closed_with_4003(rig):
@@ -298,7 +146,8 @@ async def test_an_address_over_its_window_is_4029(rig):
 
 async def test_token_expired_warning_then_reauth_keeps_the_connection(rig):
     sock = await rig.open()
-    assert (await sock.authenticate(rig.token(user="u-re", ttl=3), "u-re"))["type"] == "auth_success"
+    assert (await sock.authenticate(rig.token(user="u-re", ttl=3), "u-re",
+                                    capabilities=["reauth"]))["type"] == "auth_success"
     warning = await sock.next("token_expired", timeout=3)
     assert 0 < warning["data"]["seconds_until_expiry"] <= 2
     hello = await sock.reauth(rig.token(user="u-re", ttl=600))
@@ -316,14 +165,34 @@ async def test_reauth_with_another_users_token_is_refused_and_the_socket_stays(r
     await sock.close()
 
 
-async def test_without_reauth_the_socket_closes_at_expiry_with_4001(rig):
+async def test_a_reauth_client_without_a_reauth_is_warned_then_closed_at_expiry_with_4001(rig):
     sock = await rig.open()
-    assert (await sock.authenticate(rig.token(user="u-noreauth", ttl=2), "u-noreauth"))[
-        "type"] == "auth_success"
+    assert (await sock.authenticate(rig.token(user="u-noreauth", ttl=2), "u-noreauth",
+                                    capabilities=["reauth"]))["type"] == "auth_success"
     assert (await sock.next("token_expired", timeout=2))["type"] == "token_expired"
     error = await sock.next("auth_error", timeout=4)
     assert error["data"]["code"] == "TOKEN_EXPIRED"
     assert (await sock.closed())[0] == 4001
+
+
+async def test_warning_reauth_clients_only_a_legacy_client_is_not_warned_and_closed_at_expiry(
+        rig, monkeypatch):
+    monkeypatch.setattr(rig.settings, "ws_token_warning_to", "reauth-clients")
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-legacy", ttl=2), "u-legacy"))[
+        "type"] == "auth_success"
+    error = await sock.next("auth_error", "token_expired", timeout=4)
+    assert error["type"] == "auth_error" and error["data"]["code"] == "TOKEN_EXPIRED"
+    assert (await sock.closed())[0] == 4001
+    assert not [m for m in sock.received if m["type"] == "token_expired"]
+
+
+async def test_by_default_a_legacy_client_is_warned_too(rig):
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-all", ttl=2), "u-all"))[
+        "type"] == "auth_success"
+    assert (await sock.next("token_expired", timeout=2))["type"] == "token_expired"
+    await sock.close()
 
 
 async def test_a_revocation_closes_the_sessions_sockets_at_once(rig):

@@ -133,7 +133,6 @@ def test_an_order_event_becomes_the_apps_event_message_with_proto_field_names():
     ("TOKEN_EXPIRED", "REFRESH_TOKEN", 4001),
     ("SESSION_REVOKED", "LOGIN", 4001),
     ("USER_ID_MISMATCH", "LOGIN", 4001),
-    ("USER_ID_MISSING", "LOGIN", 4001),
     ("TENANT_MISMATCH", "SWITCH_RESTAURANT", 4003),
     ("ROLE_FORBIDDEN", "NONE", 4003),
     ("MEMBERSHIP_REVOKED", "LOGIN", 4003),

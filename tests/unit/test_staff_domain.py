@@ -232,10 +232,23 @@ DRAFT = RestaurantDraft(name="Chez Ada", timezone="Europe/Paris", currency="eur"
                         address=Address(line1="1 Rue de Rivoli", city="Paris", country="fr"))
 
 
+class RecordedUserEvents:
+    def __init__(self) -> None:
+        self.published: list = []
+
+    async def publish(self, *events) -> None:
+        self.published.extend(events)
+
+
 @pytest.fixture
-def world():
+def user_events():
+    return RecordedUserEvents()
+
+
+@pytest.fixture
+def world(user_events):
     store, accounts = MemoryStore(), FakeAccounts()
-    return store, accounts, StaffDomain(store, accounts)
+    return store, accounts, StaffDomain(store, accounts, user_events)
 
 
 async def open_restaurant(world):
@@ -264,6 +277,23 @@ async def test_creating_a_restaurant_makes_the_caller_its_owner_employee_and_mem
     (employee,) = store.data["employees"].values()
     assert (employee.access_role, employee.first_name, employee.last_name) == ("owner", "Olive", "Owner")
     assert accounts.memberships == {(owner.user_id, rid): "owner"}
+
+
+async def test_creating_a_restaurant_tells_the_creators_screens(world, user_events):
+    rid, owner = await open_restaurant(world)
+
+    (event,) = user_events.published
+    assert (event.user_id, event.type) == (owner.user_id, "restaurant.created")
+    assert event.data == {"restaurant_id": rid, "restaurant_name": "Chez Ada", "role": "owner"}
+
+
+async def test_a_restaurant_that_was_not_created_is_announced_to_nobody(world, user_events):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com")
+    store.fail_commit = True
+    with pytest.raises(ConnectionResetError):
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert user_events.published == []
 
 
 async def test_when_auth_cannot_grant_the_owner_membership_no_restaurant_is_created(world):
