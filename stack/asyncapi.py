@@ -44,8 +44,8 @@ def _payload(spec: MessageSpec, kind: str, client: bool, schemas: Schemas) -> di
         "properties": {
             "id": {"type": "string", "description": (
                 "any id the client chooses" if client else
-                "the event's sequence number for events; `m-...` for other messages (never a "
-                "valid last_event_id)")},
+                "the event's sequence number for restaurant events; `u-...` for user events and "
+                "`m-...` for other messages (neither is a valid last_event_id)")},
             "type": {"const": kind},
             "data": data,
             "restaurant_id": {"type": ["string", "null"], "description": "the restaurant"},
@@ -85,19 +85,28 @@ def _channel_description() -> str:
                     [(f"`{code}`", meaning) for code, meaning in protocol.PROTOCOL_ERRORS.items()])
     return "\n\n".join([
         "One socket per screen: `pos` and `kitchen` for any member of the restaurant, "
-        "`management` for owners and managers. Every message, both ways, is one JSON text frame "
-        "with the envelope `{\"id\", \"type\", \"data\", \"restaurant_id\", \"timestamp\"}`; the "
-        "query string is ignored.",
+        "`management` for owners and managers; `/ws/{connection_type}/onboarding` for a user "
+        "with no restaurant yet. Every message, both ways, is one JSON text frame with the "
+        "envelope `{\"id\", \"type\", \"data\", \"restaurant_id\", \"timestamp\"}`; the query "
+        "string is ignored.",
         "**Authentication.** Within WS_AUTH_TIMEOUT_SECONDS of opening, send `authenticate` "
         "(or open the socket with `Authorization: Bearer <token>`, and optionally "
         "`Last-Event-ID`, to be authenticated at once). The user is always the token's subject; "
-        "the token's restaurant must be the path's. The answer is `auth_success`, or "
-        "`auth_error` followed by a close with its `close_code`:",
+        "the token's restaurant must be the path's. On `onboarding`, or with a token without a "
+        "restaurant, the socket is user-scoped (`scope: user`): it gets only the user's own "
+        "events (`membership.granted`...). The answer is `auth_success`, or `auth_error` "
+        "followed by a close with its `close_code`:",
         _auth_errors_table(), actions,
+        "**One live socket per session** and connection type (WS_MAX_SOCKETS_PER_SESSION): a "
+        "newer socket replaces the older, which gets `replaced` and a normal close, 1000 "
+        "`REPLACED`; do not reconnect it.",
         "**Resuming.** Send the id of the last event processed as `last_event_id`: every later "
-        "event follows exactly once, in order, then live events, with no gap. When those events "
-        "are no longer available (or the id is beyond the newest or garbled), `resync_required` "
-        "comes first, then live events.",
+        "event follows exactly once, in order, then live events, with no gap. Without it, a "
+        "socket resumes where its session's previous socket of the same type was confirmed to "
+        "have delivered (a `pong` confirms the events sent before its `ping`), so across "
+        "reconnects every event arrives at least once, with its id. When the events are no "
+        "longer available (or the id is beyond the newest or garbled), `resync_required` comes "
+        "first, then live events.",
         "**Tokens on a live socket.** WS_TOKEN_WARNING_SECONDS before the token expires the server "
         "sends `token_expired`; answer with `reauth` carrying a fresh token (or reconnect). "
         "Logout, revocation or a role change close the affected sockets within a second.",
@@ -126,7 +135,8 @@ def build(contract: Contract) -> dict[str, Any]:
         "connection_type": {"enum": list(protocol.CONNECTION_TYPES),
                             "description": "pos, kitchen (any member) or management (owners "
                                            "and managers)"},
-        "restaurant_id": {"description": "the restaurant; the token's restaurant must be it"},
+        "restaurant_id": {"description": "the restaurant (the token's restaurant must be it), or "
+                                         "`onboarding` for a user-scoped socket"},
     }
     prefix, legacy_prefix = protocol.PATH_PREFIXES
     channels = {

@@ -19,6 +19,8 @@ from typing import Any
 from google.protobuf import json_format
 from websockets.frames import Frame, Opcode
 
+from posmesh.common import user_events
+
 # Connection types and the paths they are served on (the query string is never read).
 POS, KITCHEN, MANAGEMENT = "pos", "kitchen", "management"
 CONNECTION_TYPES = (POS, KITCHEN, MANAGEMENT)
@@ -355,7 +357,10 @@ class MessageSpec:
 _TEXT = {"type": "string"}
 _MILLISECONDS = {"type": "integer", "description": "milliseconds since the epoch"}
 _TOKEN = DataField("token", "an access token (POST /api/v1/auth/login or /refresh)", _TEXT)
-_USER = DataField("user_id", "the token's user; optional, checked when sent", _TEXT, required=False)
+_USER = DataField("user_id", "optional: a missing or zero one is taken from the token; another "
+                  "user's is refused", _TEXT, required=False)
+_RESTAURANT_NAME = DataField("restaurant_name", "the restaurant's name", _TEXT)
+_ROLE = DataField("role", "the user's role there", _TEXT)
 
 # What each auth_error code means; its action and close code are AUTH_FAILURES'.
 AUTH_ERROR_MEANINGS: dict[str, str] = {
@@ -363,9 +368,8 @@ AUTH_ERROR_MEANINGS: dict[str, str] = {
     "TOKEN_INVALID": "not a valid access token",
     "TOKEN_EXPIRED": "the token has expired (at connect, or on a live socket without a reauth)",
     "SESSION_REVOKED": "the session was signed out or revoked",
-    "USER_ID_MISMATCH": "the user_id sent is not the token's user",
+    "USER_ID_MISMATCH": "a user_id was sent and it is not the token's user",
     "TENANT_MISMATCH": "the token or the message is for another restaurant than the path's",
-    "NO_RESTAURANT_CONTEXT": "the token has no restaurant: switch restaurant first",
     "ROLE_FORBIDDEN": "the role may not open this connection type (management: owners, managers)",
     "MEMBERSHIP_REVOKED": "the membership was revoked, the role changed or the user was deactivated",
     "RATE_LIMITED": "too many connection attempts from this address: wait retry_after_ms",
@@ -389,9 +393,11 @@ PROTOCOL_ERRORS: dict[str, str] = {
 }
 # Close code -> (the close frame's reason, what happened and what the client does).
 CLOSE_CODES: dict[int, tuple[str, str]] = {
+    CloseCode.NORMAL: ("REPLACED", "a newer socket of this session and connection type took over "
+                       "(after a `replaced` message): do not reconnect"),
     CloseCode.GOING_AWAY: ("none, or CATCH_UP_FAILED", "the process is shutting down (or could "
-                           "not replay): reconnect (Envoy picks another process) with "
-                           "last_event_id"),
+                           "not replay): reconnect (Envoy picks another process); the session "
+                           "resumes where it was"),
     1007: ("none", "a text frame that is not UTF-8 (closed by the WebSocket library)"),
     CloseCode.POLICY_VIOLATION: ("MESSAGE_FLOOD, TOO_MANY_INVALID_MESSAGES, BAD_PATH",
                                  "over 100 messages beyond the budget, or over 20 invalid ones"),
@@ -422,22 +428,32 @@ CLIENT_MESSAGES: tuple[MessageSpec, ...] = (
         _TOKEN, _USER,
         DataField("restaurant_id", "must be the path's restaurant when sent", _TEXT, required=False),
         DataField("last_event_id", "the id of the last event processed: every later event is sent "
-                  "first, once each, in order", {"type": ["string", "integer"]}, required=False),
+                  "first, once each, in order. Without it the socket resumes where the session's "
+                  "previous socket of this type was confirmed to have delivered",
+                  {"type": ["string", "integer"]}, required=False),
+        DataField("capabilities", f"what the client can do: `{REAUTH_CAPABILITY}` (it refreshes "
+                  "its token in place with reauth)",
+                  {"type": "array", "items": {"type": "string"}}, required=False),
     )),
     MessageSpec(REAUTH, "A fresh access token of the same user and restaurant, before the current "
                 "one expires; the socket stays open.", (_TOKEN, _USER)),
     MessageSpec(PING, "Asks for a pong.", (
         DataField("timestamp", "echoed in the pong", {}, required=False),)),
-    MessageSpec(PONG, "The answer to a server ping."),
+    MessageSpec(PONG, "The answer to a server ping; it confirms every event sent before that "
+                "ping (where a later socket of the session resumes)."),
 )
 SERVER_MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec(AUTH_SUCCESS, "The socket is authenticated (also the answer to a reauth).", (
         DataField("user_id", "the token's user", _TEXT),
-        DataField("restaurant_id", "the restaurant", _TEXT),
+        DataField("restaurant_id", "the restaurant (null on a user-scoped socket)",
+                  {"type": ["string", "null"]}),
         DataField("role", "the role in the restaurant", _TEXT),
         DataField("connection_id", "this socket's id", _TEXT),
         DataField("connection_type", "pos, kitchen or management",
                   {"type": "string", "enum": list(CONNECTION_TYPES)}),
+        DataField("scope", "`restaurant`: the restaurant's events; `user`: only the user's own "
+                  "(onboarding: a token without a restaurant)",
+                  {"type": "string", "enum": [RESTAURANT_SCOPE, USER_SCOPE]}),
         DataField("expires_in", "seconds until the token expires", {"type": "integer"}),
     )),
     MessageSpec(AUTH_ERROR, "Authentication failed; unless it answers a reauth, the socket is "
@@ -452,14 +468,16 @@ SERVER_MESSAGES: tuple[MessageSpec, ...] = (
                   {"type": "integer",
                    "enum": sorted({close for _, close in AUTH_FAILURES.values()})}),
     )),
-    MessageSpec(PING, "A heartbeat, every WS_PING_INTERVAL_SECONDS; answer with a pong.", (
+    MessageSpec(PING, "A heartbeat, every WS_PING_INTERVAL_SECONDS and within a quarter second of "
+                "events no answered ping covers yet; answer with a pong.", (
         DataField("timestamp", "server time", _MILLISECONDS),)),
     MessageSpec(PONG, "The answer to a client ping.", (
         DataField("timestamp", "the ping's timestamp, echoed", {}, required=False),
         DataField("server_time", "server time", _MILLISECONDS),
     )),
     MessageSpec(TOKEN_EXPIRED, "The token expires soon: refresh it and send a reauth (or "
-                "reconnect); without one the socket closes with 4001 at the expiry.", (
+                "reconnect); without one the socket closes with 4001 at the expiry. Sent to every "
+                "socket, or only to reauth clients (WS_TOKEN_WARNING_TO).", (
         DataField("seconds_until_expiry", "seconds left", {"type": "integer", "minimum": 0}),
         DataField("expires_at", "the token's expiry, seconds since the epoch", {"type": "integer"}),
         DataField("message", "for people", _TEXT),
@@ -472,6 +490,31 @@ SERVER_MESSAGES: tuple[MessageSpec, ...] = (
                   message="posmesh.orders.v1.Order", required=False),
         DataField("previous_status", "the status before the change (order.status_changed only)",
                   _TEXT, required=False),
+    )),
+    MessageSpec(user_events.MEMBERSHIP_REVOKED, "User-scoped sockets: the user's membership in "
+                "a restaurant ended. Its id starts with `u-` and is not resumable.", (
+        DataField("restaurant_id", "the restaurant", _TEXT),)),
+    MessageSpec(user_events.MEMBERSHIP_GRANTED, "User-scoped sockets: the user was added to a "
+                "restaurant, or their role there changed: switch restaurant to it. Its id starts "
+                "with `u-`.", (
+        DataField("restaurant_id", "the restaurant", _TEXT), _RESTAURANT_NAME, _ROLE,
+        DataField("previous_role", "the role before (empty when new)", _TEXT, required=False),
+    )),
+    MessageSpec(user_events.RESTAURANT_CREATED, "User-scoped sockets: the user created a "
+                "restaurant and owns it. Its id starts with `u-`.", (
+        DataField("restaurant_id", "the restaurant", _TEXT), _RESTAURANT_NAME, _ROLE)),
+    MessageSpec(user_events.INVITATION_RECEIVED, "User-scoped sockets: the user was invited to a "
+                "restaurant. Its id starts with `u-`.", (
+        DataField("restaurant_id", "the restaurant", _TEXT, required=False),
+        DataField("restaurant_name", "the restaurant's name", _TEXT, required=False),
+        DataField("role", "the role offered", _TEXT, required=False),
+    )),
+    MessageSpec(REPLACED, "A newer socket of this session and connection type took over; this one "
+                "is closed next with 1000 REPLACED and must not reconnect.", (
+        DataField("code", "always REPLACED", {"const": "REPLACED"}),
+        DataField("message", "for people", _TEXT),
+        DataField("action", "always NONE", {"const": NONE}),
+        DataField("close_code", "always 1000", {"const": CloseCode.NORMAL}),
     )),
     MessageSpec(RESYNC_REQUIRED, "The missed events are no longer available: reload "
                 "(GET /api/v1/orders/active) and keep listening; live events follow.", (

@@ -70,8 +70,11 @@ def test_the_channels_are_the_paths_the_server_accepts():
                          for prefix in protocol.PATH_PREFIXES]
     for address in addresses:
         for kind in protocol.CONNECTION_TYPES:
-            path = address.replace("{connection_type}", kind).replace("{restaurant_id}", "r-1")
-            assert protocol.parse_path(path) == protocol.Target(kind, "r-1")
+            path = address.replace("{connection_type}", kind)
+            assert protocol.parse_path(path.replace("{restaurant_id}", "r-1")) == \
+                protocol.Target(kind, "r-1")
+            assert protocol.parse_path(path.replace("{restaurant_id}", protocol.ONBOARDING)) == \
+                protocol.Target(kind, "")
 
 
 def test_every_message_type_of_the_server_is_described_once_per_direction():
@@ -81,8 +84,8 @@ def test_every_message_type_of_the_server_is_described_once_per_direction():
 
     assert client == protocol.CLIENT_TYPES
     assert server == {protocol.AUTH_SUCCESS, protocol.AUTH_ERROR, protocol.TOKEN_EXPIRED,
-                      protocol.ERROR, protocol.RESYNC_REQUIRED, protocol.PING, protocol.PONG,
-                      *protocol.EVENT_TYPES}
+                      protocol.ERROR, protocol.RESYNC_REQUIRED, protocol.REPLACED, protocol.PING,
+                      protocol.PONG, *protocol.EVENT_TYPES, *protocol.USER_EVENT_TYPES}
     assert sorted(described) == sorted([*client, *server])
 
 
@@ -102,12 +105,29 @@ def test_payload_schemas_are_valid_json_schemas():
         jsonschema.Draft7Validator.check_schema(message["payload"])
 
 
+def _auth_codes_sent() -> set[str]:
+    """Every literal auth error code the realtime service writes: AuthFailed(...),
+    auth_error_frame(...), _reauth_failed(...), and the token reasons it passes on."""
+    sent = set()
+    for path in REALTIME.glob("*.py"):
+        for call in ast.walk(ast.parse(path.read_text())):
+            name = getattr(call, "func", None)
+            name = getattr(name, "attr", getattr(name, "id", None))
+            if isinstance(call, ast.Call) and call.args and name in (
+                    "AuthFailed", "auth_error_frame", "_reauth_failed"):
+                sent |= {node.value for node in ast.walk(call.args[0])
+                         if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return sent | {"TOKEN_INVALID", "TOKEN_EXPIRED", "SESSION_REVOKED"}  # posmesh.common.tokens
+
+
 def test_the_documented_auth_errors_are_the_servers_with_their_actions_and_close_codes():
     channel = document()["channels"][asyncapi.CHANNEL]["description"]
     auth_error = document()["components"]["messages"]["auth_error"]["payload"]
     codes = auth_error["properties"]["data"]["properties"]["code"]["enum"]
 
     assert set(codes) <= set(protocol.AUTH_FAILURES)
+    assert {"AUTH_TIMEOUT", "MEMBERSHIP_REVOKED"} <= _auth_codes_sent()
+    assert _auth_codes_sent() == set(codes)
     assert "USER_ID_MISSING" not in codes  # a missing user_id is taken from the token
     assert set(protocol.AUTH_ACTIONS) >= {action for action, _ in protocol.AUTH_FAILURES.values()}
     for code in codes:
@@ -151,6 +171,12 @@ def test_every_protocol_error_code_the_server_sends_is_documented():
     ("auth_error", protocol.auth_error_frame("TOKEN_EXPIRED", "expired", "r-1")),
     ("auth_error", protocol.auth_error_frame("TOO_MANY_CONNECTIONS", "full", retry_after_ms=5000)),
     ("resync_required", protocol.encode(protocol.RESYNC_REQUIRED, {"reason": "gone"}, "r-1")),
+    ("replaced", protocol.replaced_frame("r-1")),
+    ("membership.granted", protocol.user_event_frame("u-1", "membership.granted", {
+        "restaurant_id": "r-1", "restaurant_name": "Bistro", "role": "staff",
+        "previous_role": ""})),
+    ("restaurant.created", protocol.user_event_frame("u-2", "restaurant.created", {
+        "restaurant_id": "r-1", "restaurant_name": "Bistro", "role": "owner"})),
 ])
 def test_frames_the_server_encodes_conform_to_their_message(message, raw):
     payload_validator(message).validate(frame(raw))
