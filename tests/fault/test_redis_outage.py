@@ -12,6 +12,7 @@ from tests.fault.load import SteadyLoad
 from tests.fault.subscriber import ResumingScreen
 from tests.support.accounts import error_reason, login
 from tests.support.orders import read_events
+from tests.support.realtime import new_session
 
 pytestmark = pytest.mark.fault
 
@@ -23,8 +24,10 @@ NO_HANG_SECONDS = 5.0
 
 async def test_a_redis_outage_loses_no_order_or_event_and_logins_recover_by_themselves(
         stack, edge, party, dish):
-    screens = [await ResumingScreen.start(stack, party.staff, kind)
-               for kind in ("kitchen", "pos", "kitchen", "pos")]
+    # Two devices, each with a kitchen and a till socket (one live socket per session and type).
+    devices = [party.staff, await new_session(edge, party.staff)]
+    screens = [await ResumingScreen.start(stack, device, kind)
+               for device in devices for kind in ("kitchen", "pos")]
     logins_during: list[tuple[int, str, float]] = []
     try:
         async with SteadyLoad(edge, party.staff, dish, rate=15) as load:

@@ -12,15 +12,18 @@ from tests.fault.conftest import kill_service
 from tests.fault.load import SteadyLoad
 from tests.fault.subscriber import ResumingScreen
 from tests.support.orders import error_reason
-from tests.support.realtime import process_health
+from tests.support.realtime import new_session, process_health
 
 pytestmark = pytest.mark.fault
 
 FAST_SECONDS = 2.0
 
 
-async def _screens_on_both_processes(stack, party, count: int = 6) -> list[ResumingScreen]:
-    screens = [await ResumingScreen.start(stack, party.staff, "kitchen") for _ in range(count)]
+async def _screens_on_both_processes(stack, edge, party, count: int = 6
+                                     ) -> list[ResumingScreen]:
+    # One device (session) per screen: a session holds one live socket per connection type.
+    screens = [await ResumingScreen.start(stack, await new_session(edge, party.staff), "kitchen")
+               for _ in range(count)]
     per_process = []
     for addr in stack.settings.realtime_ws_addrs:
         health = await process_health(addr)
@@ -31,7 +34,7 @@ async def _screens_on_both_processes(stack, party, count: int = 6) -> list[Resum
 
 async def test_killing_the_orders_service_loses_no_event_and_every_screen_gets_each_once(
         stack, edge, party, dish):
-    screens = await _screens_on_both_processes(stack, party)
+    screens = await _screens_on_both_processes(stack, edge, party)
     try:
         async with SteadyLoad(edge, party.staff, dish, rate=15) as load:
             await asyncio.sleep(2)
@@ -69,7 +72,7 @@ async def test_killing_the_orders_service_loses_no_event_and_every_screen_gets_e
 
 async def test_killing_a_realtime_process_moves_its_clients_to_the_other_with_no_gap(
         stack, edge, party, dish):
-    screens = await _screens_on_both_processes(stack, party)
+    screens = await _screens_on_both_processes(stack, edge, party)
     try:
         async with SteadyLoad(edge, party.staff, dish, rate=10, create_share=0.5) as load:
             await asyncio.sleep(2)

@@ -186,7 +186,7 @@ def ws_expected(kind: str, caller: str, target: str) -> tuple[str, str, int]:
     if caller == "no_token":
         return "auth_error", "TOKEN_INVALID", 4001
     if caller == "no_context":
-        return "auth_error", "NO_RESTAURANT_CONTEXT", 4003
+        return "auth_success", "", 0  # user-scoped: the user's own events, no restaurant's
     if target == "other":
         return "auth_error", "TENANT_MISMATCH", 4003
     if kind == "management" and caller == "staff":
@@ -209,7 +209,11 @@ async def test_socket_access(stack, world: World, kind, caller, target):
         assert secret not in str(sock.received)
     if close:
         assert (await sock.closed())[0] == close
+    elif caller == "no_context":
+        assert reply["data"]["scope"] == "user" and reply["data"]["restaurant_id"] is None
+        await sock.close()
     else:
+        assert reply["data"]["scope"] == "restaurant"
         assert reply["data"]["restaurant_id"] == world.a.restaurant_id
         await sock.close()
 
