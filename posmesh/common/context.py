@@ -26,6 +26,7 @@ class RequestInfo:
     bearer_token: str  # the raw token, for introspection endpoints; "" when absent
     request_id: str = ""
     via_edge: bool = False  # arrived through the public edge (not from inside the mesh)
+    user_agent: str = ""  # the client's User-Agent (what a session list shows)
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)

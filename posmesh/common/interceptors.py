@@ -218,7 +218,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         via_edge = any(header in metadata for header in _EDGE_HEADERS)
         context.set_request(context.RequestInfo(method=method, client_ip=ip, bearer_token=token,
                                                 request_id=metadata.get("x-request-id", ""),
-                                                via_edge=via_edge))
+                                                via_edge=via_edge,
+                                                user_agent=metadata.get("user-agent", "")))
         context.set_caller(None)
         if rule is None:
             raise PermissionDenied("ROLE_FORBIDDEN", f"{method} has no entry in the permission table")

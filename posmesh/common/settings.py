@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         alias="CORS_ALLOWED_ORIGINS",
     )
     login_rate_limit_per_minute: int = Field(600, alias="EDGE_LOGIN_RATE_LIMIT_PER_MINUTE")
+    # Registrations, password-reset requests and invitation acceptances per client address per
+    # minute at the edge (each costs a password hash or a mail).
+    signup_rate_limit_per_minute: int = Field(30, alias="EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE")
     # Public health checks per client address per minute at the edge (load balancers, apps).
     health_rate_limit_per_minute: int = Field(120, alias="EDGE_HEALTH_RATE_LIMIT_PER_MINUTE")
     # --- platform edge (owned by stack/ and envoy/) ---
@@ -94,6 +97,20 @@ class Settings(BaseSettings):
     session_cache_ttl_seconds: int = Field(60, alias="SESSION_CACHE_TTL_SECONDS")
     # How often expired sessions, spent refresh tokens and stale grace secrets are purged.
     auth_cleanup_interval_seconds: int = Field(600, alias="AUTH_CLEANUP_INTERVAL_SECONDS")
+    # New passwords (registrations, resets, changes) hash on threads and a queue of their own, at
+    # the lowest CPU priority, so a flood of them cannot starve sign-ins.
+    enrollment_hash_workers: int = Field(1, alias="ENROLLMENT_HASH_WORKERS")
+    enrollment_hash_max_pending: int = Field(32, alias="ENROLLMENT_HASH_MAX_PENDING")
+    # Verified email and password reset: link lifetimes and how many may be asked for.
+    email_verification_ttl_hours: float = Field(24.0, alias="EMAIL_VERIFICATION_TTL_HOURS")
+    password_reset_ttl_minutes: float = Field(30.0, alias="PASSWORD_RESET_TTL_MINUTES")
+    verification_emails_per_hour: int = Field(5, alias="VERIFICATION_EMAILS_PER_HOUR")
+    register_per_ip_per_hour: int = Field(20, alias="REGISTER_PER_IP_PER_HOUR")
+    password_reset_per_address_per_hour: int = Field(3, alias="PASSWORD_RESET_PER_ADDRESS_PER_HOUR")
+    password_reset_per_ip_per_hour: int = Field(20, alias="PASSWORD_RESET_PER_IP_PER_HOUR")
+    # Invitations (staff): how long a link works, and how often it may be mailed.
+    invitation_ttl_hours: float = Field(168.0, alias="INVITATION_TTL_HOURS")
+    invitation_sends_per_day: int = Field(10, alias="INVITATION_SENDS_PER_DAY")
     # --- end auth service ---
 
     # Realtime.

@@ -11,6 +11,7 @@ from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from posmesh.common import db, security_events
 from posmesh.common.authn import Authenticator, build_verifier
 from posmesh.common.interceptors import server_interceptors
+from posmesh.common.mail import MailTemplates
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
@@ -19,12 +20,17 @@ from posmesh.common.tokens import KeySet, RevocationChecker
 from posmesh.common.user_events import AUTH_STREAM, UserEventPublisher
 from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
-from services.auth.domain import AuthDomain
+from services.auth.accounts import Accounts
+from services.auth.identity_store import IdentityStore
+from services.auth.memberships import Memberships
 from services.auth.passwords import PasswordHashing
 from services.auth.rate_limits import LoginLimiter
+from services.auth.request_limits import RequestLimits
+from services.auth.security_log import SecurityLog
 from services.auth.security_sink import DatabaseSecurityEventSink
 from services.auth.servicer import AuthAdminServicer, AuthServicer
 from services.auth.sessions import RevocationPublisher, SessionCache
+from services.auth.signin import SignIn
 from services.auth.store import AuthStore
 
 log = logging.getLogger(__name__)
@@ -74,13 +80,21 @@ async def serve(settings: Settings) -> None:
     security_events.configure(DatabaseSecurityEventSink(store))
     # Tokens are verified in-process against this service's own published keys.
     authenticator = Authenticator(build_verifier(settings, keyset), RevocationChecker(redis))
-    passwords = PasswordHashing.from_settings(settings)
+    sign_in_hashing = PasswordHashing.from_settings(settings)
+    enrollment_hashing = PasswordHashing.for_enrollment(settings)
     revocations = RevocationPublisher(redis, settings)
     user_events = UserEventPublisher(redis, AUTH_STREAM)
-    domain = AuthDomain(
-        settings=settings, store=store, passwords=passwords, limiter=LoginLimiter(redis, settings),
+    limiter = LoginLimiter(redis, settings)
+    sign_in = SignIn(
+        settings=settings, store=store, passwords=sign_in_hashing, limiter=limiter,
         issuer=AccessTokenIssuer(settings, keyring), keyring=keyring, authenticator=authenticator,
-        cache=SessionCache(redis, settings), revocations=revocations, user_events=user_events)
+        cache=SessionCache(redis, settings), revocations=revocations)
+    accounts = Accounts(
+        settings=settings, store=store, identities=IdentityStore(store),
+        sign_in_hashing=sign_in_hashing, enrollment_hashing=enrollment_hashing, limiter=limiter,
+        request_limits=RequestLimits(redis), templates=MailTemplates(settings),
+        revocations=revocations)
+    memberships = Memberships(store=store, revocations=revocations, user_events=user_events)
 
     resynced = await revocations.resync(store)
     log.info("revocation markers re-published for %d recently ended session(s)", resynced)
@@ -93,8 +107,9 @@ async def serve(settings: Settings) -> None:
     ]
 
     def register(server) -> list[str]:
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(domain), server)
-        auth_pb2_grpc.add_AuthAdminServiceServicer_to_server(AuthAdminServicer(domain), server)
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sign_in, accounts), server)
+        auth_pb2_grpc.add_AuthAdminServiceServicer_to_server(
+            AuthAdminServicer(accounts, memberships, SecurityLog(store)), server)
         return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name
                 for name in ("AuthService", "AuthAdminService")]
 
@@ -106,7 +121,8 @@ async def serve(settings: Settings) -> None:
         await user_events.stop()
         await security_events.flush()
         security_events.configure(None)
-        passwords.close()
+        sign_in_hashing.close()
+        enrollment_hashing.close()
 
     await run_grpc_service("auth", settings, register=register,
                            interceptors=server_interceptors(authenticator), engine=engine,

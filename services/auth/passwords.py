@@ -30,15 +30,19 @@ OWASP_MIN_MEMORY_TIME_PRODUCT = 7168 * 5
 
 
 # Hashing threads run at a lower CPU priority than the event loop's thread, so on a busy
-# machine the loop (answering every other request) wins the CPU over a queue of hashes.
-HASH_THREAD_NICENESS = 10
+# machine the loop (answering every other request) wins the CPU over a queue of hashes. New
+# passwords (registrations, resets) hash lower still: a flood of them must not starve sign-ins.
+SIGN_IN_NICENESS = 10
+ENROLLMENT_NICENESS = 19
 
 
-def _lower_thread_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
-    except (OSError, AttributeError):  # not Linux, or not permitted: run at normal priority
-        pass
+def _thread_priority(niceness: int):
+    def lower() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except (OSError, AttributeError):  # not Linux, or not permitted: normal priority
+            pass
+    return lower
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +70,20 @@ class VerifyResult:
 
 
 class PasswordHashing:
-    """argon2id hash/verify in a bounded executor; `close()` on shutdown."""
+    """argon2id hash/verify in a bounded executor of its own; `close()` on shutdown. A service
+    keeps two: one for sign-ins (verifying) and one for enrollment (hashing new passwords), each
+    with its own threads, priority and queue bound."""
 
-    def __init__(self, parameters: Argon2Parameters, *, workers: int, max_pending: int) -> None:
+    def __init__(self, parameters: Argon2Parameters, *, workers: int, max_pending: int,
+                 niceness: int = SIGN_IN_NICENESS, name: str = "argon2") -> None:
         parameters.check_owasp_minimum()
         self.parameters = parameters
         self._hasher = PasswordHasher(time_cost=parameters.time_cost,
                                       memory_cost=parameters.memory_kib,
                                       parallelism=parameters.parallelism, type=Type.ID)
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers),
-                                            thread_name_prefix="argon2",
-                                            initializer=_lower_thread_priority)
+                                            thread_name_prefix=name,
+                                            initializer=_thread_priority(niceness))
         self._max_pending = max(1, max_pending)
         self._pending = 0
         # A real hash with the current parameters, verified against when an account does not
@@ -86,14 +93,23 @@ class PasswordHashing:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PasswordHashing":
+        """For sign-ins."""
         return cls(Argon2Parameters.from_settings(settings),
                    workers=settings.password_hash_workers,
                    max_pending=settings.password_hash_max_pending)
 
+    @classmethod
+    def for_enrollment(cls, settings: Settings) -> "PasswordHashing":
+        """For new passwords: registrations, resets, changes, invitations."""
+        return cls(Argon2Parameters.from_settings(settings),
+                   workers=settings.enrollment_hash_workers,
+                   max_pending=settings.enrollment_hash_max_pending,
+                   niceness=ENROLLMENT_NICENESS, name="argon2-enroll")
+
     async def _run(self, fn, *args):
         if self._pending >= self._max_pending:
-            raise Unavailable("SERVER_BUSY", "too many sign-ins are being processed; retry shortly",
-                              retryable="true", retry_after_seconds=1)
+            raise Unavailable("SERVER_BUSY", "too many passwords are being processed; retry "
+                              "shortly", retryable="true", retry_after_seconds=1)
         self._pending += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -1,7 +1,7 @@
 """Refresh-token secrets and the sealed successor pair of the refresh grace window.
 
-A refresh token is 256 random bits, sent as `pmrt_<base64url>`; only its SHA-256 is stored (the
-token is random, so a slow hash adds nothing).
+A refresh token is an opaque token (posmesh.common.opaque_tokens) sent as `pmrt_<base64url>`;
+only its SHA-256 is stored.
 
 The grace window: when a token is rotated, its successor pair (access + refresh token) is stored
 next to the old token's row, encrypted with AES-256-GCM under a key derived (HKDF) from the *old
@@ -13,12 +13,8 @@ the server keeping any decryptable copy of a live token.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import os
-import secrets
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -26,16 +22,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from posmesh.common import opaque_tokens
+from posmesh.common.opaque_tokens import OpaqueToken
+
 PREFIX = "pmrt_"
-SECRET_BYTES = 32
-_ENCODED_LENGTH = len(PREFIX) + 43  # 32 bytes in unpadded base64url
 _HKDF_INFO = b"posmesh refresh grace v1"
 
-
-@dataclass(frozen=True, slots=True)
-class RefreshSecret:
-    token: str  # what the client holds
-    digest: bytes  # what the database stores
+RefreshSecret = OpaqueToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +40,16 @@ class SealedPair:
 
 
 def new_secret() -> RefreshSecret:
-    raw = secrets.token_bytes(SECRET_BYTES)
-    return RefreshSecret(PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), _digest(raw))
-
-
-def _decode(token: str) -> bytes | None:
-    if len(token) != _ENCODED_LENGTH or not token.startswith(PREFIX):
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token[len(PREFIX):] + "=")
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == SECRET_BYTES else None
+    return opaque_tokens.issue(PREFIX)
 
 
 def digest_of(token: str) -> bytes | None:
     """The stored digest of a well-formed token; None for anything malformed."""
-    raw = _decode(token)
-    return _digest(raw) if raw is not None else None
-
-
-def _digest(raw: bytes) -> bytes:
-    return hashlib.sha256(raw).digest()
+    return opaque_tokens.digest_of(token, PREFIX)
 
 
 def _sealing_key(old_token: str, token_id: str) -> bytes:
-    raw = _decode(old_token)
+    raw = opaque_tokens.decode(old_token, PREFIX)
     if raw is None:
         raise ValueError("not a refresh token")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=token_id.encode(),

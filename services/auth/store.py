@@ -8,7 +8,6 @@ token are serialised by PostgreSQL and each sees the previous one's outcome.
 from __future__ import annotations
 
 import json
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,11 @@ class UserRecord:
     full_name: str
     password_hash: str | None
     created_at: datetime
+    email_verified_at: datetime | None = None
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,8 @@ class NewSession:
     client_ip: str
     refresh_token_id: str
     refresh_digest: bytes
+    device_label: str = ""
+    user_agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,18 @@ class RevokedSession:
     session_id: str
     user_id: str
     restaurant_id: str  # "" when the session had none
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A live session as the caller's session list shows it."""
+    session_id: str
+    device_label: str
+    user_agent: str
+    client_ip: str
+    created_at: datetime
+    last_used_at: datetime
+    restaurant_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +110,13 @@ def _uuid(value) -> str:
     return str(value) if value is not None else ""
 
 
-def _user(row: Row) -> UserRecord:
+USER_COLUMNS = "id, email, full_name, password_hash, created_at, email_verified_at"
+
+
+def user_of(row: Row) -> UserRecord:
     return UserRecord(id=str(row.id), email=row.email, full_name=row.full_name,
-                      password_hash=row.password_hash, created_at=row.created_at)
+                      password_hash=row.password_hash, created_at=row.created_at,
+                      email_verified_at=row.email_verified_at)
 
 
 def _session_view(row: Row) -> SessionView:
@@ -131,43 +153,15 @@ class UserNotFound(Exception):
     pass
 
 
+class EmailNotVerified(Exception):
+    pass
+
+
 class AuthStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
     # --- users -------------------------------------------------------------------------------
-
-    async def create_user(self, *, email: str, full_name: str, password_hash: str | None,
-                          now: datetime) -> UserRecord:
-        """Raises EmailTaken when the (normalised) email exists, also against a racing insert."""
-        user, created = await self._insert_user(email, full_name, password_hash, now)
-        if not created:
-            raise EmailTaken(email)
-        return user
-
-    async def ensure_user(self, *, email: str, full_name: str, password_hash: str | None,
-                          now: datetime) -> tuple[UserRecord, bool]:
-        return await self._insert_user(email, full_name, password_hash, now)
-
-    async def _insert_user(self, email: str, full_name: str, password_hash: str | None,
-                           now: datetime) -> tuple[UserRecord, bool]:
-        async with self.engine.begin() as conn:
-            row = (await conn.execute(text("""
-                INSERT INTO users (id, email, full_name, password_hash, password_changed_at,
-                                   created_at, updated_at)
-                VALUES (:id, :email, :full_name, :password_hash, :password_changed_at, :now, :now)
-                ON CONFLICT (email) DO NOTHING
-                RETURNING id, email, full_name, password_hash, created_at
-            """), {"id": uuid.uuid4(), "email": email, "full_name": full_name,
-                   "password_hash": password_hash,
-                   "password_changed_at": now if password_hash is not None else None,
-                   "now": now})).first()
-            if row is not None:
-                return _user(row), True
-            row = (await conn.execute(text("""
-                SELECT id, email, full_name, password_hash, created_at FROM users WHERE email = :email
-            """), {"email": email})).one()
-            return _user(row), False
 
     async def user_for_login(self, email: str) -> tuple[UserRecord, list[MembershipRecord]] | None:
         return await self._user_and_memberships("u.email = :key", email)
@@ -181,7 +175,7 @@ class AuthStore:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(text(f"""
                 SELECT u.id, u.email, u.full_name, u.password_hash, u.created_at,
-                       m.restaurant_id, m.restaurant_name, m.role
+                       u.email_verified_at, m.restaurant_id, m.restaurant_name, m.role
                 FROM users u LEFT JOIN memberships m ON m.user_id = u.id
                 WHERE {condition}
                 ORDER BY m.created_at
@@ -190,17 +184,17 @@ class AuthStore:
             return None
         memberships = [MembershipRecord(str(row.restaurant_id), row.restaurant_name, row.role)
                        for row in rows if row.restaurant_id is not None]
-        return _user(rows[0]), memberships
+        return user_of(rows[0]), memberships
 
     async def users_by_ids(self, user_ids: Sequence[str]) -> list[UserRecord]:
         if not user_ids:
             return []
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(text("""
-                SELECT id, email, full_name, password_hash, created_at
+            rows = (await conn.execute(text(f"""
+                SELECT {USER_COLUMNS}
                 FROM users WHERE id = ANY(CAST(:ids AS uuid[]))
             """), {"ids": list(user_ids)})).all()
-        return [_user(row) for row in rows]
+        return [user_of(row) for row in rows]
 
     async def replace_password_hash(self, user_id: str, *, old_hash: str, new_hash: str,
                                     now: datetime) -> bool:
@@ -223,9 +217,10 @@ class AuthStore:
         await conn.execute(text("""
             WITH session AS (
                 INSERT INTO sessions (id, user_id, restaurant_id, created_at, last_refreshed_at,
-                                      expires_at, absolute_expires_at, client_ip)
+                                      expires_at, absolute_expires_at, client_ip, device_label,
+                                      user_agent)
                 VALUES (:sid, :user_id, :restaurant_id, :now, :now, :expires_at,
-                        :absolute_expires_at, :client_ip)
+                        :absolute_expires_at, :client_ip, :device_label, :user_agent)
                 RETURNING id
             )
             INSERT INTO refresh_tokens (id, session_id, token_hash, created_at)
@@ -233,6 +228,7 @@ class AuthStore:
         """), {"sid": new.session_id, "user_id": new.user_id, "restaurant_id": new.restaurant_id,
                "now": new.now, "expires_at": new.expires_at,
                "absolute_expires_at": new.absolute_expires_at, "client_ip": new.client_ip,
+               "device_label": new.device_label, "user_agent": new.user_agent,
                "token_id": new.refresh_token_id, "digest": new.refresh_digest})
 
     async def session_view(self, session_id: str) -> SessionView | None:
@@ -252,7 +248,7 @@ class AuthStore:
             row = (await conn.execute(text(f"""
                 UPDATE sessions SET revoked_at = :now, revoke_reason = :reason
                 WHERE id = :sid AND revoked_at IS NULL AND absolute_expires_at > :now
-                {_REVOKE_RETURNING}, absolute_expires_at
+                {_REVOKE_RETURNING}, absolute_expires_at, device_label, user_agent
             """), {"sid": old_session_id, "now": new.now, "reason": reason})).first()
             if row is None:
                 return None
@@ -262,7 +258,8 @@ class AuthStore:
                 session_id=new.session_id, user_id=new.user_id, restaurant_id=new.restaurant_id,
                 now=new.now, expires_at=expires_at, absolute_expires_at=absolute,
                 client_ip=new.client_ip, refresh_token_id=new.refresh_token_id,
-                refresh_digest=new.refresh_digest))
+                refresh_digest=new.refresh_digest, device_label=row.device_label,
+                user_agent=row.user_agent))  # the same device, in another restaurant
             await self._wipe_sealed(conn, [row.id])
             return _revoked([row])[0], expires_at
 
@@ -276,12 +273,38 @@ class AuthStore:
                                       {"uid": user_id, "rid": restaurant_id}, reason, now)
         return await self._revoke("user_id = :uid", {"uid": user_id}, reason, now)
 
+    async def revoke_other_sessions(self, user_id: str, *, keep_session_id: str, reason: str,
+                                    now: datetime) -> list[RevokedSession]:
+        return await self._revoke("user_id = :uid AND id <> :keep",
+                                  {"uid": user_id, "keep": keep_session_id}, reason, now)
+
+    async def revoke_own_session(self, user_id: str, session_id: str, *, reason: str,
+                                 now: datetime) -> list[RevokedSession]:
+        """Only a session of `user_id`: another user's id is the same as an unknown one."""
+        return await self._revoke("user_id = :uid AND id = :sid",
+                                  {"uid": user_id, "sid": session_id}, reason, now)
+
+    async def live_sessions(self, user_id: str, now: datetime) -> list[SessionRecord]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text("""
+                SELECT id, device_label, user_agent, client_ip, created_at, last_refreshed_at,
+                       restaurant_id
+                FROM sessions
+                WHERE user_id = :uid AND revoked_at IS NULL AND expires_at > :now
+                  AND absolute_expires_at > :now
+                ORDER BY last_refreshed_at DESC
+            """), {"uid": user_id, "now": now})).all()
+        return [SessionRecord(str(row.id), row.device_label, row.user_agent, row.client_ip,
+                              row.created_at, row.last_refreshed_at, _uuid(row.restaurant_id))
+                for row in rows]
+
     async def _revoke(self, where: str, params: dict, reason: str, now: datetime) -> list[RevokedSession]:
         async with self.engine.begin() as conn:
-            return await self._revoke_in(conn, where, params, reason, now)
+            return await self.revoke_in(conn, where, params, reason, now)
 
-    async def _revoke_in(self, conn: AsyncConnection, where: str, params: dict, reason: str,
-                         now: datetime) -> list[RevokedSession]:
+    async def revoke_in(self, conn: AsyncConnection, where: str, params: dict, reason: str,
+                        now: datetime) -> list[RevokedSession]:
+        """Ends the live sessions matching `where` (a constant of this module, never input)."""
         rows = (await conn.execute(text(f"""
             UPDATE sessions SET revoked_at = :now, revoke_reason = :reason
             WHERE {where} AND revoked_at IS NULL
@@ -338,9 +361,10 @@ class AuthStore:
                                role: str, now: datetime, revoke_reason: str) -> MembershipChange:
         """Creates or changes a membership; a changed role ends the user's sessions there."""
         async with self.engine.begin() as conn:
-            exists = (await conn.execute(text("SELECT 1 FROM users WHERE id = :uid FOR KEY SHARE"),
-                                         {"uid": user_id})).first()
-            if exists is None:
+            user = (await conn.execute(text("""
+                SELECT email_verified_at FROM users WHERE id = :uid FOR KEY SHARE
+            """), {"uid": user_id})).first()
+            if user is None:
                 raise UserNotFound(user_id)
             params = {"uid": user_id, "rid": restaurant_id, "name": restaurant_name, "role": role,
                       "now": now}
@@ -352,6 +376,9 @@ class AuthStore:
                 RETURNING restaurant_name, role
             """), params)).first()
             previous_role = ""
+            if inserted is not None and user.email_verified_at is None:
+                # Only an address someone proved they receive mail at gets a membership.
+                raise EmailNotVerified(user_id)
             if inserted is None:
                 current = (await conn.execute(text("""
                     SELECT role, restaurant_name FROM memberships
@@ -371,7 +398,7 @@ class AuthStore:
                 """), params)
             revoked: list[RevokedSession] = []
             if previous_role and previous_role != role:
-                revoked = await self._revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
+                revoked = await self.revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
                                                 {"uid": user_id, "rid": restaurant_id},
                                                 revoke_reason, now)
             name = (await conn.execute(text("""
@@ -385,7 +412,7 @@ class AuthStore:
             deleted = (await conn.execute(text("""
                 DELETE FROM memberships WHERE user_id = :uid AND restaurant_id = :rid RETURNING role
             """), {"uid": user_id, "rid": restaurant_id})).first()
-            revoked = await self._revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
+            revoked = await self.revoke_in(conn, "user_id = :uid AND restaurant_id = :rid",
                                             {"uid": user_id, "rid": restaurant_id}, reason, now)
         return deleted is not None, revoked
 
@@ -462,5 +489,5 @@ class RefreshUnit:
 
     async def revoke_session(self, *, reason: str, now: datetime) -> list[RevokedSession]:
         assert self.token is not None
-        return await self._store._revoke_in(self._conn, "id = :sid",
+        return await self._store.revoke_in(self._conn, "id = :sid",
                                             {"sid": self.token.session.session_id}, reason, now)

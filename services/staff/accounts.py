@@ -1,14 +1,13 @@
 """The auth service's internal AuthAdminService, as the staff domain's `Accounts`.
 
-Every call here is idempotent (ensure a user, grant a role, revoke a membership), so a call that
-failed with UNAVAILABLE is retried a few times within a short budget: a restart of the auth
-service does not fail a manager's click. Errors become ApiErrors: auth's own reasons (an invalid
-email, a weak password) pass through; an unreachable auth is UNAVAILABLE `AUTH_UNAVAILABLE`.
+Retries are the channel's (posmesh.common.clients: UNAVAILABLE, a few times within half a
+second), in one place, never stacked here. Errors become ApiErrors: auth's own reasons (an
+invalid email, a weak password, an unverified address) pass through; an unreachable auth is
+UNAVAILABLE `AUTH_UNAVAILABLE`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Awaitable, Callable, TypeVar
 
@@ -24,8 +23,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 3.0
-RETRY_DELAYS_SECONDS = (0.2, 0.5, 1.0)
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _BY_CODE: dict[grpc.StatusCode, type[errors.ApiError]] = {
     cls.code: cls for cls in (
         errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.FailedPrecondition,
@@ -62,36 +59,41 @@ def translate(error: grpc.aio.AioRpcError, operation: str) -> errors.ApiError:
     return errors.Internal("INTERNAL", "internal error; it has been logged")
 
 
+def _account(user: auth_pb2.User) -> UserAccount:
+    return UserAccount(user.id, user.email, user.full_name, user.email_verified)
+
+
 class AuthAccounts:
-    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = CALL_TIMEOUT_SECONDS,
-                 retry_delays: tuple[float, ...] = RETRY_DELAYS_SECONDS) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
         self._stub = auth_pb2_grpc.AuthAdminServiceStub(channel)
         self._timeout = timeout
-        self._retry_delays = retry_delays
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        for delay in (*self._retry_delays, None):
-            try:
-                return await call()
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in _RETRYABLE or delay is None:
-                    raise translate(error, operation) from None
-                log.warning("auth %s unavailable, retrying in %.1fs", operation, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+    @staticmethod
+    async def _call(operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            raise translate(error, operation) from None
 
-    async def ensure_user(self, email: str, full_name: str, password: str) -> UserAccount:
-        reply = await self._call("EnsureUser", lambda: self._stub.EnsureUser(
-            auth_pb2.EnsureUserRequest(email=email, full_name=full_name, password=password),
+    async def claim_account(self, email: str, full_name: str, password: str,
+                            client_ip: str) -> UserAccount:
+        reply = await self._call("ClaimAccount", lambda: self._stub.ClaimAccount(
+            auth_pb2.ClaimAccountRequest(email=email, full_name=full_name, password=password,
+                                         client_ip=client_ip),
             timeout=self._timeout))
-        return UserAccount(reply.user.id, reply.user.email, reply.user.full_name, reply.created)
+        return _account(reply.user)
+
+    async def find_user_by_email(self, email: str) -> UserAccount | None:
+        reply = await self._call("FindUserByEmail", lambda: self._stub.FindUserByEmail(
+            auth_pb2.FindUserByEmailRequest(email=email), timeout=self._timeout))
+        return _account(reply.user) if reply.HasField("user") else None
 
     async def get_user(self, user_id: str) -> UserAccount | None:
         reply = await self._call("BatchGetUsers", lambda: self._stub.BatchGetUsers(
             auth_pb2.BatchGetUsersRequest(user_ids=[user_id]), timeout=self._timeout))
         for user in reply.users:
             if user.id == user_id:
-                return UserAccount(user.id, user.email, user.full_name)
+                return _account(user)
         return None
 
     async def grant_membership(self, user_id: str, restaurant_id: str, restaurant_name: str,

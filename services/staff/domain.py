@@ -14,9 +14,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, Awaitable, Callable, Protocol
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from posmesh.common import security_events
 from posmesh.common.context import Caller
@@ -35,7 +33,9 @@ from posmesh.common.user_events import RESTAURANT_CREATED, UserEvent
 from services.staff import paging, rules, validation
 from services.staff.models import (
     ACTIVE,
+    DEACTIVATED,
     EMPLOYEE_STATES,
+    INVITED,
     Address,
     Employee,
     EmployeeDraft,
@@ -48,6 +48,9 @@ from services.staff.models import (
     RestaurantDraft,
 )
 from services.staff.store import RESTAURANT_ADDRESS_COLUMNS, StaffStore, StaffTransaction
+
+if TYPE_CHECKING:
+    from services.staff.invitations import Invitations
 
 Undo = Callable[[], Awaitable[Any]]
 
@@ -73,7 +76,7 @@ class UserAccount:
     id: str
     email: str
     full_name: str
-    created: bool = False
+    email_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,10 @@ class Accounts(Protocol):
     """The auth service's internal AuthAdminService. Failures raise ApiError (AUTH_UNAVAILABLE
     when auth cannot be reached)."""
 
-    async def ensure_user(self, email: str, full_name: str, password: str) -> UserAccount: ...
+    async def claim_account(self, email: str, full_name: str, password: str,
+                            client_ip: str) -> UserAccount: ...
+
+    async def find_user_by_email(self, email: str) -> UserAccount | None: ...
 
     async def get_user(self, user_id: str) -> UserAccount | None: ...
 
@@ -215,14 +221,6 @@ def _restaurant_not_found(restaurant_id: str) -> NotFound:
                     f"there is no restaurant {restaurant_id[:64]} that you belong to")
 
 
-def _page(rows: list, size: int, key: Callable[[Any], tuple], scope: str) -> tuple[list, str]:
-    if len(rows) <= size:
-        return rows, ""
-    items = rows[:size]
-    create_time, row_id = key(items[-1])
-    return items, paging.encode(create_time, row_id, scope)
-
-
 class UserEvents(Protocol):
     """Where events about a user go (posmesh.common.user_events.UserEventPublisher)."""
 
@@ -230,10 +228,12 @@ class UserEvents(Protocol):
 
 
 class StaffDomain:
-    def __init__(self, store: StaffStore, accounts: Accounts, user_events: UserEvents) -> None:
+    def __init__(self, store: StaffStore, accounts: Accounts, user_events: UserEvents,
+                 invitations: Invitations) -> None:
         self.store = store
         self.accounts = accounts
         self.user_events = user_events
+        self.invitations = invitations
 
     # --- restaurants -----------------------------------------------------------------------
 
@@ -250,7 +250,8 @@ class StaffDomain:
 
         async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Restaurant:
             restaurant = await tx.insert_restaurant(restaurant_id, new)
-            employee = await tx.insert_employee(restaurant_id, uuid.UUID(caller.user_id), owner)
+            employee = await tx.insert_employee(restaurant_id, owner,
+                                                user_id=uuid.UUID(caller.user_id))
             assert employee is not None  # a brand-new restaurant has no employees yet
             await tx.record_change(employee, caller.user_id, "created",
                                    {"access_role": OWNER, "restaurant_created": True})
@@ -273,7 +274,7 @@ class StaffDomain:
         scope = f"restaurants:{caller.user_id}"
         page = paging.request(page_size, page_token, scope)
         rows = await self.store.member_restaurants(uuid.UUID(caller.user_id), page)
-        items, token = _page(rows, page.size, lambda m: (m.restaurant.create_time, m.restaurant.id), scope)
+        items, token = paging.page_of(rows, page.size, lambda m: (m.restaurant.create_time, m.restaurant.id), scope)
         return Page(items, token)
 
     async def get_restaurant(self, caller: Caller, restaurant_id: str) -> MemberRestaurant:
@@ -335,7 +336,7 @@ class StaffDomain:
         page = paging.request(page_size, page_token, scope)
         rows = await self.store.employees(uuid.UUID(caller.restaurant_id),
                                           EmployeeFilter(role_filter, state), page)
-        items, token = _page(rows, page.size, lambda e: (e.create_time, e.id), scope)
+        items, token = paging.page_of(rows, page.size, lambda e: (e.create_time, e.id), scope)
         return Page([self._view(caller, employee) for employee in items], token)
 
     async def get_employee(self, caller: Caller, employee_id: str) -> Employee:
@@ -350,37 +351,32 @@ class StaffDomain:
 
     # --- employees: writes -----------------------------------------------------------------
 
-    async def create_employee(self, caller: Caller, draft: EmployeeDraft,
-                              initial_password: str) -> Employee:
+    async def create_employee(self, caller: Caller, draft: EmployeeDraft) -> Employee:
+        """An INVITED employee and the invitation mailed to their address (one transaction).
+        No account is linked and no membership granted: that waits for the invited person."""
         name = permission("CreateEmployee")
         new = new_employee(draft)
         # Fail fast on the token's role; the recorded role is checked again under the lock.
         if denial := rules.role_denial(caller.role, name, new_role=new.access_role):
             self._deny(caller, denial)
-        full_name = " ".join(part for part in (new.first_name, new.last_name) if part)[:200]
-        user = await self.accounts.ensure_user(new.email, full_name, initial_password)
         rid = uuid.UUID(caller.restaurant_id)
-
-        async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
+        async with self.store.transaction() as tx:
             restaurant = await self._lock_restaurant(tx, rid)
             actor = await self._actor(tx, caller, rid)
             if denial := rules.role_denial(actor.access_role, name, new_role=new.access_role):
                 self._deny(caller, denial)
-            employee = await tx.insert_employee(
-                rid, uuid.UUID(user.id),
-                NewEmployee(**{**_fields(new), "email": user.email or new.email}))
+            employee = await tx.insert_employee(rid, new)
             if employee is None:
-                existing = await tx.employee_of_user(rid, uuid.UUID(user.id))
-                raise _employee_exists(existing)
-            await tx.record_change(employee, caller.user_id, "created",
+                raise _employee_exists(await tx.live_employee_with_email(rid, new.email))
+            await tx.record_change(employee, caller.user_id, "invited",
                                    {field: _json_value(value) for field, value in _fields(new).items()})
-            on_auth(lambda: self.accounts.revoke_membership(user.id, str(rid)))
-            await self.accounts.grant_membership(user.id, str(rid), restaurant.name, new.access_role)
-            return employee
-
-        employee = await self._write_with_compensation(
-            write, what=f"membership of user {user.id} in restaurant {rid}")
-        log.info("employee created", extra={"restaurant_id": str(rid), "employee_id": str(employee.id),
+            invitation = await self.invitations.send_in(tx, restaurant, employee, actor)
+        security_events.record("EMPLOYEE_INVITED", severity=security_events.INFO,
+                               ip=caller.client_ip, user_id=caller.user_id,
+                               restaurant_id=caller.restaurant_id, employee_id=str(employee.id),
+                               role=employee.access_role)
+        await self.invitations.announce(invitation)
+        log.info("employee invited", extra={"restaurant_id": str(rid), "employee_id": str(employee.id),
                                             "access_role": employee.access_role})
         return self._view(caller, employee)
 
@@ -426,9 +422,10 @@ class StaffDomain:
                                    "role_changed" if role_changes else "updated",
                                    {field: [_json_value(getattr(target, field)), _json_value(value)]
                                     for field, value in changed.items()})
-            if role_changes:
+            if role_changes and target.state == ACTIVE:
                 # Auth changes the membership and ends the user's sessions here, so the new role
-                # applies from their next token on.
+                # applies from their next token on. (An invited employee has no membership yet:
+                # accepting grants whatever role the record has then.)
                 on_auth(lambda: self.accounts.grant_membership(
                     str(target.user_id), str(rid), restaurant.name, target.access_role))
                 await self.accounts.grant_membership(str(target.user_id), str(rid), restaurant.name,
@@ -446,13 +443,17 @@ class StaffDomain:
         async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
             restaurant, target = await self._guarded_target(tx, caller, rid, employee_id, name,
                                                             version)
-            if not target.active:
+            if target.state == DEACTIVATED:
                 return target  # already deactivated: deleting again changes nothing
-            if target.access_role == OWNER:
+            if target.access_role == OWNER and target.state == ACTIVE:
                 await self._keep_an_owner(tx, target, name)
-            updated = await tx.update_employee(target.id, {"active": False,
-                                                           "deactivate_time": sa.func.now()})
+            updated = await tx.deactivate_employee(target.id)
             await tx.record_change(updated, caller.user_id, "deactivated", {})
+            if target.state == INVITED:
+                # Never accepted: no membership to take back, only the link.
+                if (invitation := await tx.open_invitation_of_employee(target.id)) is not None:
+                    await tx.close_invitation(invitation.id)
+                return updated
             # Auth removes the membership and ends the user's sessions here at once.
             on_auth(lambda: self.accounts.grant_membership(
                 str(target.user_id), str(rid), restaurant.name, target.access_role))
@@ -470,9 +471,16 @@ class StaffDomain:
         async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
             restaurant, target = await self._guarded_target(tx, caller, rid, employee_id, name,
                                                             version)
-            if target.active:
-                return target  # already active: nothing to do
-            updated = await tx.update_employee(target.id, {"active": True, "deactivate_time": None})
+            if target.state != DEACTIVATED:
+                return target  # active or invited already: nothing to do
+            if target.user_id is None:
+                # Never accepted: invited again, with a new link.
+                updated = await tx.reactivate_employee(target.id, invited=True)
+                await tx.record_change(updated, caller.user_id, "reinvited", {})
+                actor = await self._actor(tx, caller, rid)
+                await self.invitations.send_in(tx, restaurant, updated, actor)
+                return updated
+            updated = await tx.reactivate_employee(target.id, invited=False)
             await tx.record_change(updated, caller.user_id, "reactivated",
                                    {"access_role": updated.access_role})
             on_auth(lambda: self.accounts.revoke_membership(str(target.user_id), str(rid)))

@@ -8,6 +8,7 @@ from pathlib import Path
 from posmesh.common import clients, db, security_events
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.interceptors import server_interceptors
+from posmesh.common.mail import MailTemplates
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
@@ -16,6 +17,7 @@ from posmesh.common.user_events import STAFF_STREAM, UserEventPublisher
 from posmesh.staff.v1 import staff_pb2, staff_pb2_grpc
 from services.staff.accounts import AuthAccounts
 from services.staff.domain import StaffDomain
+from services.staff.invitations import Invitations
 from services.staff.servicer import StaffServicer
 from services.staff.store import SCHEMA, StaffStore
 
@@ -29,10 +31,13 @@ async def serve(settings: Settings) -> None:
     security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="staff"))
     user_events = UserEventPublisher(redis, STAFF_STREAM)
     user_events.start()
-    domain = StaffDomain(StaffStore(engine), AuthAccounts(auth_channel), user_events)
+    store, accounts = StaffStore(engine), AuthAccounts(auth_channel)
+    invitations = Invitations(store, accounts, MailTemplates(settings), user_events, settings)
+    domain = StaffDomain(store, accounts, user_events, invitations)
 
     def register(server) -> list[str]:
-        staff_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(domain), server)
+        staff_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(domain, invitations),
+                                                          server)
         return [staff_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name]
 
     async def on_shutdown() -> None:

@@ -9,8 +9,14 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-ACTIVE, INACTIVE, ALL = "active", "inactive", "all"
-EMPLOYEE_STATES = (ACTIVE, INACTIVE, ALL)
+# An employee's state, and the list filters (which add "inactive" = deactivated, and "all").
+INVITED, ACTIVE, DEACTIVATED = "invited", "active", "deactivated"
+INACTIVE, ALL = "inactive", "all"
+EMPLOYEE_STATES = (ACTIVE, INVITED, INACTIVE, ALL)
+
+# An invitation's state (derived from its times) and the list filters.
+PENDING, ACCEPTED, REVOKED, EXPIRED = "pending", "accepted", "revoked", "expired"
+INVITATION_STATES = (PENDING, ACCEPTED, REVOKED, EXPIRED, ALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +55,7 @@ class Employee:
 
     id: uuid.UUID
     restaurant_id: uuid.UUID
-    user_id: uuid.UUID
+    user_id: uuid.UUID | None  # None until the invitation is accepted
     first_name: str
     last_name: str | None
     email: str | None
@@ -63,6 +69,39 @@ class Employee:
     create_time: datetime
     update_time: datetime
     deactivate_time: datetime | None
+    state: str = ACTIVE  # INVITED, ACTIVE or DEACTIVATED
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    id: uuid.UUID
+    restaurant_id: uuid.UUID
+    restaurant_name: str
+    employee_id: uuid.UUID
+    email: str
+    access_role: str  # the employee's role now: what accepting grants
+    create_time: datetime
+    expire_time: datetime
+    send_time: datetime
+    send_count: int
+    accept_time: datetime | None
+    revoke_time: datetime | None
+
+    def state_at(self, now: datetime) -> str:
+        if self.accept_time is not None:
+            return ACCEPTED
+        if self.revoke_time is not None:
+            return REVOKED
+        return EXPIRED if now >= self.expire_time else PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class NewInvitation:
+    employee_id: uuid.UUID
+    email: str
+    token_digest: bytes
+    invited_by: str
+    expire_time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +127,7 @@ class NewEmployee:
 @dataclass(frozen=True, slots=True)
 class EmployeeFilter:
     access_role: str | None  # None: every role
-    state: str  # ACTIVE, INACTIVE or ALL
+    state: str  # ACTIVE, INVITED, INACTIVE or ALL
 
 
 @dataclass(frozen=True, slots=True)

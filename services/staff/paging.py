@@ -68,3 +68,13 @@ def page_size(value: int) -> int:
 
 def request(size: int, token: str, scope: str) -> PageRequest:
     return PageRequest(size=page_size(size), after=decode(token, scope))
+
+
+def page_of(rows: list, size: int, key, scope: str) -> tuple[list, str]:
+    """The first `size` of `rows` (a page plus one) and the next page's token ("" on the last).
+    `key(row)` is the row's keyset position (create_time, id)."""
+    if len(rows) <= size:
+        return rows, ""
+    items = rows[:size]
+    create_time, row_id = key(items[-1])
+    return items, encode(create_time, row_id, scope)

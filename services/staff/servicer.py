@@ -3,17 +3,25 @@ tenant and error handling happen in the shared interceptor; the rules live in th
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import grpc
 
 from posmesh.common import context
 from posmesh.staff.v1 import staff_pb2, staff_pb2_grpc
 from services.staff import wire
 from services.staff.domain import StaffDomain
+from services.staff.invitations import Invitations
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class StaffServicer(staff_pb2_grpc.StaffServiceServicer):
-    def __init__(self, domain: StaffDomain) -> None:
+    def __init__(self, domain: StaffDomain, invitations: Invitations) -> None:
         self.domain = domain
+        self.invitations = invitations
 
     async def CreateRestaurant(self, request: staff_pb2.CreateRestaurantRequest,
                                ctx: grpc.aio.ServicerContext) -> staff_pb2.Restaurant:
@@ -54,8 +62,7 @@ class StaffServicer(staff_pb2_grpc.StaffServiceServicer):
     async def CreateEmployee(self, request: staff_pb2.CreateEmployeeRequest,
                              ctx: grpc.aio.ServicerContext) -> staff_pb2.Employee:
         created = await self.domain.create_employee(context.current(),
-                                                    wire.employee_draft(request.employee),
-                                                    request.employee.initial_password)
+                                                    wire.employee_draft(request.employee))
         return wire.employee_message(created)
 
     async def GetEmployee(self, request: staff_pb2.GetEmployeeRequest,
@@ -80,3 +87,41 @@ class StaffServicer(staff_pb2_grpc.StaffServiceServicer):
                                ctx: grpc.aio.ServicerContext) -> staff_pb2.Employee:
         return wire.employee_message(await self.domain.reactivate_employee(
             context.current(), request.employee_id, request.version))
+
+    async def ListInvitations(self, request: staff_pb2.ListInvitationsRequest,
+                              ctx: grpc.aio.ServicerContext) -> staff_pb2.ListInvitationsResponse:
+        page = await self.invitations.list(context.current(), request.page_size,
+                                           request.page_token, request.state)
+        now = _now()
+        return staff_pb2.ListInvitationsResponse(
+            invitations=[wire.invitation_message(item, now) for item in page.items],
+            next_page_token=page.next_page_token)
+
+    async def ResendInvitation(self, request: staff_pb2.ResendInvitationRequest,
+                               ctx: grpc.aio.ServicerContext) -> staff_pb2.Invitation:
+        invitation = await self.invitations.resend(context.current(), request.invitation_id)
+        return wire.invitation_message(invitation, _now())
+
+    async def RevokeInvitation(self, request: staff_pb2.RevokeInvitationRequest,
+                               ctx: grpc.aio.ServicerContext) -> staff_pb2.Invitation:
+        invitation = await self.invitations.revoke(context.current(), request.invitation_id)
+        return wire.invitation_message(invitation, _now())
+
+    async def ListMyInvitations(self, request: staff_pb2.ListMyInvitationsRequest,
+                                ctx: grpc.aio.ServicerContext
+                                ) -> staff_pb2.ListMyInvitationsResponse:
+        items = await self.invitations.mine(context.current())
+        now = _now()
+        return staff_pb2.ListMyInvitationsResponse(
+            invitations=[wire.invitation_message(item, now) for item in items])
+
+    async def AcceptInvitation(self, request: staff_pb2.AcceptInvitationRequest,
+                               ctx: grpc.aio.ServicerContext) -> staff_pb2.AcceptInvitationResponse:
+        accepted = await self.invitations.accept(
+            context.current_or_none(), token=request.token, invitation_id=request.invitation_id,
+            password=request.password, full_name=request.full_name,
+            client_ip=context.request_info().client_ip)
+        return staff_pb2.AcceptInvitationResponse(
+            invitation=wire.invitation_message(accepted.invitation, _now()),
+            employee=wire.employee_message(accepted.employee), user_id=accepted.user_id,
+            email=accepted.email)

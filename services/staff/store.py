@@ -11,14 +11,23 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from posmesh.common.mail import Mail, enqueue
 from services.staff.models import (
+    ACCEPTED,
     ACTIVE,
+    DEACTIVATED,
+    EXPIRED,
     INACTIVE,
+    INVITED,
+    PENDING,
+    REVOKED,
     Address,
     Employee,
     EmployeeFilter,
+    Invitation,
     MemberRestaurant,
     NewEmployee,
+    NewInvitation,
     NewRestaurant,
     PageRequest,
     Restaurant,
@@ -48,7 +57,7 @@ employees = sa.Table(
     "employees", metadata,
     sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
     sa.Column("restaurant_id", pg.UUID(as_uuid=True), sa.ForeignKey(restaurants.c.id), nullable=False),
-    sa.Column("user_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("user_id", pg.UUID(as_uuid=True)),
     sa.Column("first_name", sa.Text, nullable=False),
     sa.Column("last_name", sa.Text),
     sa.Column("email", sa.Text, nullable=False),
@@ -62,7 +71,27 @@ employees = sa.Table(
     sa.Column("create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("update_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("deactivate_time", sa.DateTime(timezone=True)),
+    sa.Column("state", sa.Text, nullable=False),
 )
+
+invitations = sa.Table(
+    "invitations", metadata,
+    sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("restaurant_id", pg.UUID(as_uuid=True), sa.ForeignKey(restaurants.c.id),
+              nullable=False),
+    sa.Column("employee_id", pg.UUID(as_uuid=True), sa.ForeignKey(employees.c.id), nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("token_hash", sa.LargeBinary, nullable=False),
+    sa.Column("invited_by", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expire_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("send_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("send_count", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("accept_time", sa.DateTime(timezone=True)),
+    sa.Column("accepted_by", pg.UUID(as_uuid=True)),
+    sa.Column("revoke_time", sa.DateTime(timezone=True)),
+)
+_open_invitation = sa.and_(invitations.c.accept_time.is_(None), invitations.c.revoke_time.is_(None))
 
 # Who changed which employee record, how, and when: the history kept across deactivations.
 employee_changes = sa.Table(
@@ -99,8 +128,35 @@ def _employee(row: Any) -> Employee:
         access_role=row.access_role, job_title=row.job_title,
         hourly_rate_minor=row.hourly_rate_minor, start_date=row.start_date, active=row.active,
         version=row.version, create_time=row.create_time, update_time=row.update_time,
-        deactivate_time=row.deactivate_time,
+        deactivate_time=row.deactivate_time, state=row.state,
     )
+
+
+# An invitation with what a list shows beside it: the restaurant's name, the employee's role.
+_INVITATION_VIEW = (sa.select(invitations, restaurants.c.name.label("restaurant_name"),
+                              employees.c.access_role)
+                    .join(restaurants, restaurants.c.id == invitations.c.restaurant_id)
+                    .join(employees, employees.c.id == invitations.c.employee_id))
+
+
+def _invitation(row: Any) -> Invitation:
+    return Invitation(
+        id=row.id, restaurant_id=row.restaurant_id, restaurant_name=row.restaurant_name,
+        employee_id=row.employee_id, email=row.email, access_role=row.access_role,
+        create_time=row.create_time, expire_time=row.expire_time, send_time=row.send_time,
+        send_count=row.send_count, accept_time=row.accept_time, revoke_time=row.revoke_time)
+
+
+def _invitation_state(state: str, now: Any) -> sa.ColumnElement[bool] | None:
+    if state == PENDING:
+        return sa.and_(_open_invitation, invitations.c.expire_time > now)
+    if state == EXPIRED:
+        return sa.and_(_open_invitation, invitations.c.expire_time <= now)
+    if state == ACCEPTED:
+        return invitations.c.accept_time.is_not(None)
+    if state == REVOKED:
+        return invitations.c.revoke_time.is_not(None)
+    return None
 
 
 def _after(table: sa.Table, page: PageRequest) -> sa.ColumnElement[bool] | None:
@@ -146,17 +202,90 @@ class StaffTransaction:
         )).one()
         return _restaurant(row)
 
-    async def insert_employee(self, restaurant_id: uuid.UUID, user_id: uuid.UUID,
-                              new: NewEmployee) -> Employee | None:
-        """The new record, or None when this user already has one in this restaurant."""
+    async def insert_employee(self, restaurant_id: uuid.UUID, new: NewEmployee, *,
+                              user_id: uuid.UUID | None = None) -> Employee | None:
+        """An invited employee (ACTIVE when `user_id` is given: a restaurant's creator). None
+        when the address (or the user) already has a live record in this restaurant."""
         statement = pg.insert(employees).values(
             id=uuid.uuid4(), restaurant_id=restaurant_id, user_id=user_id,
             first_name=new.first_name, last_name=new.last_name, email=new.email, phone=new.phone,
             access_role=new.access_role, job_title=new.job_title,
             hourly_rate_minor=new.hourly_rate_minor, start_date=new.start_date,
-        ).on_conflict_do_nothing(index_elements=[employees.c.restaurant_id, employees.c.user_id])
+            state=ACTIVE if user_id is not None else INVITED, active=user_id is not None,
+        ).on_conflict_do_nothing()
         row = (await self.conn.execute(statement.returning(employees))).first()
         return _employee(row) if row else None
+
+    async def live_employee_with_email(self, restaurant_id: uuid.UUID, email: str) -> Employee | None:
+        row = (await self.conn.execute(
+            sa.select(employees).where(employees.c.restaurant_id == restaurant_id,
+                                       employees.c.email == email,
+                                       employees.c.state != DEACTIVATED)
+        )).first()
+        return _employee(row) if row else None
+
+    async def deactivate_employee(self, employee_id: uuid.UUID) -> Employee:
+        return await self.update_employee(employee_id, {
+            "state": DEACTIVATED, "active": False, "deactivate_time": sa.func.now()})
+
+    async def reactivate_employee(self, employee_id: uuid.UUID, *, invited: bool) -> Employee:
+        """Back to work: ACTIVE, or INVITED again for someone who never accepted."""
+        return await self.update_employee(employee_id, {
+            "state": INVITED if invited else ACTIVE, "active": not invited,
+            "deactivate_time": None})
+
+    async def activate_employee(self, employee_id: uuid.UUID, user_id: uuid.UUID) -> Employee:
+        return await self.update_employee(employee_id, {
+            "state": ACTIVE, "active": True, "user_id": user_id})
+
+    # --- invitations ---------------------------------------------------------------------
+
+    async def insert_invitation(self, restaurant_id: uuid.UUID, new: NewInvitation) -> Invitation:
+        invitation_id = uuid.uuid4()
+        await self.conn.execute(invitations.insert().values(
+            id=invitation_id, restaurant_id=restaurant_id, employee_id=new.employee_id,
+            email=new.email, token_hash=new.token_digest, invited_by=uuid.UUID(new.invited_by),
+            create_time=sa.func.now(), expire_time=new.expire_time, send_time=sa.func.now()))
+        return await self._invitation_where(invitations.c.id == invitation_id)
+
+    async def invitation_for_update(self, restaurant_id: uuid.UUID | None, *,
+                                    invitation_id: uuid.UUID | None = None,
+                                    token_digest: bytes | None = None) -> Invitation | None:
+        """By id (in a restaurant, or any when None) or by the digest of its token; locked."""
+        where = (invitations.c.token_hash == token_digest if token_digest is not None
+                 else invitations.c.id == invitation_id)
+        if restaurant_id is not None:
+            where = sa.and_(where, invitations.c.restaurant_id == restaurant_id)
+        locked = (await self.conn.execute(
+            sa.select(invitations.c.id).where(where).with_for_update())).first()
+        if locked is None:
+            return None
+        return await self._invitation_where(invitations.c.id == locked.id)
+
+    async def open_invitation_of_employee(self, employee_id: uuid.UUID) -> Invitation | None:
+        return await self._invitation_where(sa.and_(invitations.c.employee_id == employee_id,
+                                                    _open_invitation))
+
+    async def resend_invitation(self, invitation_id: uuid.UUID, *, token_digest: bytes,
+                                expire_time: Any) -> Invitation:
+        await self.conn.execute(invitations.update().where(invitations.c.id == invitation_id)
+                                .values(token_hash=token_digest, expire_time=expire_time,
+                                        send_time=sa.func.now(),
+                                        send_count=invitations.c.send_count + 1))
+        return await self._invitation_where(invitations.c.id == invitation_id)
+
+    async def close_invitation(self, invitation_id: uuid.UUID, *,
+                               accepted_by: uuid.UUID | None = None) -> Invitation:
+        """Accepted (by that user) or, without one, revoked."""
+        values = ({"accept_time": sa.func.now(), "accepted_by": accepted_by}
+                  if accepted_by is not None else {"revoke_time": sa.func.now()})
+        await self.conn.execute(invitations.update().where(invitations.c.id == invitation_id)
+                                .values(**values))
+        return await self._invitation_where(invitations.c.id == invitation_id)
+
+    async def _invitation_where(self, where: sa.ColumnElement[bool]) -> Invitation | None:
+        row = (await self.conn.execute(_INVITATION_VIEW.where(where))).first()
+        return _invitation(row) if row else None
 
     async def employee_for_update(self, restaurant_id: uuid.UUID, employee_id: uuid.UUID) -> Employee | None:
         row = (await self.conn.execute(
@@ -184,6 +313,10 @@ class StaffTransaction:
                 employees.c.access_role == "owner", employees.c.id != excluding)
         )).scalar_one()
 
+    async def enqueue_mail(self, mail: Mail) -> None:
+        """Sent once this transaction commits; never if it rolls back."""
+        await enqueue(self.conn, mail)
+
     async def record_change(self, employee: Employee, actor_user_id: str, action: str,
                             changes: dict[str, Any]) -> None:
         await self.conn.execute(employee_changes.insert().values(
@@ -208,6 +341,32 @@ class StaffStore:
     async def transaction(self) -> AsyncIterator[StaffTransaction]:
         async with self.engine.begin() as conn:
             yield StaffTransaction(conn)
+
+    async def invitations(self, restaurant_id: uuid.UUID, state: str,
+                          page: PageRequest) -> list[Invitation]:
+        """One page plus one row, newest first."""
+        query = (_INVITATION_VIEW.where(invitations.c.restaurant_id == restaurant_id)
+                 .order_by(invitations.c.create_time.desc(), invitations.c.id.desc())
+                 .limit(page.size + 1))
+        if (condition := _invitation_state(state, sa.func.now())) is not None:
+            query = query.where(condition)
+        if page.after is not None:
+            create_time, row_id = page.after
+            query = query.where(sa.tuple_(invitations.c.create_time, invitations.c.id) < sa.tuple_(
+                sa.literal(create_time, sa.DateTime(timezone=True)),
+                sa.literal(row_id, pg.UUID(as_uuid=True))))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_invitation(row) for row in rows]
+
+    async def pending_invitations_for(self, email: str) -> list[Invitation]:
+        """Open, unexpired invitations to an address, in every restaurant."""
+        query = (_INVITATION_VIEW.where(invitations.c.email == email,
+                                        _invitation_state(PENDING, sa.func.now()))
+                 .order_by(invitations.c.create_time.desc()))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_invitation(row) for row in rows]
 
     async def member_restaurants(self, user_id: uuid.UUID, page: PageRequest) -> list[MemberRestaurant]:
         """Restaurants where the user is an active employee, in (create_time, id) order."""
@@ -244,10 +403,10 @@ class StaffStore:
         )
         if where.access_role is not None:
             query = query.where(employees.c.access_role == where.access_role)
-        if where.state == ACTIVE:
-            query = query.where(employees.c.active)
+        if where.state in (ACTIVE, INVITED):
+            query = query.where(employees.c.state == where.state)
         elif where.state == INACTIVE:
-            query = query.where(sa.not_(employees.c.active))
+            query = query.where(employees.c.state == DEACTIVATED)
         if (after := _after(employees, page)) is not None:
             query = query.where(after)
         async with self.engine.connect() as conn:

@@ -11,7 +11,14 @@ from posmesh.common.errors import InvalidArgument
 from posmesh.staff.v1 import staff_pb2
 from services.staff import validation
 from services.staff.domain import EMPLOYEE_MUTABLE_FIELDS, RESTAURANT_MUTABLE_FIELDS
-from services.staff.models import Address, Employee, EmployeeDraft, MemberRestaurant, RestaurantDraft
+from services.staff.models import (
+    Address,
+    Employee,
+    EmployeeDraft,
+    Invitation,
+    MemberRestaurant,
+    RestaurantDraft,
+)
 
 _ADDRESS_PARTS = ("line1", "line2", "city", "region", "postal_code", "country")
 
@@ -93,11 +100,6 @@ def employee_changes(message: staff_pb2.Employee,
                      mask: field_mask_pb2.FieldMask | None) -> dict[str, Any]:
     """PATCH semantics: the fields present in `message` (proto3 `optional` tracks presence), or
     exactly the mask's paths, where a listed field that is absent is cleared."""
-    if message.HasField("initial_password"):
-        raise InvalidArgument(
-            "FIELD_NOT_UPDATABLE",
-            "employee.initial_password: is set on create only; users change their own password",
-            field="employee.initial_password")
     if mask is not None and mask.paths:
         changes: dict[str, Any] = {}
         for path in mask.paths:
@@ -111,8 +113,10 @@ def employee_changes(message: staff_pb2.Employee,
 
 def employee_message(employee: Employee) -> staff_pb2.Employee:
     message = staff_pb2.Employee(
-        id=str(employee.id), restaurant_id=str(employee.restaurant_id), user_id=str(employee.user_id),
+        id=str(employee.id), restaurant_id=str(employee.restaurant_id),
+        user_id=str(employee.user_id) if employee.user_id is not None else "",
         active=employee.active, version=employee.version,
+        state=staff_pb2.EmployeeState.Value(employee.state.upper()),
         create_time=_timestamp(employee.create_time), update_time=_timestamp(employee.update_time),
         deactivate_time=_timestamp(employee.deactivate_time),
     )
@@ -125,3 +129,15 @@ def employee_message(employee: Employee) -> staff_pb2.Employee:
     if employee.start_date is not None:
         message.start_date = employee.start_date.isoformat()
     return message
+
+
+def invitation_message(invitation: Invitation, now: datetime) -> staff_pb2.Invitation:
+    return staff_pb2.Invitation(
+        id=str(invitation.id), restaurant_id=str(invitation.restaurant_id),
+        restaurant_name=invitation.restaurant_name, employee_id=str(invitation.employee_id),
+        email=invitation.email, access_role=invitation.access_role,
+        state=staff_pb2.InvitationState.Value(invitation.state_at(now).upper()),
+        create_time=_timestamp(invitation.create_time),
+        expire_time=_timestamp(invitation.expire_time),
+        send_time=_timestamp(invitation.send_time), send_count=invitation.send_count,
+        accept_time=_timestamp(invitation.accept_time))

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from posmesh.common.errors import InvalidArgument
-from services.auth.domain import (
+from services.auth.rules import (
     check_password_policy,
     normalise_email,
     valid_code,

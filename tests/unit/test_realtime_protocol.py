@@ -156,9 +156,11 @@ def test_bearer_header_parsing():
 
 
 @pytest.mark.parametrize("reason, code", [
-    # The reasons the auth service publishes (services/auth/domain.py).
+    # The reasons the auth service publishes (services/auth/rules.py).
     ("LOGOUT", 4001), ("LOGOUT_ALL", 4001), ("REFRESH_REUSED", 4001),
-    ("RESTAURANT_SWITCHED", 4001), ("ADMIN_REVOKED", 4001),
+    ("RESTAURANT_SWITCHED", 4001), ("ADMIN_REVOKED", 4001), ("SESSION_ENDED", 4001),
+    ("OTHER_SESSIONS_ENDED", 4001), ("PASSWORD_CHANGED", 4001), ("PASSWORD_RESET", 4001),
+    ("ACCOUNT_CLAIMED", 4001),
     ("MEMBERSHIP_REVOKED", 4003), ("ROLE_CHANGED", 4003), ("EMPLOYEE_DEACTIVATED", 4003),
     ("user_deactivated", 4003), ("", 4001),
 ])
