@@ -19,9 +19,9 @@ COPY envoy ./envoy
 # Editable, so the generated code and envoy/ templates stay where stack/ looks for them.
 RUN pip install --no-deps -e . && python -m stack.codegen
 
-# keys/ exists in the image so a fresh named volume mounted there is owned by posmesh too.
+# keys/ and mail/ exist in the image so fresh named volumes mounted there are owned by posmesh too.
 RUN useradd --system --home /var/lib/posmesh posmesh \
-    && mkdir -p /var/lib/posmesh/keys && chown -R posmesh /var/lib/posmesh
+    && mkdir -p /var/lib/posmesh/keys /var/lib/posmesh/mail && chown -R posmesh /var/lib/posmesh
 USER posmesh
 
 ENTRYPOINT ["posmesh"]

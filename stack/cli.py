@@ -4,6 +4,8 @@
     posmesh serve auth           one service (what a container runs)
     posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
     posmesh envoy-config         render and validate the Envoy config, print its path
+    posmesh mail [show N | last] the mail the dev mail server stored (newest first)
+    posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
 """
 
 from __future__ import annotations
@@ -51,6 +53,25 @@ def manage_keys(command: str) -> None:
               f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.sign_from))}")
 
 
+def mail(args: argparse.Namespace) -> int:
+    from posmesh.common.settings import get_settings
+    from stack import mail_cli
+
+    folder = get_settings().data_dir / "mail"
+    if args.mail_command == "show":
+        return mail_cli.show_mail(folder, number=args.number, to=args.to)
+    if args.mail_command == "last":
+        return mail_cli.show_mail(folder, to=args.last_to or args.to)
+    return mail_cli.list_mail(folder, to=args.to, limit=args.limit)
+
+
+def mail_server(listen: str, folder: Path | None) -> None:
+    from posmesh.common.settings import get_settings
+    from stack import mail_server as server
+
+    server.main(listen, folder or get_settings().data_dir / "mail")
+
+
 def envoy_config(out: Path | None, check: bool) -> None:
     from posmesh.common.settings import get_settings
     from stack import envoy_config as edge
@@ -74,7 +95,8 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    print("posmesh: starting PostgreSQL, Redis, auth, staff, orders, realtime and Envoy...", flush=True)
+    print("posmesh: starting PostgreSQL, Redis, the dev mail server, auth, staff, orders, realtime "
+          "and Envoy...", flush=True)
     try:
         await stack.start()
     except ChildDied as died:
@@ -95,6 +117,7 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
         f"  Envoy admin (this machine only) http://127.0.0.1:{stack.settings.envoy_admin_port}\n"
         f"  dev CA certificate              {ca}\n"
         f"  logs                            {_relative(stack.data_dir / 'logs')}/\n"
+        f"{_mail_banner(stack)}"
         f"Stop with Ctrl-C (or SIGTERM).\n",
         flush=True,
     )
@@ -113,6 +136,19 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
     await stack.stop()
     print("posmesh: stopped.", flush=True)
     return code
+
+
+def _mail_banner(stack) -> str:
+    from posmesh.common.mail.smtp import SmtpTarget
+
+    target = SmtpTarget.from_url(stack.settings.smtp_url).redacted()
+    if stack.mail_port is None:
+        return f"  mail                            sent to {target} (SMTP_URL)\n"
+    command = _relative(Path(sys.executable).parent / "posmesh")
+    return (f"  mail (dev server)               {target}: nothing leaves, every mail is kept in "
+            f"{_relative(stack.mail_dir)}/\n"
+            f"  read mail                       {command} mail   (then {command} mail show 1, "
+            f"or {command} mail last --to ADDRESS)\n")
 
 
 async def seed_demo(stack) -> None:
@@ -157,6 +193,21 @@ def main(argv: list[str] | None = None) -> None:
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    mail_parser = commands.add_parser(
+        "mail", help="list the mail the dev mail server stored (newest first), or show one")
+    mail_parser.add_argument("--to", help="only mail to this address")
+    mail_parser.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
+    mail_commands = mail_parser.add_subparsers(dest="mail_command")
+    show_parser = mail_commands.add_parser(
+        "show", help="print the N-th of the list (1 = newest; with --to, of the mail to that address)")
+    show_parser.add_argument("number", type=int)
+    last_parser = mail_commands.add_parser("last", help="print the newest mail")
+    last_parser.add_argument("--to", dest="last_to", help="the newest mail to this address")
+    server_parser = commands.add_parser(
+        "mail-server", help="run the dev mail server: accepts every mail, stores it for `posmesh mail`")
+    server_parser.add_argument("--listen", default="127.0.0.1:1025",
+                               help="HOST:PORT to accept SMTP on (default 127.0.0.1:1025)")
+    server_parser.add_argument("--maildir", type=Path, help="where to store mail (default <data dir>/mail)")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -165,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         manage_keys(args.keys_command)
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
+    elif args.command == "mail":
+        sys.exit(mail(args))
+    elif args.command == "mail-server":
+        mail_server(args.listen, args.maildir)
     else:
         import uvloop
 

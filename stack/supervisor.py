@@ -1,4 +1,5 @@
-"""The whole system on one machine: stores, services and Envoy as supervised child processes.
+"""The whole system on one machine: stores, the dev mail server, services and Envoy as supervised
+child processes.
 
 `posmesh run` and the test suite's `stack` fixture both use `Stack`, so tests exercise exactly
 what a developer runs. A child that exits unexpectedly is recorded as the stack's failure
@@ -25,11 +26,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from posmesh.common.settings import Settings
 from stack import codegen, envoy_config
 from stack.certs import DevCerts, ensure_dev_certs
-from stack.embedded import EmbeddedPostgres, EmbeddedRedis, port_open
+from stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_open
 
 log = logging.getLogger("posmesh.stack")
 
 SERVICES = ("auth", "staff", "orders", "realtime")
+MAIL_SERVER = "mail"  # the dev mail server's child name
 STOP_TIMEOUT_SECONDS = 10.0
 TAIL_LINES = 40
 
@@ -110,6 +112,7 @@ class Stack:
         self.realtime_replicas = 1 + len(self.extra_realtime_addrs)
         self.postgres: EmbeddedPostgres | None = None
         self.redis: EmbeddedRedis | None = None
+        self.mail_port: int | None = None  # the dev mail server's, when SMTP_URL is unset
         self.certs: DevCerts | None = None
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
@@ -135,6 +138,11 @@ class Stack:
         return self.settings.service_addr(name)
 
     @property
+    def mail_dir(self) -> Path:
+        """Where the dev mail server stores every mail (a Maildir; `posmesh mail` reads it)."""
+        return self.data_dir / "mail"
+
+    @property
     def service_names(self) -> list[str]:
         return [*SERVICES, *(f"realtime-{n}" for n in range(2, self.realtime_replicas + 1))]
 
@@ -146,6 +154,8 @@ class Stack:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.to_thread(self._prepare)
+            if self.mail_port is not None:
+                await self._spawn(self._mail_child())
             for name in self.service_names:
                 await self._spawn(self._service_child(name))
             await self._spawn(self._envoy_child())
@@ -164,6 +174,9 @@ class Stack:
         if not self.settings.redis_url:
             self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db")
             updates["redis_url"] = self.redis.start()
+        if not self.settings.smtp_url:
+            self.mail_port = free_port()
+            updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
         self.settings = self.settings.model_copy(update=updates)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
         codegen.ensure_generated()
@@ -173,12 +186,16 @@ class Stack:
         envoy_config.validate(self.envoy_config)
 
     async def stop(self) -> None:
-        """Envoy first (no new traffic), then the services, then Redis and PostgreSQL."""
+        """Envoy first (no new traffic), then the services, then the mail server (a sender
+        finishing its last mail still reaches it), Redis and PostgreSQL."""
         self._stopping = True
         envoy = self.children.get("envoy")
         if envoy is not None:
             await self._terminate(envoy)
-        await asyncio.gather(*(self._terminate(child) for child in self.children.values()))
+        await asyncio.gather(*(self._terminate(child) for child in self.children.values()
+                               if child.name != MAIL_SERVER))
+        if MAIL_SERVER in self.children:
+            await self._terminate(self.children[MAIL_SERVER])
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
         if self.postgres is not None:
@@ -212,6 +229,24 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not become ready:\n{child.last_lines()}")
             await asyncio.sleep(0.1)
+
+    async def stop_mail_server(self) -> None:
+        self._require(self.mail_port, "SMTP_URL points at an external mail server")
+        await self._terminate(self.children[MAIL_SERVER])
+
+    async def start_mail_server(self, timeout: float = 30.0) -> None:
+        """Again on the same port, with the same store."""
+        self._require(self.mail_port, "SMTP_URL points at an external mail server")
+        child = self.children[MAIL_SERVER]
+        if child.running:
+            return
+        await self._spawn(child)
+        deadline = time.monotonic() + timeout
+        while not await self._mail_server_ready():
+            self._raise_if_dead(child)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the mail server did not come back:\n{child.last_lines()}")
+            await asyncio.sleep(0.05)
 
     async def stop_redis(self) -> None:
         self._require(self.redis, "REDIS_URL points at an external Redis").stop()
@@ -263,6 +298,12 @@ class Stack:
                          "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
+
+    def _mail_child(self) -> Child:
+        argv = [sys.executable, "-m", "stack.cli", "mail-server",
+                "--listen", f"127.0.0.1:{self.mail_port}", "--maildir", str(self.mail_dir)]
+        return Child(MAIL_SERVER, argv, self._child_env(), self.data_dir / "logs" / "mail.log",
+                     self.echo)
 
     def _envoy_child(self) -> Child:
         assert self.envoy_config is not None
@@ -344,6 +385,9 @@ class Stack:
             return await asyncio.to_thread(port_open, host, int(port))
         return True
 
+    async def _mail_server_ready(self) -> bool:
+        return await asyncio.to_thread(port_open, "127.0.0.1", self.mail_port)
+
     async def _envoy_ready(self) -> bool:
         def ready() -> bool:
             import urllib.request
@@ -358,12 +402,17 @@ class Stack:
         return await asyncio.to_thread(ready)
 
     async def _wait_ready(self, deadline: float) -> None:
-        pending = set(self.service_names) | {"envoy"}
+        pending = set(self.service_names) | {"envoy"} | ({MAIL_SERVER} & set(self.children))
         while pending:
             for name in list(pending):
                 child = self.children[name]
                 self._raise_if_dead(child)
-                ok = await (self._envoy_ready() if name == "envoy" else self._service_ready(name))
+                if name == "envoy":
+                    ok = await self._envoy_ready()
+                elif name == MAIL_SERVER:
+                    ok = await self._mail_server_ready()
+                else:
+                    ok = await self._service_ready(name)
                 if ok:
                     pending.discard(name)
             if pending:

@@ -1,15 +1,18 @@
 """Session fixtures: the whole system, started once on free ports in a temporary data dir.
 
-    async def test_something(stack, edge):
+    async def test_something(stack, edge, mailbox):
         reply = await edge.get("/api/v1/health")          # httpx over TLS through Envoy
         channel = grpc.aio.insecure_channel(stack.addr("auth"))  # a service directly
         await stack.stop_service("auth"); await stack.start_service("auth")
         await stack.stop_redis(); await stack.start_redis(); await stack.restart_postgres()
+        await stack.stop_mail_server(); await stack.start_mail_server()     # same port and store
         print(stack.service_log("orders"))
+        await mailbox.wait_for(to=email, subject_contains="Confirm")  # what the stack really sent
 
 Real PostgreSQL (embedded, or a fresh database on DATABASE_URL's server), real Redis (embedded, or
-REDIS_URL), four services plus a second realtime process, and Envoy. Nothing starts unless a test
-asks for `stack` (or `edge`), so unit-test runs stay fast.
+REDIS_URL), the dev mail server (real SMTP, every mail stored), four services plus a second
+realtime process, and Envoy. Nothing starts unless a test asks for `stack` (or `edge`,
+`mailbox`), so unit-test runs stay fast.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pytest_asyncio
 
 from stack.supervisor import Stack
 from tests.harness import create_database, data_dir, drop_database, stack_settings
+from tests.support.mail import Mailbox
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +72,12 @@ def tls_context(stack: Stack, *, http2: bool = True) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(stack.ca_file))
     context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return context
+
+
+@pytest.fixture(scope="session")
+def mailbox(stack: Stack) -> Mailbox:
+    """The mail the stack's services sent, as its dev mail server stored it."""
+    return Mailbox(stack.mail_dir)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -79,6 +79,13 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "REFRESH_GRACE_SECONDS": 2,
         "JWKS_REFRESH_SECONDS": 2,
         "EDGE_JWKS_CACHE_SECONDS": 2,
+        # Mail: always the stack's own dev server (tests read its store), links to this edge,
+        # and retries quick enough that the outage test waits seconds, not minutes.
+        "SMTP_URL": None,
+        "PUBLIC_BASE_URL": f"https://localhost:{edge}",
+        "MAIL_RETRY_BASE_SECONDS": 0.2,
+        "MAIL_RETRY_MAX_SECONDS": 1.0,
+        "MAIL_POLL_SECONDS": 1.0,
     }
     return Settings(**values), realtime_grpc[1:]
 

@@ -21,6 +21,11 @@ def database_url(settings: Settings) -> str:
     raise RuntimeError("DATABASE_URL must be a postgresql:// URL")
 
 
+def libpq_url(settings: Settings) -> str:
+    """DATABASE_URL in libpq form, for a raw asyncpg connection (LISTEN)."""
+    return "postgresql://" + database_url(settings).removeprefix("postgresql+asyncpg://")
+
+
 def create_engine(settings: Settings, schema: str) -> AsyncEngine:
     """An engine whose connections see `schema` first on the search path (then public)."""
     # Looked up on the module at call time: telemetry.setup() wraps it so every statement is a

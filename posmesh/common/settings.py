@@ -160,6 +160,27 @@ class Settings(BaseSettings):
     # How long a restaurant's currency and time zone (from the staff service) are cached.
     orders_restaurant_cache_seconds: float = Field(60.0, alias="ORDERS_RESTAURANT_CACHE_SECONDS")
 
+    # Mail (posmesh/common/mail; docs/platform.md "How mail leaves").
+    # smtp://host:port (no TLS), smtp+starttls://user:pass@host:587, smtps://user:pass@host:465.
+    # Unset: `posmesh run` and the test stack start the embedded dev server and set it.
+    smtp_url: str | None = Field(None, alias="SMTP_URL")
+    mail_from: str = Field("posmesh <no-reply@posmesh.local>", alias="MAIL_FROM")
+    # Where the app is reached from outside: links in mails start with it. Unset:
+    # https://localhost:<EDGE_PORT>, the local edge.
+    public_base_url: str | None = Field(None, alias="PUBLIC_BASE_URL")
+    # A mail is tried this many times (backoff MAIL_RETRY_BASE_SECONDS doubling up to
+    # MAIL_RETRY_MAX_SECONDS, with jitter), then marked failed; defaults retry about an hour.
+    mail_max_attempts: int = Field(12, alias="MAIL_MAX_ATTEMPTS", ge=1)
+    mail_retry_base_seconds: float = Field(5.0, alias="MAIL_RETRY_BASE_SECONDS", gt=0)
+    mail_retry_max_seconds: float = Field(900.0, alias="MAIL_RETRY_MAX_SECONDS", gt=0)
+    # The sender wakes on LISTEN/NOTIFY after a commit; this poll is its safety net.
+    mail_poll_seconds: float = Field(5.0, alias="MAIL_POLL_SECONDS", gt=0)
+    # Longest one delivery may take (connect, TLS, login, the message); a claimed mail is
+    # left alone by other senders for twice this.
+    mail_send_timeout_seconds: float = Field(30.0, alias="MAIL_SEND_TIMEOUT_SECONDS", gt=0)
+    # Sent and failed mails (their links and tokens included) are deleted after this.
+    mail_retention_days: float = Field(7.0, alias="MAIL_RETENTION_DAYS", gt=0)
+
     # One aggregated health check serves every caller of a process for this long.
     health_cache_seconds: float = Field(1.0, alias="HEALTH_CACHE_SECONDS")
 
@@ -192,6 +213,11 @@ class Settings(BaseSettings):
     @property
     def certs_dir(self) -> Path:
         return self.data_dir / "certs"
+
+    @property
+    def public_url(self) -> str:
+        """PUBLIC_BASE_URL without a trailing slash, or the local edge."""
+        return (self.public_base_url or f"https://localhost:{self.edge_port}").rstrip("/")
 
     def service_addr(self, service: str) -> str:
         return getattr(self, f"{service}_addr")

@@ -1,4 +1,4 @@
-"""Wires the auth service: migrations, key ring, database, Redis, the gRPC server."""
+"""Wires the auth service: migrations, key ring, database, Redis, the mail sender, the gRPC server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from posmesh.common import db, security_events
 from posmesh.common.authn import Authenticator, build_verifier
 from posmesh.common.interceptors import server_interceptors
-from posmesh.common.mail import MailTemplates
+from posmesh.common.mail import MailSender, MailTemplates
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
@@ -100,6 +100,8 @@ async def serve(settings: Settings) -> None:
     log.info("revocation markers re-published for %d recently ended session(s)", resynced)
     revocations.start()
     user_events.start()
+    mail_sender = MailSender(settings, engine, SCHEMA)
+    mail_sender.start()
     background = [
         asyncio.create_task(_keep_keys_fresh(keyring, keyset), name="auth-keys"),
         asyncio.create_task(_purge_periodically(store, settings.auth_cleanup_interval_seconds),
@@ -119,6 +121,7 @@ async def serve(settings: Settings) -> None:
         await asyncio.gather(*background, return_exceptions=True)
         await revocations.stop()
         await user_events.stop()
+        await mail_sender.stop()
         await security_events.flush()
         security_events.configure(None)
         sign_in_hashing.close()

@@ -1,5 +1,6 @@
 """The staff service's entry point (`posmesh serve staff`): migrations, the database, Redis (for the
-session revocation check), the auth service (keys, memberships, security events), the server."""
+session revocation check), the auth service (keys, memberships, security events), the mail sender,
+the server."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from posmesh.common import clients, db, security_events
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.interceptors import server_interceptors
-from posmesh.common.mail import MailTemplates
+from posmesh.common.mail import MailSender, MailTemplates
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
@@ -31,6 +32,8 @@ async def serve(settings: Settings) -> None:
     security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="staff"))
     user_events = UserEventPublisher(redis, STAFF_STREAM)
     user_events.start()
+    mail_sender = MailSender(settings, engine, SCHEMA)
+    mail_sender.start()
     store, accounts = StaffStore(engine), AuthAccounts(auth_channel)
     invitations = Invitations(store, accounts, MailTemplates(settings), user_events, settings)
     domain = StaffDomain(store, accounts, user_events, invitations)
@@ -42,6 +45,7 @@ async def serve(settings: Settings) -> None:
 
     async def on_shutdown() -> None:
         await user_events.stop()
+        await mail_sender.stop()
         await jwks_refresher.stop()
         await security_events.flush()
 

@@ -238,7 +238,10 @@ def _descendants(pid: int) -> list[psutil.Process]:
 async def test_posmesh_run_stops_everything_cleanly_on_sigterm(cli_dir, cli_database):
     process, out = await _run_cli_until_up(cli_dir, cli_database)
     children = _descendants(process.pid)
-    assert len(children) >= 5  # four services and Envoy
+    assert len(children) >= 6  # four services, the mail server and Envoy
+    banner = out.read_text().split("posmesh is up")[1]
+    assert f"every mail is kept in {cli_dir / 'data' / 'mail'}/" in banner
+    assert "posmesh mail last --to ADDRESS" in banner
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 30) == 0

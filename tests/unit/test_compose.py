@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from posmesh.common.mail.smtp import SmtpTarget
 from posmesh.common.settings import Settings
 from stack import envoy_config
 
@@ -27,7 +28,7 @@ def _port(addr: str) -> int:
 
 
 def test_every_part_of_the_system_is_a_compose_service(compose):
-    assert set(SERVICES) | {"postgres", "redis", "envoy", "envoy-config"} <= set(compose["services"])
+    assert set(SERVICES) | {"postgres", "redis", "mail", "envoy", "envoy-config"} <= set(compose["services"])
     assert {"jaeger", "otel-collector"} & set(compose["services"]), "no trace backend"
 
 
@@ -74,6 +75,27 @@ def test_postgres_accepts_every_pool(compose):
                    + Settings.model_fields["db_max_overflow"].default)
 
     assert limit > 3 * per_process
+
+
+def test_the_services_send_mail_to_the_dev_mail_server_that_keeps_it_in_the_data_dir(compose):
+    mail = compose["services"]["mail"]
+    listen = mail["command"][mail["command"].index("--listen") + 1]
+
+    assert mail["command"][0] == "mail-server"
+    assert SmtpTarget.from_url(compose["services"]["auth"]["environment"]["SMTP_URL"]) == SmtpTarget(
+        "mail", _port(listen), use_tls=False, start_tls=False)
+    assert str(_port(listen)) in mail["expose"]
+    # `posmesh mail` in that container reads <POSMESH_DATA_DIR>/mail: the volume must be there.
+    data_dir = re.search(r"POSMESH_DATA_DIR=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert any(volume.endswith(f":{data_dir}/mail") for volume in mail["volumes"])
+
+
+@pytest.mark.parametrize("service", ["auth", "staff"])
+def test_the_mail_sending_services_have_a_mail_server_and_public_url(compose, service):
+    environment = compose["services"][service]["environment"]
+
+    assert environment["SMTP_URL"] and environment["MAIL_FROM"]
+    assert environment["PUBLIC_BASE_URL"].startswith("https://")
 
 
 def test_envoy_runs_the_config_the_render_step_writes(compose):

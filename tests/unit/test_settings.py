@@ -3,6 +3,7 @@ that every setting is documented."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,19 @@ def test_every_setting_is_documented():
 
     missing = [alias for alias in _aliases() if f"`{alias}`" not in docs]
     assert not missing, f"settings documented nowhere in README.md or docs/: {missing}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/platform.md"])
+def test_every_setting_has_a_row_in_the_settings_tables(page):
+    rows = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", (ROOT / page).read_text(), flags=re.M))
+
+    assert [alias for alias in _aliases() if alias not in rows] == []
+    assert rows <= set(_aliases()), f"{page} lists settings that do not exist"
+
+
+def test_mail_settings_default_to_the_dev_setup():
+    settings = Settings(SMTP_URL=None, PUBLIC_BASE_URL=None, EDGE_PORT=8443)
+
+    assert settings.smtp_url is None  # `posmesh run` starts the dev mail server
+    assert settings.public_url == "https://localhost:8443"
+    assert Settings(PUBLIC_BASE_URL="https://pos.example.com/").public_url == "https://pos.example.com"
