@@ -365,9 +365,12 @@ class StaffDomain:
             actor = await self._actor(tx, caller, rid)
             if denial := rules.role_denial(actor.access_role, name, new_role=new.access_role):
                 self._deny(caller, denial)
+            # A deactivated record of the address is reactivated, not duplicated.
+            if (existing := await tx.employee_with_email(rid, new.email)) is not None:
+                raise _employee_exists(existing)
             employee = await tx.insert_employee(rid, new)
-            if employee is None:
-                raise _employee_exists(await tx.live_employee_with_email(rid, new.email))
+            if employee is None:  # a concurrent invitation of the same address won
+                raise _employee_exists(await tx.employee_with_email(rid, new.email))
             await tx.record_change(employee, caller.user_id, "invited",
                                    {field: _json_value(value) for field, value in _fields(new).items()})
             invitation = await self.invitations.send_in(tx, restaurant, employee, actor)

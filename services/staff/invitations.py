@@ -32,6 +32,7 @@ from posmesh.common.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
 )
 from posmesh.common.mail import MailTemplates
 from posmesh.common.settings import Settings
@@ -218,7 +219,7 @@ class Invitations:
         if caller is not None:
             user = await self.accounts.get_user(caller.user_id)
             if user is None:
-                raise PermissionDenied("TOKEN_INVALID", "the account of this token no longer exists")
+                raise Unauthenticated("TOKEN_INVALID", "the account of this token no longer exists")
             if user.email != invitation.email:
                 security_events.record("INVITATION_EMAIL_MISMATCH", ip=client_ip,
                                        user_id=caller.user_id,

@@ -216,11 +216,12 @@ class StaffTransaction:
         row = (await self.conn.execute(statement.returning(employees))).first()
         return _employee(row) if row else None
 
-    async def live_employee_with_email(self, restaurant_id: uuid.UUID, email: str) -> Employee | None:
+    async def employee_with_email(self, restaurant_id: uuid.UUID, email: str) -> Employee | None:
+        """The record of an address in this restaurant, a live one first."""
         row = (await self.conn.execute(
             sa.select(employees).where(employees.c.restaurant_id == restaurant_id,
-                                       employees.c.email == email,
-                                       employees.c.state != DEACTIVATED)
+                                       employees.c.email == email)
+            .order_by((employees.c.state == DEACTIVATED).asc(), employees.c.create_time.desc())
         )).first()
         return _employee(row) if row else None
 

@@ -119,7 +119,8 @@ def test_field_behaviors_become_required_read_only_and_write_only():
 
     assert register["required"] == ["email", "password", "full_name"]
     assert employee["id"]["readOnly"] is True
-    assert employee["initial_password"]["writeOnly"] is True
+    accept = schema("posmesh.staff.v1.AcceptInvitationRequest")["properties"]
+    assert accept["password"]["writeOnly"] is True
 
 
 def test_comments_of_the_protos_are_the_descriptions():

@@ -29,10 +29,15 @@ from posmesh.common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from posmesh.common.settings import Settings
 from services.staff.domain import MembershipChange, StaffDomain, UserAccount
+from services.staff.invitations import Invitations
 from services.staff.models import (
     ACTIVE,
+    DEACTIVATED,
     INACTIVE,
+    INVITED,
+    Invitation,
     Address,
     EmployeeDraft,
     MemberRestaurant,
@@ -82,16 +87,85 @@ class MemoryTransaction:
         self.data["restaurants"][rid] = updated
         return updated
 
-    async def insert_employee(self, rid, user_id, new):
-        if any(e.restaurant_id == rid and e.user_id == user_id for e in self.data["employees"].values()):
+    async def insert_employee(self, rid, new, *, user_id=None):
+        if any(e.restaurant_id == rid and e.state != DEACTIVATED
+               and (e.email == new.email or (user_id and e.user_id == user_id))
+               for e in self.data["employees"].values()):
             return None
         now = _now()
         employee = EmployeeRecord(
-            id=uuid.uuid4(), restaurant_id=rid, user_id=user_id, active=True, version=1,
-            create_time=now, update_time=now, deactivate_time=None,
+            id=uuid.uuid4(), restaurant_id=rid, user_id=user_id, active=user_id is not None,
+            version=1, create_time=now, update_time=now, deactivate_time=None,
+            state=ACTIVE if user_id is not None else INVITED,
             **{f.name: getattr(new, f.name) for f in dataclasses.fields(new)})
         self.data["employees"][employee.id] = employee
         return employee
+
+    async def employee_with_email(self, rid, email):
+        found = sorted((e for e in self.data["employees"].values()
+                        if e.restaurant_id == rid and e.email == email),
+                       key=lambda e: e.state == DEACTIVATED)
+        return found[0] if found else None
+
+    async def deactivate_employee(self, employee_id):
+        return await self.update_employee(employee_id, {"state": DEACTIVATED, "active": False,
+                                                        "deactivate_time": _now()})
+
+    async def reactivate_employee(self, employee_id, *, invited):
+        return await self.update_employee(employee_id, {
+            "state": INVITED if invited else ACTIVE, "active": not invited,
+            "deactivate_time": None})
+
+    async def activate_employee(self, employee_id, user_id):
+        return await self.update_employee(employee_id, {"state": ACTIVE, "active": True,
+                                                        "user_id": user_id})
+
+    async def enqueue_mail(self, mail):
+        self.data["mails"].append(mail)
+
+    def _invitation_view(self, row: dict) -> Invitation:
+        employee = self.data["employees"][row["employee_id"]]
+        restaurant = self.data["restaurants"][row["restaurant_id"]]
+        return Invitation(restaurant_name=restaurant.name, access_role=employee.access_role,
+                          **{k: v for k, v in row.items() if k not in ("token_digest", "accepted_by")})
+
+    async def insert_invitation(self, rid, new):
+        now = _now()
+        row = {"id": uuid.uuid4(), "restaurant_id": rid, "employee_id": new.employee_id,
+               "email": new.email, "token_digest": new.token_digest, "create_time": now,
+               "expire_time": new.expire_time, "send_time": now, "send_count": 1,
+               "accept_time": None, "revoke_time": None, "accepted_by": None}
+        self.data["invitations"][row["id"]] = row
+        return self._invitation_view(row)
+
+    async def invitation_for_update(self, rid, *, invitation_id=None, token_digest=None):
+        for row in self.data["invitations"].values():
+            if ((token_digest is not None and row["token_digest"] == token_digest)
+                    or (token_digest is None and row["id"] == invitation_id)) \
+                    and (rid is None or row["restaurant_id"] == rid):
+                return self._invitation_view(row)
+        return None
+
+    async def open_invitation_of_employee(self, employee_id):
+        for row in self.data["invitations"].values():
+            if row["employee_id"] == employee_id and not row["accept_time"] \
+                    and not row["revoke_time"]:
+                return self._invitation_view(row)
+        return None
+
+    async def resend_invitation(self, invitation_id, *, token_digest, expire_time):
+        row = self.data["invitations"][invitation_id]
+        row.update(token_digest=token_digest, expire_time=expire_time, send_time=_now(),
+                   send_count=row["send_count"] + 1)
+        return self._invitation_view(row)
+
+    async def close_invitation(self, invitation_id, *, accepted_by=None):
+        row = self.data["invitations"][invitation_id]
+        if accepted_by is not None:
+            row.update(accept_time=_now(), accepted_by=accepted_by)
+        else:
+            row.update(revoke_time=_now())
+        return self._invitation_view(row)
 
     async def employee_for_update(self, rid, employee_id):
         found = self.data["employees"].get(employee_id)
@@ -120,7 +194,8 @@ class MemoryTransaction:
 
 class MemoryStore:
     def __init__(self) -> None:
-        self.data = {"restaurants": {}, "employees": {}, "changes": []}
+        self.data = {"restaurants": {}, "employees": {}, "changes": [], "invitations": {},
+                     "mails": []}
         self.fail_commit = False
 
     @asynccontextmanager
@@ -154,10 +229,10 @@ class MemoryStore:
                       key=lambda e: (e.create_time, e.id))
         if where.access_role:
             rows = [e for e in rows if e.access_role == where.access_role]
-        if where.state == ACTIVE:
-            rows = [e for e in rows if e.active]
+        if where.state in (ACTIVE, INVITED):
+            rows = [e for e in rows if e.state == where.state]
         elif where.state == INACTIVE:
-            rows = [e for e in rows if not e.active]
+            rows = [e for e in rows if e.state == DEACTIVATED]
         if page.after:
             rows = [e for e in rows if (e.create_time, e.id) > page.after]
         return rows[: page.size + 1]
@@ -183,8 +258,9 @@ class FakeAccounts:
         self.calls: list[tuple] = []
         self.fail: dict[str, ApiError] = {}
 
-    def add_user(self, email: str, full_name: str = "Ada Lovelace") -> str:
-        user = UserAccount(str(uuid.uuid4()), email, full_name)
+    def add_user(self, email: str, full_name: str = "Ada Lovelace", *,
+                 verified: bool = True) -> str:
+        user = UserAccount(str(uuid.uuid4()), email, full_name, verified)
         self.users[user.id] = user
         return user.id
 
@@ -192,15 +268,23 @@ class FakeAccounts:
         if name in self.fail:
             raise self.fail[name]
 
-    async def ensure_user(self, email, full_name, password):
-        self.calls.append(("ensure_user", email))
-        self._maybe_fail("ensure_user")
-        for user in self.users.values():
+    async def claim_account(self, email, full_name, password, client_ip):
+        self.calls.append(("claim", email))
+        self._maybe_fail("claim")
+        for user in list(self.users.values()):
             if user.email == email:
-                return user
-        user = UserAccount(str(uuid.uuid4()), email, full_name, created=True)
+                if user.email_verified:
+                    raise AlreadyExists("EMAIL_TAKEN", "sign in and accept")
+                del self.users[user.id]  # taken over: same id, now verified
+                claimed = UserAccount(user.id, email, full_name, True)
+                self.users[user.id] = claimed
+                return claimed
+        user = UserAccount(str(uuid.uuid4()), email, full_name, True)
         self.users[user.id] = user
         return user
+
+    async def find_user_by_email(self, email):
+        return next((u for u in self.users.values() if u.email == email), None)
 
     async def get_user(self, user_id):
         self._maybe_fail("get_user")
@@ -245,10 +329,19 @@ def user_events():
     return RecordedUserEvents()
 
 
+class RecordedTemplates:
+    """The invitation mail as data, with its token (what the invited person clicks)."""
+
+    def invitation(self, *, to, restaurant_name, inviter_name, role, token, valid_for):
+        return {"to": to, "restaurant_name": restaurant_name, "inviter_name": inviter_name,
+                "role": role, "token": token}
+
+
 @pytest.fixture
 def world(user_events):
     store, accounts = MemoryStore(), FakeAccounts()
-    return store, accounts, StaffDomain(store, accounts, user_events)
+    invitations = Invitations(store, accounts, RecordedTemplates(), user_events, Settings())
+    return store, accounts, StaffDomain(store, accounts, user_events, invitations)
 
 
 async def open_restaurant(world):
@@ -260,10 +353,16 @@ async def open_restaurant(world):
 
 
 async def hire(world, as_caller, email, role="staff", **fields):
-    _, _, domain = world
+    """Invites `email` and accepts the invitation with the mailed token (a new account)."""
+    store, _, domain = world
     draft = EmployeeDraft(first_name="Sam", email=email, access_role=role, **fields)
-    employee = await domain.create_employee(as_caller, draft, "correct horse battery")
-    return employee, caller(str(employee.user_id), as_caller.restaurant_id, role)
+    invited = await domain.create_employee(as_caller, draft)
+    token = store.data["mails"][-1]["token"]
+    accepted = await domain.invitations.accept(None, token=token, invitation_id="",
+                                               password="correct horse battery", full_name="",
+                                               client_ip="198.51.100.8")
+    assert accepted.employee.id == invited.id
+    return accepted.employee, caller(accepted.user_id, as_caller.restaurant_id, role)
 
 
 # --- restaurants ------------------------------------------------------------------------------
@@ -414,7 +513,7 @@ async def test_creating_an_employee_links_the_account_and_grants_the_role(world)
 async def test_an_employee_defaults_to_the_staff_role(world):
     store, accounts, domain = world
     rid, owner = await open_restaurant(world)
-    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam", email="s@example.com"), "")
+    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam", email="s@example.com"))
     assert employee.access_role == "staff"
 
 
@@ -428,13 +527,28 @@ async def test_the_same_user_cannot_be_hired_twice(world):
     assert caught.value.metadata["employee_id"] == str(first.id)
 
 
-async def test_when_auth_cannot_grant_no_employee_is_created(world):
+async def test_an_employee_is_invited_without_any_account_or_membership(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    calls = len(accounts.calls)
+    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                 email="sam@example.com"))
+    assert (employee.state, employee.user_id, employee.active) == (INVITED, None, False)
+    assert accounts.calls[calls:] == []  # nobody's account is touched or created
+    (mail,) = store.data["mails"]
+    assert mail["to"] == "sam@example.com" and mail["restaurant_name"] == "Chez Ada"
+
+
+async def test_when_auth_cannot_grant_the_acceptance_fails_and_the_invitation_stays_open(world):
     store, accounts, domain = world
     rid, owner = await open_restaurant(world)
     accounts.fail["grant"] = AUTH_DOWN
     with pytest.raises(Unavailable):
         await hire(world, owner, "sam@example.com")
-    assert len(store.data["employees"]) == 1  # the owner only
+    invited = next(e for e in store.data["employees"].values() if e.email == "sam@example.com")
+    assert invited.state == INVITED and invited.user_id is None
+    (row,) = store.data["invitations"].values()
+    assert row["accept_time"] is None and row["revoke_time"] is None
 
 
 async def test_managers_cannot_create_owners_or_managers_and_the_denial_is_a_security_event(world, monkeypatch):
@@ -448,8 +562,9 @@ async def test_managers_cannot_create_owners_or_managers_and_the_denial_is_a_sec
             await hire(world, manager, f"{role}2@example.com", role=role)
         assert caught.value.reason == "ROLE_FORBIDDEN"
         assert "staff.CreateEmployee" in caught.value.message and "manager" in caught.value.message
-    assert [event for event, _ in recorded] == ["ACCESS_DENIED", "ACCESS_DENIED"]
-    assert recorded[0][1]["user_id"] == manager.user_id and recorded[0][1]["permission"] == "staff.CreateEmployee"
+    denied = [fields for event, fields in recorded if event == "ACCESS_DENIED"]
+    assert len(denied) == 2
+    assert denied[0]["user_id"] == manager.user_id and denied[0]["permission"] == "staff.CreateEmployee"
     staff, _ = await hire(world, manager, "staff@example.com")
     assert staff.access_role == "staff"
 
@@ -511,7 +626,8 @@ async def test_a_stale_employee_update_is_a_version_conflict_and_changes_nothing
                                      staff.version)
     assert caught.value.reason == "VERSION_CONFLICT"
     current = store.data["employees"][staff.id]
-    assert (current.access_role, current.job_title, current.version) == ("staff", "server", 2)
+    assert (current.access_role, current.job_title, current.version) == (
+        "staff", "server", staff.version + 1)
     assert len(accounts.calls) == calls  # auth was not asked for anything
 
 
