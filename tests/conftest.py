@@ -28,7 +28,7 @@ import pytest_asyncio
 
 from stack.supervisor import Stack
 from tests.harness import create_database, data_dir, drop_database, stack_settings
-from tests.support.mail import Mailbox
+from tests.support.mail import Mailbox, default_mailbox, use_mailbox
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,6 +49,7 @@ async def stack() -> AsyncIterator[Stack]:
         system = Stack(settings, extra_realtime_addrs=extra_realtime)
         try:
             await system.start()
+            use_mailbox(Mailbox(system.mail_dir))
             yield system
         finally:
             await system.stop()
@@ -77,7 +78,7 @@ def tls_context(stack: Stack, *, http2: bool = True) -> ssl.SSLContext:
 @pytest.fixture(scope="session")
 def mailbox(stack: Stack) -> Mailbox:
     """The mail the stack's services sent, as its dev mail server stored it."""
-    return Mailbox(stack.mail_dir)
+    return default_mailbox()
 
 
 @pytest_asyncio.fixture(scope="session")

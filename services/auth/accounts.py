@@ -30,7 +30,7 @@ from services.auth.identity_store import (
 )
 from services.auth.passwords import PasswordHashing
 from services.auth.rate_limits import LoginLimiter, account_id, too_many_attempts
-from services.auth.request_limits import Limit, RequestLimits, address_subject, ip_subject
+from services.auth.request_limits import Limit, RequestLimits, address_subject
 from services.auth.rules import (
     ACCOUNT_CLAIMED,
     CHANGE_EMAIL,
@@ -90,7 +90,7 @@ class Accounts:
         email = valid_email(email)
         full_name = valid_name(full_name, "full_name", required=True)
         check_password_policy(password, email=email, min_length=self._settings.password_min_length)
-        await self._limits.check((self._register_per_ip, ip_subject(client_ip)))
+        await self._limits.check(self._limits.for_client(self._register_per_ip, client_ip))
         password_hash = await self._enrollment_hashing.hash(password)
         token = opaque_tokens.issue(EMAIL_TOKEN_PREFIX)
         now = utcnow()
@@ -203,7 +203,7 @@ class Accounts:
         spends the same limits either way."""
         email = valid_email(email)
         await self._limits.check((self._reset_per_address, address_subject(email)),
-                                 (self._reset_per_ip, ip_subject(client_ip)))
+                                 self._limits.for_client(self._reset_per_ip, client_ip))
         user = await self._identities.user_by_email(email)
         if user is None:
             security_events.record("PASSWORD_RESET_UNKNOWN_ADDRESS", severity=security_events.INFO,

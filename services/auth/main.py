@@ -92,7 +92,8 @@ async def serve(settings: Settings) -> None:
     accounts = Accounts(
         settings=settings, store=store, identities=IdentityStore(store),
         sign_in_hashing=sign_in_hashing, enrollment_hashing=enrollment_hashing, limiter=limiter,
-        request_limits=RequestLimits(redis), templates=MailTemplates(settings),
+        request_limits=RequestLimits(redis, development=settings.is_development),
+        templates=MailTemplates(settings),
         revocations=revocations)
     memberships = Memberships(store=store, revocations=revocations, user_events=user_events)
 

@@ -401,7 +401,7 @@ class StaffDomain:
                 self._deny(caller, denial)
             if version != target.version:
                 raise version_conflict("employee", version, target.version)
-            if not target.active:
+            if target.state == DEACTIVATED:
                 raise FailedPrecondition(
                     "EMPLOYEE_INACTIVE",
                     f"employee {target.id} is deactivated; reactivate them (POST "

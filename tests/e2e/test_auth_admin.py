@@ -54,23 +54,44 @@ class RevocationListener:
         return await self._redis.get(revoked_key(session_id))
 
 
-async def test_ensure_user_creates_once_and_then_returns_the_same_user(stack, edge):
-    email = unique_email("ensure")
-    requests = [auth_pb2.EnsureUserRequest(email=variant, full_name="Eve Ensure",
-                                           password="correct horse battery staple")
-                for variant in (email, email.upper(), f" {email} ") * 3]
-    replies = await asyncio.gather(*[admin_call(stack, "EnsureUser", request) for request in requests])
-    assert sum(reply.created for reply in replies) == 1
-    assert len({reply.user.id for reply in replies}) == 1 and replies[0].user.email == email
+async def test_claiming_a_new_address_creates_one_verified_account_even_when_racing(stack, edge):
+    """ASVS 5.0 V6: whoever proved the mailbox (an invitation link) gets the account."""
+    email = unique_email("claim")
+    requests = [auth_pb2.ClaimAccountRequest(email=variant, full_name="Eve Claim",
+                                             password="correct horse battery staple")
+                for variant in (email, email.upper(), f" {email} ")]
+    outcomes = await asyncio.gather(*[admin_call(stack, "ClaimAccount", request)
+                                      for request in requests], return_exceptions=True)
+    created = [o for o in outcomes if not isinstance(o, Exception)]
+    # The first creates it verified; the others find a verified account: EMAIL_TAKEN.
+    assert [o.created for o in created] == [True]
+    assert all(grpc_reason(o) == "EMAIL_TAKEN" for o in outcomes if isinstance(o, Exception))
+    assert created[0].user.email == email and created[0].user.email_verified
     assert (await login(edge, email)).status_code == 200
 
 
-async def test_a_user_ensured_without_a_password_cannot_sign_in(stack, edge):
-    email = unique_email("nopass")
-    reply = await admin_call(stack, "EnsureUser", auth_pb2.EnsureUserRequest(email=email))
-    assert reply.created and reply.user.full_name == email.split("@")[0]
-    attempt = await login(edge, email, "anything at all")
-    assert attempt.status_code == 401 and error_reason(attempt) == "INVALID_CREDENTIALS"
+async def test_claiming_an_unverified_address_takes_it_over_and_signs_out_its_registrant(
+        stack, edge):
+    """ASVS 5.0 V6 (account pre-hijacking): a registration nobody verified is not an account."""
+    squatter = await register_and_login(edge, label="squatter")  # never verified
+    reply = await admin_call(stack, "ClaimAccount", auth_pb2.ClaimAccountRequest(
+        email=squatter.email, full_name="Real Owner", password="the real owners password"))
+
+    assert reply.took_over and not reply.created and reply.user.id == squatter.user_id
+    assert reply.user.email_verified and reply.user.full_name == "Real Owner"
+    gone = await edge.get("/api/v1/auth/me", headers=squatter.headers)
+    assert gone.status_code == 401 and error_reason(gone) == "SESSION_REVOKED"
+    refused = await login(edge, squatter.email, squatter.password)
+    assert refused.status_code == 401 and error_reason(refused) == "INVALID_CREDENTIALS"
+    assert (await login(edge, squatter.email, "the real owners password")).status_code == 200
+
+
+async def test_an_unverified_account_cannot_be_given_a_membership(stack, edge):
+    account = await register_and_login(edge, label="unverified")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await grant_membership(stack, account.user_id, str(uuid.uuid4()), "staff")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert grpc_reason(caught.value) == "EMAIL_NOT_VERIFIED"
 
 
 async def test_batch_get_users_returns_the_known_ones(stack, edge):

@@ -15,6 +15,7 @@ from tests.support.accounts import (
     register_and_login,
     unique_email,
 )
+from tests.support.restaurants import verify_email
 from tests.support.tokens import bearer
 
 
@@ -22,6 +23,8 @@ async def test_whole_lifecycle_register_login_me_refresh_reuse_revokes_then_logo
     email = unique_email("life")
     user = await register(edge, email=f"  {email.upper()} ", full_name="Lena Life")
     assert user["email"] == email and user["full_name"] == "Lena Life" and user["id"]
+    assert user["email_verified"] is False
+    await verify_email(edge, email)  # only a verified address can be given a membership
 
     restaurant = str(uuid.uuid4())
     await grant_membership(stack, user["id"], restaurant, "manager", "Lena's Diner")

@@ -111,7 +111,7 @@ def test_internal_rpcs_have_no_route_at_the_edge(tmp_path):
     internal = [method for method, rule in permissions.PERMISSIONS.items()
                 if rule.access is permissions.Access.INTERNAL]
 
-    assert "/posmesh.auth.v1.AuthAdminService/EnsureUser" in internal
+    assert "/posmesh.auth.v1.AuthAdminService/ClaimAccount" in internal
     assert {"posmesh.auth.v1.AuthAdminService"} <= set(_unrouted_services())
     for path in [*internal, *(f"/{service}/Any" for service in _unrouted_services()),
                  "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"]:
@@ -409,13 +409,14 @@ async def test_native_grpc_health_check_through_the_edge(stack):
 async def test_internal_admin_rpc_is_refused_through_the_edge(stack, edge):
     token = await _signed_in(edge)
     credentials = grpc.ssl_channel_credentials(stack.ca_file.read_bytes())
-    request = auth_pb2.EnsureUserRequest(email=f"x-{secrets.token_hex(3)}@example.com")
+    request = auth_pb2.FindUserByEmailRequest(email=f"x-{secrets.token_hex(3)}@example.com")
     async with grpc.aio.secure_channel(f"localhost:{stack.settings.edge_port}", credentials) as channel:
         stub = auth_pb2_grpc.AuthAdminServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as anonymous:
-            await stub.EnsureUser(request, timeout=5)
+            await stub.FindUserByEmail(request, timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as signed_in:
-            await stub.EnsureUser(request, timeout=5, metadata=[("authorization", f"Bearer {token}")])
+            await stub.FindUserByEmail(request, timeout=5,
+                                       metadata=[("authorization", f"Bearer {token}")])
 
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # A valid token gets no further: there is no route (HTTP 404 -> UNIMPLEMENTED).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from posmesh.common import permissions
 from posmesh.common.permissions import Access
 from posmesh.staff.v1 import staff_pb2
+from tests.support.accounts import staff_db
 from tests.support.restaurants import (
     Session,
     add_employee,
@@ -44,6 +46,7 @@ class World:
     b_owner: Session  # restaurant B: "another restaurant"
     b_id: str
     b_employee_id: str
+    b_invitation_id: str  # a pending invitation of B
     b_secrets: tuple[str, ...]  # strings only B's data contains
     loner: Session  # a signed-in user with no restaurant context (and no memberships)
 
@@ -59,9 +62,15 @@ async def world(edge: httpx.AsyncClient) -> World:
     b_first_name = f"Hidden{secrets.token_hex(4)}"
     b_staff = await add_employee(edge, b_owner, "staff", first_name=b_first_name,
                                  phone="+81 3 1234 5678", hourly_rate_minor=98765)
+    b_invited_email = unique_email("b-invited")
+    ok(await edge.post("/api/v1/employees", headers=b_owner.headers, json={
+        "first_name": b_first_name, "email": b_invited_email}))
+    (b_invitation,) = ok(await edge.get("/api/v1/invitations", headers=b_owner.headers))[
+        "invitations"]
     return World(a=a, a_id=restaurant_a["id"], b_owner=b_owner, b_id=restaurant_b["id"],
-                 b_employee_id=b_staff.employee_id,
-                 b_secrets=(b_name, b_first_name, b_staff.email, b_owner.email, "Asia/Tokyo"),
+                 b_employee_id=b_staff.employee_id, b_invitation_id=b_invitation["id"],
+                 b_secrets=(b_name, b_first_name, b_staff.email, b_owner.email, "Asia/Tokyo",
+                            b_invited_email),
                  loner=await register(edge, "loner"))
 
 
@@ -71,10 +80,12 @@ OK = (200, "")
 
 
 def expected(rpc: str, caller: str, target: str) -> tuple[int, str]:
-    if caller == "no_token":
-        return 401, "TOKEN_INVALID"
     rule = permissions.rule_for(f"/{STAFF_SERVICE.full_name}/{rpc}")
     assert rule is not None
+    if rule.access is Access.PUBLIC:
+        return 400, "INVITATION_INVALID"  # AcceptInvitation with a token nobody issued
+    if caller == "no_token":
+        return 401, "TOKEN_INVALID"
     names_other_restaurant = target == "other" and rpc not in _ID_BASED_OTHER
     if caller == "no_context":
         # A token without a restaurant: any restaurant-scoped call, or any call naming a
@@ -89,14 +100,17 @@ def expected(rpc: str, caller: str, target: str) -> tuple[int, str]:
     if rule.access is Access.RESTAURANT and caller not in rule.roles:
         return 403, "ROLE_FORBIDDEN"
     if target == "other":
-        return (404, "RESTAURANT_NOT_FOUND") if rpc == "GetRestaurant" else (404, "EMPLOYEE_NOT_FOUND")
+        return {"GetRestaurant": (404, "RESTAURANT_NOT_FOUND"),
+                "ResendInvitation": (404, "INVITATION_NOT_FOUND"),
+                "RevokeInvitation": (404, "INVITATION_NOT_FOUND")}.get(
+            rpc, (404, "EMPLOYEE_NOT_FOUND"))
     return OK
 
 
 # RPCs whose "other restaurant" case uses an id of another restaurant's record (in the path),
 # rather than naming the other restaurant in a header, the path's restaurant_id or the body.
 _ID_BASED_OTHER = {"GetRestaurant", "GetEmployee", "UpdateEmployee", "DeleteEmployee",
-                   "UndeleteEmployee"}
+                   "UndeleteEmployee", "ResendInvitation", "RevokeInvitation"}
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -111,10 +125,37 @@ async def fresh_staff_employee(edge, world: World, *, deactivated: bool = False)
     return employee["id"]
 
 
-async def build_request(edge, world: World, rpc: str, target: str) -> dict[str, Any]:
+async def fresh_invitation(edge, stack, world: World) -> str:
+    """A pending invitation of A, its last mail aged past the resend gap."""
+    owner = world.a["owner"]
+    email = unique_email("invitee")
+    ok(await edge.post("/api/v1/employees", headers=owner.headers, json={
+        "first_name": "Invitee", "email": email}))
+    invitation = next(i for i in ok(await edge.get("/api/v1/invitations", headers=owner.headers,
+                                                   params={"page_size": 200}))["invitations"]
+                      if i["email"] == email)
+    async with staff_db(stack) as connection:
+        await connection.execute("UPDATE invitations SET send_time = now() - interval '2 minutes' "
+                                 "WHERE id = $1", uuid.UUID(invitation["id"]))
+    return invitation["id"]
+
+
+async def build_request(edge, stack, world: World, rpc: str, target: str) -> dict[str, Any]:
     """method, url, json, extra headers for one case."""
     other = target == "other"
     other_header = {"x-restaurant-id": world.b_id} if other else {}
+    if rpc == "ListInvitations":
+        return dict(method="GET", url="/api/v1/invitations", headers=other_header)
+    if rpc in ("ResendInvitation", "RevokeInvitation"):
+        invitation_id = world.b_invitation_id if other else await fresh_invitation(edge, stack,
+                                                                                   world)
+        verb = "resend" if rpc == "ResendInvitation" else "revoke"
+        return dict(method="POST", url=f"/api/v1/invitations/{invitation_id}:{verb}", json={})
+    if rpc == "ListMyInvitations":
+        return dict(method="GET", url="/api/v1/invitations:mine", headers=other_header)
+    if rpc == "AcceptInvitation":
+        return dict(method="POST", url="/api/v1/invitations:accept", headers=other_header,
+                    json={"token": "pmiv_" + "A" * 43, "password": "nobody's password"})
     if rpc == "CreateRestaurant":
         return dict(method="POST", url="/api/v1/restaurants", headers=other_header, json={
             "name": f"Matrix {secrets.token_hex(3)}", "timezone": "Europe/London", "currency": "GBP"})
@@ -167,12 +208,15 @@ def caller_headers(world: World, caller: str) -> dict[str, str]:
 def test_the_matrix_covers_every_staff_rpc():
     assert set(RPCS) == {"CreateRestaurant", "ListRestaurants", "GetRestaurant", "UpdateRestaurant",
                          "ListEmployees", "CreateEmployee", "GetEmployee", "UpdateEmployee",
-                         "DeleteEmployee", "UndeleteEmployee"}
+                         "DeleteEmployee", "UndeleteEmployee", "ListInvitations",
+                         "ResendInvitation", "RevokeInvitation", "ListMyInvitations",
+                         "AcceptInvitation"}
 
 
 @pytest.mark.parametrize("rpc, caller, target", list(itertools.product(RPCS, CALLERS, TARGETS)))
-async def test_access(edge: httpx.AsyncClient, world: World, rpc: str, caller: str, target: str):
-    request = await build_request(edge, world, rpc, target)
+async def test_access(edge: httpx.AsyncClient, stack, world: World, rpc: str, caller: str,
+                      target: str):
+    request = await build_request(edge, stack, world, rpc, target)
     request["headers"] = {**request.get("headers", {}), **caller_headers(world, caller)}
     response = await edge.request(**request)
 
@@ -194,5 +238,10 @@ async def test_nothing_in_the_other_restaurant_changed(edge, world: World):
     employees = ok(await edge.get("/api/v1/employees", headers=world.b_owner.headers,
                                   params={"state": "all"}))["employees"]
     assert [(e["id"], e["version"], e["active"]) for e in employees if e["id"] == world.b_employee_id] == [
-        (world.b_employee_id, 1, True)]
-    assert len(employees) == 2  # B's owner and B's one employee: nobody was hired into B
+        (world.b_employee_id, 2, True)]  # invited (1), accepted (2), nothing since
+    # B's owner, B's one employee and the one B invited: nobody was hired into B
+    assert len(employees) == 3
+    (invitation,) = ok(await edge.get("/api/v1/invitations", headers=world.b_owner.headers))[
+        "invitations"]
+    assert (invitation["id"], invitation["state"], invitation["send_count"]) == (
+        world.b_invitation_id, "PENDING", 1)

@@ -96,8 +96,9 @@ async def test_the_apps_client_gets_every_event_once_across_20_forced_reconnects
     assert app.closes[1000] >= 1, "the acted-out warnings replaced sockets"
 
 
-async def test_an_onboarding_user_gets_membership_granted_within_a_second(stack, edge):
-    newcomer = await register(edge, "newcomer")  # no restaurant yet
+async def test_an_onboarding_user_is_told_of_an_invitation_and_of_the_membership_within_a_second(
+        stack, edge):
+    newcomer = await register(edge, "newcomer")  # verified, no restaurant yet
     app = AppLikeClient(stack.edge_url, stack.ca_file, Tokens(newcomer.access_token,
                                                               newcomer.refresh_token),
                         newcomer.user_id, refresher(edge))
@@ -107,18 +108,23 @@ async def test_an_onboarding_user_gets_membership_granted_within_a_second(stack,
     assert welcome.data["scope"] == "user" and app.closes == Counter()
     party = await open_restaurant(edge)
 
-    hired_at = time.monotonic()
-    hired = await edge.post("/api/v1/employees", headers=party.owner.headers, json={
+    invited = ok(await edge.post("/api/v1/employees", headers=party.owner.headers, json={
         "first_name": "New", "last_name": "Comer", "email": newcomer.email,
-        "access_role": "staff"})
-    assert hired.status_code == 200, hired.text
+        "access_role": "staff"}))
+    await app.wait_for(lambda: app.events("invitation.received"), timeout=5)
+    (invitation,) = app.events("invitation.received")
+    assert invitation.data["restaurant_id"] == party.restaurant_id
+
+    accepted_at = time.monotonic()
+    ok(await edge.post("/api/v1/invitations:accept", headers=newcomer.headers,
+                       json={"invitation_id": invitation.data["invitation_id"]}))
     await app.wait_for(lambda: app.events("membership.granted"), timeout=5)
     (granted,) = app.events("membership.granted")
     await app.stop()
 
-    assert granted.at - hired_at < 1.0
+    assert granted.at - accepted_at < 1.0
     assert granted.data["restaurant_id"] == party.restaurant_id
-    assert granted.data["role"] == "staff"
+    assert granted.data["role"] == "staff" and invited["state"] == "INVITED"
     assert app.sockets_opened == 1, "the onboarding socket is never refused"
 
 

@@ -11,9 +11,10 @@ import secrets
 import httpx
 import pytest
 
+from tests.support.mail import default_mailbox, token_from
 from tests.support.restaurants import (
-    PASSWORD,
     Session,
+    accept_invitation,
     add_employee,
     create_restaurant_as_owner,
     error_metadata,
@@ -23,6 +24,10 @@ from tests.support.restaurants import (
     register,
     unique_email,
 )
+
+
+# An employee who accepted their invitation: the record was created (1), then activated (2).
+ACCEPTED = 2
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +51,35 @@ async def get_employee(edge, session: Session, employee_id: str) -> dict:
 # --- hiring -----------------------------------------------------------------------------------
 
 
-async def test_an_owner_hires_an_employee_with_every_field(edge, team):
+async def test_an_owner_invites_an_employee_with_every_field_who_works_once_they_accept(
+        edge, team):
     email = unique_email("grace")
     created = ok(await edge.post("/api/v1/employees", headers=team["owner"].headers, json={
         "first_name": " Grace ", "last_name": "Hopper", "email": email.upper(),
         "phone": "+1 (555) 010-9999", "access_role": "staff", "job_title": "BARTENDER",
-        "hourly_rate_minor": "1575", "start_date": "2025-02-03", "initial_password": PASSWORD}))
+        "hourly_rate_minor": "1575", "start_date": "2025-02-03"}))
     assert {key: created[key] for key in ("first_name", "last_name", "email", "phone", "access_role",
                                           "job_title", "hourly_rate_minor", "start_date", "active",
-                                          "version")} == {
+                                          "state", "user_id", "version")} == {
         "first_name": "Grace", "last_name": "Hopper", "email": email, "phone": "+1 (555) 010-9999",
         "access_role": "staff", "job_title": "bartender", "hourly_rate_minor": "1575",
-        "start_date": "2025-02-03", "active": True, "version": 1}
+        "start_date": "2025-02-03", "active": False, "state": "INVITED", "user_id": "",
+        "version": 1}
     assert created["restaurant_id"] == team["owner"].restaurant_id
-    assert "initial_password" not in created
-    session = await login(edge, email, team["owner"].restaurant_id)
-    assert (session.user_id, session.role) == (created["user_id"], "staff")
+
+    accepted = await accept_invitation(edge, email, password="graces own password")
+    assert accepted["employee"]["state"] == "ACTIVE" and accepted["employee"]["active"]
+    session = await login(edge, email, team["owner"].restaurant_id, password="graces own password")
+    assert (session.user_id, session.role) == (accepted["user_id"], "staff")
 
 
-async def test_hiring_someone_who_already_has_an_account_links_it(edge, team):
+async def test_inviting_someone_who_already_has_an_account_never_links_it_by_itself(edge, team):
     existing = await register(edge, "existing")
     created = ok(await edge.post("/api/v1/employees", headers=team["owner"].headers, json={
         "first_name": "Existing", "email": existing.email}))
-    assert created["user_id"] == existing.user_id and created["access_role"] == "staff"
+    assert created["user_id"] == "" and created["state"] == "INVITED"
+    me = ok(await edge.get("/api/v1/auth/me", headers=existing.headers))
+    assert me["memberships"] == []  # nothing until they accept
     again = await edge.post("/api/v1/employees", headers=team["owner"].headers, json={
         "first_name": "Twice", "email": existing.email})
     assert again.status_code == 409 and error_reason(again) == "EMPLOYEE_EXISTS"
@@ -83,7 +94,7 @@ async def test_concurrent_hires_of_the_same_person_create_one_employee(edge, tea
     assert sorted(r.status_code for r in responses) == [200, 409, 409, 409]
     assert {error_reason(r) for r in responses if r.status_code == 409} == {"EMPLOYEE_EXISTS"}
     listed = ok(await edge.get("/api/v1/employees", headers=team["owner"].headers,
-                               params={"page_size": 200}))["employees"]
+                               params={"page_size": 200, "state": "all"}))["employees"]
     assert [e["email"] for e in listed].count(email) == 1
 
 
@@ -112,10 +123,18 @@ async def test_bad_employee_fields_are_400_with_a_reason_and_nothing_is_created(
     assert email not in json.dumps(listed)
 
 
-async def test_a_weak_initial_password_is_refused_by_auth_with_its_reason(edge, team):
-    response = await edge.post("/api/v1/employees", headers=team["owner"].headers, json={
-        "first_name": "Weak", "email": unique_email("weak"), "initial_password": "123"})
+async def test_a_weak_password_chosen_at_acceptance_is_refused_by_auth_with_its_reason(edge, team):
+    email = unique_email("weak")
+    ok(await edge.post("/api/v1/employees", headers=team["owner"].headers, json={
+        "first_name": "Weak", "email": email}))
+    mail = await default_mailbox().wait_for(to=email, subject_contains="invited you")
+    response = await edge.post("/api/v1/invitations:accept", json={
+        "token": token_from(mail), "password": "123"})
     assert response.status_code == 400 and error_reason(response) == "WEAK_PASSWORD"
+    # Nothing was used up: the same link still works with a good password.
+    retried = await edge.post("/api/v1/invitations:accept", json={
+        "token": token_from(mail), "password": "a much better password"})
+    assert retried.status_code == 200, retried.text
 
 
 # --- who sees what ----------------------------------------------------------------------------
@@ -159,10 +178,10 @@ async def test_a_manager_cannot_escalate_anyone_to_owner_or_manager(edge, stack)
     attempts = [
         ("POST", "/api/v1/employees", {"first_name": "New", "email": unique_email("o"), "access_role": "owner"}),
         ("POST", "/api/v1/employees", {"first_name": "New", "email": unique_email("m"), "access_role": "manager"}),
-        ("PATCH", employee_path(staff.employee_id), {"access_role": "manager", "version": 1}),
-        ("PATCH", employee_path(staff.employee_id), {"access_role": "owner", "version": 1}),
-        ("PATCH", employee_path("me"), {"access_role": "owner", "version": 1}),
-        ("PATCH", employee_path("me"), {"hourly_rate_minor": "999999", "version": 1}),
+        ("PATCH", employee_path(staff.employee_id), {"access_role": "manager", "version": 2}),
+        ("PATCH", employee_path(staff.employee_id), {"access_role": "owner", "version": 2}),
+        ("PATCH", employee_path("me"), {"access_role": "owner", "version": 2}),
+        ("PATCH", employee_path("me"), {"hourly_rate_minor": "999999", "version": 2}),
         ("PATCH", employee_path(owner.employee_id), {"access_role": "staff", "version": 1}),
         ("DELETE", employee_path(owner.employee_id), None),
     ]
@@ -175,8 +194,8 @@ async def test_a_manager_cannot_escalate_anyone_to_owner_or_manager(edge, stack)
 
     roles = {e["id"]: (e["access_role"], e["version"]) for e in ok(await edge.get(
         "/api/v1/employees", headers=owner.headers, params={"state": "all"}))["employees"]}
-    assert roles == {owner.employee_id: ("owner", 1), manager.employee_id: ("manager", 1),
-                     staff.employee_id: ("staff", 1)}
+    assert roles == {owner.employee_id: ("owner", 1), manager.employee_id: ("manager", ACCEPTED),
+                     staff.employee_id: ("staff", ACCEPTED)}
     # Each denial is a security event (the staff service logs it as it sends it to auth).
     denials = [json.loads(line) for line in stack.service_log("staff").splitlines()
                if '"ACCESS_DENIED"' in line and manager.user_id in line]
@@ -190,8 +209,8 @@ async def test_a_manager_manages_staff_role_employees(edge):
     manager = await add_employee(edge, owner, "manager")
     hired = await add_employee(edge, manager, "staff", job_title="host")
     updated = ok(await edge.patch(employee_path(hired.employee_id), headers=manager.headers,
-                                  json={"job_title": "server", "version": 1}))
-    assert (updated["job_title"], updated["version"]) == ("server", 2)
+                                  json={"job_title": "server", "version": ACCEPTED}))
+    assert (updated["job_title"], updated["version"]) == ("server", ACCEPTED + 1)
     gone = ok(await edge.delete(employee_path(hired.employee_id), headers=manager.headers))
     assert gone["active"] is False
 
@@ -207,7 +226,7 @@ async def test_a_role_change_applies_immediately(edge):
     assert denied.status_code == 403 and error_reason(denied) == "ROLE_FORBIDDEN"
 
     promoted = ok(await edge.patch(employee_path(staff.employee_id), headers=owner.headers,
-                                   json={"access_role": "manager", "version": 1}))
+                                   json={"access_role": "manager", "version": ACCEPTED}))
     assert promoted["access_role"] == "manager"
     stale = await edge.get("/api/v1/employees", headers=staff.headers)
     assert stale.status_code == 401 and error_reason(stale) == "SESSION_REVOKED"
@@ -231,7 +250,7 @@ async def test_deactivation_ends_the_users_live_sessions_at_once_and_keeps_the_r
         response = await edge.get(employee_path("me"), headers=session.headers)
         assert response.status_code == 401 and error_reason(response) == "SESSION_REVOKED"
     relogin = await edge.post("/api/v1/auth/login", json={
-        "email": staff.email, "password": PASSWORD, "restaurant_id": owner.restaurant_id})
+        "email": staff.email, "password": staff.password, "restaurant_id": owner.restaurant_id})
     assert relogin.status_code == 403 and error_reason(relogin) == "NOT_A_MEMBER"
 
     active = ok(await edge.get("/api/v1/employees", headers=owner.headers))["employees"]
@@ -293,7 +312,7 @@ async def test_two_owners_demoting_each_other_at_once_leave_one_owner(edge):
     second = await add_employee(edge, first, "owner")
     responses = await asyncio.gather(
         edge.patch(employee_path(second.employee_id), headers=first.headers,
-                   json={"access_role": "manager", "version": 1}),
+                   json={"access_role": "manager", "version": ACCEPTED}),
         edge.patch(employee_path(first.employee_id), headers=second.headers,
                    json={"access_role": "manager", "version": 1}))
     # The restaurant lock runs them one after the other; the loser is refused either because its
@@ -314,14 +333,17 @@ async def test_two_owners_demoting_each_other_at_once_leave_one_owner(edge):
 async def test_a_stale_update_is_a_409_version_conflict_and_changes_nothing(edge, team):
     hired = await add_employee(edge, team["owner"], "staff", job_title="host")
     path = employee_path(hired.employee_id)
-    first = ok(await edge.patch(path, headers=team["owner"].headers, json={"job_title": "server", "version": 1}))
-    assert first["version"] == 2
+    first = ok(await edge.patch(path, headers=team["owner"].headers,
+                                json={"job_title": "server", "version": ACCEPTED}))
+    assert first["version"] == ACCEPTED + 1
     stale = await edge.patch(path, headers=team["manager"].headers,
-                             json={"job_title": "cook", "phone": "+44 1111 222333", "version": 1})
+                             json={"job_title": "cook", "phone": "+44 1111 222333",
+                                   "version": ACCEPTED})
     assert stale.status_code == 409 and error_reason(stale) == "VERSION_CONFLICT"
-    assert error_metadata(stale)["current_version"] == "2"
+    assert error_metadata(stale)["current_version"] == str(ACCEPTED + 1)
     current = await get_employee(edge, team["owner"], hired.employee_id)
-    assert (current["job_title"], current["version"]) == ("server", 2) and "phone" not in current
+    assert (current["job_title"], current["version"]) == ("server", ACCEPTED + 1)
+    assert "phone" not in current
     missing = await edge.patch(path, headers=team["owner"].headers, json={"job_title": "cook"})
     assert missing.status_code == 400 and error_reason(missing) == "VERSION_REQUIRED"
 
@@ -330,10 +352,11 @@ async def test_concurrent_updates_with_the_same_version_let_exactly_one_win(edge
     hired = await add_employee(edge, team["owner"], "staff")
     path = employee_path(hired.employee_id)
     responses = await asyncio.gather(*(
-        edge.patch(path, headers=team["owner"].headers, json={"job_title": f"title {n}", "version": 1})
+        edge.patch(path, headers=team["owner"].headers,
+                   json={"job_title": f"title {n}", "version": ACCEPTED})
         for n in range(5)))
     assert sorted(r.status_code for r in responses) == [200, 409, 409, 409, 409]
-    assert (await get_employee(edge, team["owner"], hired.employee_id))["version"] == 2
+    assert (await get_employee(edge, team["owner"], hired.employee_id))["version"] == ACCEPTED + 1
 
 
 async def test_patch_changes_only_the_fields_present(edge, team):
@@ -341,21 +364,20 @@ async def test_patch_changes_only_the_fields_present(edge, team):
                                hourly_rate_minor=1100)
     path = employee_path(hired.employee_id)
     updated = ok(await edge.patch(path, headers=team["owner"].headers,
-                                  json={"hourly_rate_minor": "0", "phone": "", "version": 1}))
+                                  json={"hourly_rate_minor": "0", "phone": "",
+                                        "version": ACCEPTED}))
     assert updated["hourly_rate_minor"] == "0" and "phone" not in updated
     assert (updated["job_title"], updated["first_name"]) == ("cook", hired.employee["first_name"])
     masked = ok(await edge.patch(path, headers=team["owner"].headers, params={"update_mask": "job_title"},
-                                 json={"first_name": "Ignored", "version": 2}))
+                                 json={"first_name": "Ignored", "version": ACCEPTED + 1}))
     assert "job_title" not in masked and masked["first_name"] == hired.employee["first_name"]
     same = ok(await edge.patch(path, headers=team["owner"].headers,
-                               json={"first_name": masked["first_name"], "version": 3}))
-    assert same["version"] == 3  # nothing differed: no new version
+                               json={"first_name": masked["first_name"],
+                                     "version": ACCEPTED + 2}))
+    assert same["version"] == ACCEPTED + 2  # nothing differed: no new version
     email = await edge.patch(path, headers=team["owner"].headers,
-                             json={"email": unique_email("moved"), "version": 3})
+                             json={"email": unique_email("moved"), "version": ACCEPTED + 2})
     assert email.status_code == 400 and error_reason(email) == "EMAIL_IMMUTABLE"
-    password = await edge.patch(path, headers=team["owner"].headers,
-                                json={"initial_password": "sneaky password 123", "version": 3})
-    assert password.status_code == 400 and error_reason(password) == "FIELD_NOT_UPDATABLE"
 
 
 # --- pagination -------------------------------------------------------------------------------
@@ -377,7 +399,8 @@ async def test_pagination_is_stable_while_employees_are_being_hired(edge):
         seen, token = [], ""
         while True:
             page = ok(await edge.get("/api/v1/employees", headers=owner.headers,
-                                     params={"page_size": 3, "page_token": token}))
+                                     params={"page_size": 3, "page_token": token,
+                                             "state": "all"}))
             seen.extend(e["id"] for e in page["employees"])
             token = page["next_page_token"]
             if not token:
@@ -389,7 +412,7 @@ async def test_pagination_is_stable_while_employees_are_being_hired(edge):
 
 
 async def add_employee_fast(edge, owner: Session, n: int) -> str:
-    """Hires without a password (no hashing): for volume."""
+    """Invites without accepting (no mail read, no password hashed): for volume."""
     return ok(await edge.post("/api/v1/employees", headers=owner.headers, json={
         "first_name": f"Page{n}", "email": unique_email(f"page{n}")}))["id"]
 

@@ -24,6 +24,7 @@ import grpc
 import httpx
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
+from tests.support.restaurants import verify_email
 
 PASSWORD = "correct horse battery staple"
 
@@ -123,6 +124,17 @@ async def auth_db(stack) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
+@asynccontextmanager
+async def staff_db(stack) -> AsyncIterator[asyncpg.Connection]:
+    """The same for the `staff` schema (e.g. to age an invitation past its resend gap)."""
+    url = stack.settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    connection = await asyncpg.connect(url, server_settings={"search_path": "staff,public"})
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 async def grant_membership(stack, user_id: str, restaurant_id: str, role: str,
                            restaurant_name: str = "") -> auth_pb2.GrantMembershipResponse:
     return await admin_call(stack, "GrantMembership", auth_pb2.GrantMembershipRequest(
@@ -140,6 +152,7 @@ async def register_and_login(client: httpx.AsyncClient, restaurant_id: str | Non
     email = unique_email(label)
     user = await register(client, email=email, password=password, full_name=full_name)
     if restaurant_id is not None or role is not None:
+        await verify_email(client, email)  # only verified addresses get memberships
         if stack is None:
             raise ValueError("granting a membership needs `stack` (the internal auth API)")
         restaurant_id = restaurant_id or str(uuid.uuid4())

@@ -22,6 +22,21 @@ from stack.mail_store import MailStore, StoredMail
 _LINK = re.compile(r"https?://[^\s<>\"']+")
 
 
+_default: Mailbox | None = None  # the session stack's, for helpers that get only a client
+
+
+def use_mailbox(mailbox: "Mailbox") -> None:
+    global _default
+    _default = mailbox
+
+
+def default_mailbox() -> "Mailbox":
+    """The session stack's mailbox (set by tests/conftest.py when the stack starts)."""
+    if _default is None:
+        raise RuntimeError("no stack is running: its mailbox is not known")
+    return _default
+
+
 def unique_address(label: str = "mail") -> str:
     return f"{label}-{secrets.token_hex(6)}@example.com"
 

@@ -24,7 +24,11 @@ from typing import Any
 
 import httpx
 
+from tests.support.mail import default_mailbox, token_from
+
 PASSWORD = "correct horse battery staple"
+VERIFY_SUBJECT = "Confirm your email address"
+INVITATION_SUBJECT = "invited you to join"
 
 
 @dataclass(frozen=True)
@@ -81,26 +85,46 @@ def ok(response: httpx.Response) -> dict[str, Any]:
 
 
 async def register(client: httpx.AsyncClient, label: str = "user", *,
-                   restaurant_id: str = "") -> Session:
-    """A new account, logged in (with `restaurant_id` as context when given)."""
+                   restaurant_id: str = "", verified: bool = True) -> Session:
+    """A new account, logged in (with `restaurant_id` as context when given); its address
+    verified with the link the stack mailed it, unless `verified=False`."""
     email = unique_email(label)
     user = ok(await client.post("/api/v1/auth/register", json={
         "email": email, "password": PASSWORD, "full_name": f"{label.title()} Tester"}))["user"]
+    if verified:
+        await verify_email(client, email)
     return await login(client, email, restaurant_id, user_id=user["id"])
 
 
+async def verify_email(client: httpx.AsyncClient, email: str) -> dict[str, Any]:
+    """Uses the newest verification link mailed to `email` (read from the dev mail server)."""
+    mail = await default_mailbox().wait_for(to=email, subject_contains=VERIFY_SUBJECT)
+    return ok(await client.post("/api/v1/auth/email:verify", json={"token": token_from(mail)}))
+
+
+async def accept_invitation(client: httpx.AsyncClient, email: str, *,
+                            password: str = PASSWORD, count: int = 1) -> dict[str, Any]:
+    """Accepts the newest invitation mailed to `email` as someone not signed in, choosing
+    `password` (`count`: wait until that many invitations have arrived)."""
+    mail = await default_mailbox().wait_for(to=email, subject_contains=INVITATION_SUBJECT,
+                                            count=count)
+    return ok(await client.post("/api/v1/invitations:accept", json={
+        "token": token_from(mail), "password": password}))
+
+
 async def login(client: httpx.AsyncClient, email: str, restaurant_id: str = "", *,
-                user_id: str = "") -> Session:
+                user_id: str = "", password: str = PASSWORD) -> Session:
     body = ok(await client.post("/api/v1/auth/login", json={
-        "email": email, "password": PASSWORD, "restaurant_id": restaurant_id}))
+        "email": email, "password": password, "restaurant_id": restaurant_id}))
     return Session(user_id=user_id or body["user"]["id"], email=email,
                    access_token=body["access_token"], refresh_token=body["refresh_token"],
-                   restaurant_id=body.get("restaurant_id", ""), role=body.get("role", ""))
+                   restaurant_id=body.get("restaurant_id", ""), role=body.get("role", ""),
+                   password=password)
 
 
 async def switch_restaurant(client: httpx.AsyncClient, session: Session, restaurant_id: str) -> Session:
     body = ok(await client.post("/api/v1/auth/switch-restaurant", headers=session.headers, json={
-        "restaurant_id": restaurant_id, "refresh_token": session.refresh_token}))
+        "restaurant_id": restaurant_id}))
     return replace(session, access_token=body["access_token"], refresh_token=body["refresh_token"],
                    restaurant_id=body["restaurant_id"], role=body["role"])
 
@@ -128,16 +152,19 @@ async def add_employee(client: httpx.AsyncClient, owner: Session, role: str = "s
                        last_name: str = "Tester", job_title: str | None = None,
                        hourly_rate_minor: int | None = None, phone: str | None = None,
                        start_date: str | None = None) -> Session:
-    """Hires someone into `owner`'s restaurant (`owner` may be any session allowed to) and returns
-    their session, logged in to that restaurant, with `employee` as created."""
+    """Hires someone into `owner`'s restaurant (`owner` may be any session allowed to): invites
+    them, accepts the mailed invitation with a password of their own, and returns their session,
+    logged in to that restaurant, with `employee` as it is after acceptance."""
     email = email or unique_email(role)
     body: dict[str, Any] = {"first_name": first_name or role.title(), "last_name": last_name,
-                            "email": email, "access_role": role, "initial_password": PASSWORD}
+                            "email": email, "access_role": role}
     for key, value in (("job_title", job_title), ("phone", phone), ("start_date", start_date),
                        ("hourly_rate_minor", None if hourly_rate_minor is None else str(hourly_rate_minor))):
         if value is not None:
             body[key] = value
-    employee = ok(await client.post("/api/v1/employees", headers=owner.headers, json=body))
+    ok(await client.post("/api/v1/employees", headers=owner.headers, json=body))
+    accepted = await accept_invitation(client, email)
+    employee = accepted["employee"]
     session = await login(client, email, owner.restaurant_id, user_id=employee["user_id"])
     assert session.restaurant_id == owner.restaurant_id and session.role == role, session
     return replace(session, employee_id=employee["id"], employee=employee)
