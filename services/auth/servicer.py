@@ -3,12 +3,15 @@ has already authenticated the caller and turns raised ApiErrors into google.rpc.
 
 from __future__ import annotations
 
+from datetime import timezone
+
 from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from posmesh.common import context
 from services.auth.domain import AuthDomain, ContextUser, TokenPair
+from services.auth.revocation_log import RevocationLog
 from services.auth.store import MembershipRecord, UserRecord
 
 
@@ -92,8 +95,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
 
 class AuthAdminServicer(auth_pb2_grpc.AuthAdminServiceServicer):
-    def __init__(self, domain: AuthDomain) -> None:
+    def __init__(self, domain: AuthDomain, revocation_log: RevocationLog) -> None:
         self._domain = domain
+        self._revocation_log = revocation_log
 
     async def EnsureUser(self, request, ctx) -> auth_pb2.EnsureUserResponse:
         user, created = await self._domain.ensure_user(email=request.email,
@@ -130,3 +134,17 @@ class AuthAdminServicer(auth_pb2_grpc.AuthAdminServiceServicer):
             restaurant_id=request.restaurant_id, details_json=request.details_json,
             source=request.source)
         return auth_pb2.RecordSecurityEventResponse()
+
+    async def ListRevokedSessions(self, request, ctx) -> auth_pb2.ListRevokedSessionsResponse:
+        page = await self._revocation_log.page(
+            since=(request.since.ToDatetime(tzinfo=timezone.utc)
+                   if request.HasField("since") else None),
+            page_size=request.page_size, page_token=request.page_token)
+        response = auth_pb2.ListRevokedSessionsResponse(next_page_token=page.next_page_token)
+        response.read_time.FromDatetime(page.read_time)
+        for revocation in page.revocations:
+            item = response.revoked_sessions.add(
+                session_id=revocation.session_id, user_id=revocation.user_id,
+                restaurant_id=revocation.restaurant_id, reason=revocation.reason)
+            item.revoke_time.FromNanoseconds(int(revocation.revoked_at * 1e9))
+        return response

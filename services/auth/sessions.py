@@ -20,6 +20,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from posmesh.common.revocations import RevocationSet, SessionRevocation, revocation_lifetime_seconds
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import REVOCATIONS_CHANNEL, revoked_key
 from services.auth.store import AuthStore, RevokedSession
@@ -75,16 +76,21 @@ class SessionCache:
 
 
 class RevocationPublisher:
-    def __init__(self, redis, settings: Settings) -> None:
+    def __init__(self, redis, settings: Settings, local: RevocationSet) -> None:
         self._redis = redis
+        # This process's own revocation set learns each revocation at once, Redis or not.
+        self._local = local
         # Every access token of the session has expired (leeway included) by then; the extra
         # minute covers clock skew between the services.
-        self.marker_ttl_seconds = settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
+        self.marker_ttl_seconds = revocation_lifetime_seconds(settings)
         self._pending: dict[str, tuple[RevokedSession, str]] = {}
         self._task: asyncio.Task | None = None
 
     async def publish(self, sessions: list[RevokedSession], reason: str) -> None:
         """Markers, cache eviction and the channel message for each session; never raises."""
+        for session in sessions:
+            self._local.add(SessionRevocation(session.session_id, session.user_id,
+                                              session.restaurant_id, reason))
         await self._publish_items([(session, reason) for session in sessions])
 
     async def _publish_items(self, items: list[tuple[RevokedSession, str]]) -> None:
