@@ -16,7 +16,6 @@ REDIS_URL is set). Prints a Markdown table, the machine and the command.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import sys
