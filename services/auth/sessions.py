@@ -3,13 +3,16 @@
     auth:session:{sid}   the session's user and restaurant view (JSON), SESSION_CACHE_TTL_SECONDS;
                          PostgreSQL stays the truth, this only saves introspection a query.
     auth:revoked:{sid}   present once the session is revoked, for as long as an access token
-                         of it can still be valid; every service checks it per request.
+                         of it can still be valid (for other readers: services check their
+                         local revocation set instead).
     auth:revocations     channel: {"sid", "user_id", "restaurant_id", "reason"} per revocation,
-                         so the realtime service closes that session's sockets at once.
+                         into every process's local revocation set (and realtime closes that
+                         session's sockets at once).
 
-A revocation is committed to PostgreSQL first. When Redis cannot take the marker it is retried
-in the background until it can, and on start the markers of recently revoked sessions are
-written again (Redis may have restarted empty), so a revoked session never comes back.
+A revocation is committed to PostgreSQL first, then enters this process's own revocation set.
+When Redis cannot take the marker it is retried in the background until it can, and on start the
+markers of recently revoked sessions are written again (Redis may have restarted empty); the
+other processes load revocations from ListRevokedSessions meanwhile.
 """
 
 from __future__ import annotations
