@@ -164,7 +164,7 @@ def markdown(results: dict, checks: list[Check]) -> str:
         out += ["", "## Token verification in-process", "", "| check | p50 ms | p99 ms | p99.9 ms | per second, one core |",
                 "|---|---:|---:|---:|---:|"]
         for key, label in (("verify", "signature, alg, iss/aud, expiry — token seen first time"),
-                           ("verify_with_revocation", "+ revocation check in Redis — first time"),
+                           ("verify_with_revocation", "+ revocation check (local set) — first time"),
                            ("verify_repeat", "signature … expiry — same token again (verifier's cache)"),
                            ("verify_with_revocation_repeat", "+ revocation check — same token again")):
             s = verification.get(key)

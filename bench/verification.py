@@ -1,7 +1,8 @@
 """In-process token verification, as every service does it on every request: the shared
 posmesh.common.tokens verifier (keys parsed once from the JWKS), and posmesh.common.authn's
-Authenticator adding the revocation check against the stack's Redis. Measured call by call in a
-process of its own (this is a per-call cost, not a load).
+Authenticator adding the revocation check (the process's local revocation set, here with 10,000
+revocations in it). Measured call by call in a process of its own (a per-call cost, not a load).
+bench/revocation_check.py compares the check with the Redis round trip it replaced.
 
 The verifier remembers tokens it has verified (a small LRU), so two figures: "first sight" —
 every call a token never seen before (distinct tokens minted with the stack's signing key, the
@@ -16,6 +17,8 @@ import types
 from dataclasses import dataclass
 
 from bench.openloop import percentile
+
+KNOWN_REVOCATIONS = 10_000
 
 
 @dataclass
@@ -52,17 +55,21 @@ def _mint(settings, count: int, claims: dict) -> list[str]:
 async def _measure(spec: VerificationSpec) -> dict:
     import jwt
 
-    from posmesh.common.authn import Authenticator, build_verifier
-    from posmesh.common.redis import create_redis
+    import uuid
+
+    from posmesh.common.authn import Authenticator, build_verifier, local_revocations
+    from posmesh.common.revocations import SessionRevocation
     from posmesh.common.settings import Settings
-    from posmesh.common.tokens import KeySet, RevocationChecker
+    from posmesh.common.tokens import KeySet
 
     settings = Settings(**spec.settings_env)
     keys = KeySet()
     keys.load_jwks(spec.jwks)
     verifier = build_verifier(settings, keys)
-    redis = create_redis(settings)
-    authenticator = Authenticator(verifier, RevocationChecker(redis))
+    revocations = local_revocations(settings)
+    for _ in range(KNOWN_REVOCATIONS):
+        revocations.add(SessionRevocation(str(uuid.uuid4()), "u", "r", "LOGOUT"))
+    authenticator = Authenticator(verifier, revocations)
     clock = time.perf_counter
     count = spec.warmup + spec.samples
     results: dict = {}
@@ -98,7 +105,6 @@ async def _measure(spec: VerificationSpec) -> dict:
         results["verify"] = results["verify_repeat"]
         results["verify_with_revocation"] = results["verify_with_revocation_repeat"]
         results["note"] = "first-sight figures need the stack's signing key: repeat figures only"
-    await redis.aclose()
     return results
 
 

@@ -1,7 +1,8 @@
 """posmesh.health.v1.SystemHealthService: the aggregated health any service process can answer.
 
 Each service's standard grpc.health.v1 Check, concurrently with a short deadline, plus this
-process's own database (pool statistics and a round trip) and Redis (PING). One check serves
+process's own database (pool statistics and a round trip), Redis (PING) and its revocation set
+(NOT_SERVING when neither the revocation channel nor auth can keep it current). One check serves
 every caller for HEALTH_CACHE_SECONDS, so a flood of health calls costs one fan-out per second.
 
 Who sees what: anyone (the route is public) gets the overall status only; an owner or manager
@@ -67,13 +68,20 @@ class DatabaseProbe(Protocol):
     def pool_stats(self) -> dict[str, int]: ...
 
 
+class RevocationProbe(Protocol):
+    """The process's revocation follower (posmesh.common.revocation_follower)."""
+
+    def problem(self) -> str | None: ...
+
+
 class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
     def __init__(self, name: str, settings: Settings, *, database: DatabaseProbe | None = None,
-                 redis=None) -> None:
+                 redis=None, revocations: RevocationProbe | None = None) -> None:
         self._name = name
         self._settings = settings
         self._database = database
         self._redis = redis
+        self._revocations = revocations
         self._version = _version()
         self._latest: system_pb2.GetSystemHealthResponse | None = None
         self._latest_at = 0.0
@@ -106,6 +114,8 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
             probes.append(_timed("database", self._check_database()))
         if self._redis is not None:
             probes.append(_timed("redis", self._check_redis()))
+        if self._revocations is not None:
+            probes.append(_timed("revocations", self._check_revocations()))
         results = await asyncio.gather(*probes)
         services, dependencies = results[: len(clients.SERVICES)], results[len(clients.SERVICES):]
         for component in dependencies:
@@ -137,6 +147,9 @@ class SystemHealth(system_pb2_grpc.SystemHealthServiceServicer):
     async def _check_redis(self) -> str | None:
         await self._redis.ping()
         return None
+
+    async def _check_revocations(self) -> str | None:
+        return self._revocations.problem()
 
 
 def _may_see_details() -> bool:

@@ -97,6 +97,7 @@ PERMISSIONS: dict[str, Rule] = {
     _AUTH_ADMIN + "RevokeMembership": INTERNAL,
     _AUTH_ADMIN + "RevokeUserSessions": INTERNAL,
     _AUTH_ADMIN + "RecordSecurityEvent": INTERNAL,
+    _AUTH_ADMIN + "ListRevokedSessions": INTERNAL,
     # Staff: restaurants the caller belongs to (membership is checked in the domain).
     _STAFF + "CreateRestaurant": Rule(Access.SIGNED_IN, note="the caller becomes its owner"),
     _STAFF + "ListRestaurants": Rule(Access.SIGNED_IN, note="the caller's restaurants only"),

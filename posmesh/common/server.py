@@ -57,6 +57,7 @@ async def run_grpc_service(
     engine=None,
     database=None,
     redis=None,
+    revocations=None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     on_draining: Callable[[], Awaitable[None]] | None = None,
     address: str | None = None,
@@ -67,7 +68,7 @@ async def run_grpc_service(
     reflection and per-service health). `interceptors` run after the tracing interceptor, so
     their logs and errors carry the trace ids. `address` defaults to the service's setting.
     Health reports `database` (a health.DatabaseProbe, e.g. a raw asyncpg store) or else
-    `engine`'s SQLAlchemy pool.
+    `engine`'s SQLAlchemy pool, and the process's revocation follower (`revocations`).
     """
     telemetry.setup(name, settings)
     server = grpc.aio.server(
@@ -78,7 +79,7 @@ async def run_grpc_service(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     system_pb2_grpc.add_SystemHealthServiceServicer_to_server(
-        SystemHealth(name, settings, redis=redis,
+        SystemHealth(name, settings, redis=redis, revocations=revocations,
                      database=database or (db.EngineProbe(engine) if engine is not None else None)),
         server
     )

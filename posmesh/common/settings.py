@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     refresh_token_absolute_days: int = Field(90, alias="REFRESH_TOKEN_ABSOLUTE_DAYS")
     refresh_grace_seconds: float = Field(5.0, alias="REFRESH_GRACE_SECONDS")
 
+    # The local revocation set of every process (posmesh/common/revocation_follower.py).
+    # While the auth:revocations channel is down, each process loads new revocations from auth
+    # this often: the bound on how late a revocation is refused during a Redis outage.
+    revocation_poll_seconds: float = Field(2.0, alias="REVOCATION_POLL_SECONDS", gt=0)
+    # While the channel is up, a load this often all the same (a message lost unnoticed).
+    revocation_resync_seconds: float = Field(30.0, alias="REVOCATION_RESYNC_SECONDS", gt=0)
+    # Revocations one process remembers (each for the access-token lifetime plus a margin).
+    revocation_set_max_entries: int = Field(100_000, alias="REVOCATION_SET_MAX_ENTRIES", ge=1000)
+
     # Passwords and brute force.
     password_min_length: int = Field(10, alias="PASSWORD_MIN_LENGTH")
     argon2_memory_kib: int = Field(19456, alias="ARGON2_MEMORY_KIB")

@@ -189,29 +189,12 @@ def _claims(payload: dict) -> Claims:
 
 
 def revoked_key(session_id: str) -> str:
+    """The auth service's Redis marker of a revoked session (for other readers: services check
+    their local revocation set, posmesh.common.revocations, with no Redis round trip)."""
     return f"auth:revoked:{session_id}"
 
 
 REVOCATIONS_CHANNEL = "auth:revocations"
-
-
-class RevocationChecker:
-    """Asks Redis whether a session was revoked.
-
-    When Redis cannot answer, the check fails open (the token's own expiry, 15 minutes by default,
-    still bounds it) and says so in the log: a Redis blip must not sign out every till at once.
-    """
-
-    def __init__(self, redis) -> None:
-        self._redis = redis
-
-    async def is_revoked(self, session_id: str) -> bool:
-        try:
-            return bool(await self._redis.exists(revoked_key(session_id)))
-        except Exception as exc:  # any Redis failure: degrade, never hang or 500
-            log.warning("revocation check unavailable, allowing token until expiry",
-                        extra={"error": repr(exc)})
-            return False
 
 
 class JwksRefresher:

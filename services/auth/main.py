@@ -9,14 +9,19 @@ from pathlib import Path
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from posmesh.common import db, security_events
-from posmesh.common.authn import Authenticator, build_verifier
+from posmesh.common.authn import (
+    Authenticator,
+    build_verifier,
+    follow_revocations,
+    local_revocations,
+)
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.mail import MailSender, MailTemplates
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
 from posmesh.common.settings import Settings, get_settings
-from posmesh.common.tokens import KeySet, RevocationChecker
+from posmesh.common.tokens import KeySet
 from posmesh.common.user_events import AUTH_STREAM, UserEventPublisher
 from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
@@ -26,6 +31,7 @@ from services.auth.memberships import Memberships
 from services.auth.passwords import PasswordHashing
 from services.auth.rate_limits import LoginLimiter
 from services.auth.request_limits import RequestLimits
+from services.auth.revocation_log import RevocationLog
 from services.auth.security_log import SecurityLog
 from services.auth.security_sink import DatabaseSecurityEventSink
 from services.auth.servicer import AuthAdminServicer, AuthServicer
@@ -78,11 +84,15 @@ async def serve(settings: Settings) -> None:
     redis = create_redis(settings)
     store = AuthStore(engine)
     security_events.configure(DatabaseSecurityEventSink(store))
-    # Tokens are verified in-process against this service's own published keys.
-    authenticator = Authenticator(build_verifier(settings, keyset), RevocationChecker(redis))
+    # Tokens are verified in-process against this service's own published keys, and checked
+    # against the local revocation set, which this service loads from its own database.
+    revoked = local_revocations(settings)
+    authenticator = Authenticator(build_verifier(settings, keyset), revoked)
+    revocation_log = RevocationLog(engine, settings)
+    revocation_follower = follow_revocations(settings, revoked, revocation_log)
     sign_in_hashing = PasswordHashing.from_settings(settings)
     enrollment_hashing = PasswordHashing.for_enrollment(settings)
-    revocations = RevocationPublisher(redis, settings)
+    revocations = RevocationPublisher(redis, settings, revoked)
     user_events = UserEventPublisher(redis, AUTH_STREAM)
     limiter = LoginLimiter(redis, settings)
     sign_in = SignIn(
@@ -100,6 +110,7 @@ async def serve(settings: Settings) -> None:
     resynced = await revocations.resync(store)
     log.info("revocation markers re-published for %d recently ended session(s)", resynced)
     revocations.start()
+    await revocation_follower.start()
     user_events.start()
     mail_sender = MailSender(settings, engine, SCHEMA)
     mail_sender.start()
@@ -112,7 +123,7 @@ async def serve(settings: Settings) -> None:
     def register(server) -> list[str]:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sign_in, accounts), server)
         auth_pb2_grpc.add_AuthAdminServiceServicer_to_server(
-            AuthAdminServicer(accounts, memberships, SecurityLog(store)), server)
+            AuthAdminServicer(accounts, memberships, SecurityLog(store), revocation_log), server)
         return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name
                 for name in ("AuthService", "AuthAdminService")]
 
@@ -121,6 +132,7 @@ async def serve(settings: Settings) -> None:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await revocations.stop()
+        await revocation_follower.stop()
         await user_events.stop()
         await mail_sender.stop()
         await security_events.flush()
@@ -130,7 +142,8 @@ async def serve(settings: Settings) -> None:
 
     await run_grpc_service("auth", settings, register=register,
                            interceptors=server_interceptors(authenticator), engine=engine,
-                           redis=redis, on_shutdown=on_shutdown)
+                           redis=redis, revocations=revocation_follower,
+                           on_shutdown=on_shutdown)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ has already authenticated the caller and turns raised ApiErrors into google.rpc.
 
 from __future__ import annotations
 
+from datetime import timezone
+
 from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
@@ -10,6 +12,7 @@ from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from posmesh.common import context
 from services.auth.accounts import Accounts
 from services.auth.memberships import Memberships
+from services.auth.revocation_log import RevocationLog
 from services.auth.rules import ContextUser, TokenPair
 from services.auth.security_log import SecurityLog
 from services.auth.signin import SignIn
@@ -161,10 +164,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
 class AuthAdminServicer(auth_pb2_grpc.AuthAdminServiceServicer):
     def __init__(self, accounts: Accounts, memberships: Memberships,
-                 security_log: SecurityLog) -> None:
+                 security_log: SecurityLog, revocation_log: RevocationLog) -> None:
         self._accounts = accounts
         self._memberships = memberships
         self._security_log = security_log
+        self._revocation_log = revocation_log
 
     async def ClaimAccount(self, request, ctx) -> auth_pb2.ClaimAccountResponse:
         user, created, took_over = await self._accounts.claim(
@@ -206,3 +210,17 @@ class AuthAdminServicer(auth_pb2_grpc.AuthAdminServiceServicer):
             restaurant_id=request.restaurant_id, details_json=request.details_json,
             source=request.source)
         return auth_pb2.RecordSecurityEventResponse()
+
+    async def ListRevokedSessions(self, request, ctx) -> auth_pb2.ListRevokedSessionsResponse:
+        page = await self._revocation_log.page(
+            since=(request.since.ToDatetime(tzinfo=timezone.utc)
+                   if request.HasField("since") else None),
+            page_size=request.page_size, page_token=request.page_token)
+        response = auth_pb2.ListRevokedSessionsResponse(next_page_token=page.next_page_token)
+        response.read_time.FromDatetime(page.read_time)
+        for revocation in page.revocations:
+            item = response.revoked_sessions.add(
+                session_id=revocation.session_id, user_id=revocation.user_id,
+                restaurant_id=revocation.restaurant_id, reason=revocation.reason)
+            item.revoke_time.FromNanoseconds(int(revocation.revoked_at * 1e9))
+        return response

@@ -3,13 +3,16 @@
     auth:session:{sid}   the session's user and restaurant view (JSON), SESSION_CACHE_TTL_SECONDS;
                          PostgreSQL stays the truth, this only saves introspection a query.
     auth:revoked:{sid}   present once the session is revoked, for as long as an access token
-                         of it can still be valid; every service checks it per request.
+                         of it can still be valid (for other readers: services check their
+                         local revocation set instead).
     auth:revocations     channel: {"sid", "user_id", "restaurant_id", "reason"} per revocation,
-                         so the realtime service closes that session's sockets at once.
+                         into every process's local revocation set (and realtime closes that
+                         session's sockets at once).
 
-A revocation is committed to PostgreSQL first. When Redis cannot take the marker it is retried
-in the background until it can, and on start the markers of recently revoked sessions are
-written again (Redis may have restarted empty), so a revoked session never comes back.
+A revocation is committed to PostgreSQL first, then enters this process's own revocation set.
+When Redis cannot take the marker it is retried in the background until it can, and on start the
+markers of recently revoked sessions are written again (Redis may have restarted empty); the
+other processes load revocations from ListRevokedSessions meanwhile.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from posmesh.common.revocations import RevocationSet, SessionRevocation, revocation_lifetime_seconds
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import REVOCATIONS_CHANNEL, revoked_key
 from services.auth.store import AuthStore, RevokedSession
@@ -75,16 +79,21 @@ class SessionCache:
 
 
 class RevocationPublisher:
-    def __init__(self, redis, settings: Settings) -> None:
+    def __init__(self, redis, settings: Settings, local: RevocationSet) -> None:
         self._redis = redis
+        # This process's own revocation set learns each revocation at once, Redis or not.
+        self._local = local
         # Every access token of the session has expired (leeway included) by then; the extra
         # minute covers clock skew between the services.
-        self.marker_ttl_seconds = settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60
+        self.marker_ttl_seconds = revocation_lifetime_seconds(settings)
         self._pending: dict[str, tuple[RevokedSession, str]] = {}
         self._task: asyncio.Task | None = None
 
     async def publish(self, sessions: list[RevokedSession], reason: str) -> None:
         """Markers, cache eviction and the channel message for each session; never raises."""
+        for session in sessions:
+            self._local.add(SessionRevocation(session.session_id, session.user_id,
+                                              session.restaurant_id, reason))
         await self._publish_items([(session, reason) for session in sessions])
 
     async def _publish_items(self, items: list[tuple[RevokedSession, str]]) -> None:

@@ -13,7 +13,6 @@ from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
 from posmesh.common.settings import Settings
-from posmesh.common.tokens import RevocationChecker
 from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from services.orders.feed import Feed, LiveTail
 from services.orders.menu import MenuBook
@@ -34,7 +33,7 @@ async def serve(settings: Settings) -> None:
     store = await OrdersStore.open(settings)
 
     auth_channel = clients.channel("auth", settings)
-    authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
+    auth = await remote_authenticator(settings, auth_channel)
     security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="orders"))
     restaurants = RestaurantDirectory(staff_fetcher(clients.channel("staff", settings)),
                                       ttl_seconds=settings.orders_restaurant_cache_seconds)
@@ -51,7 +50,7 @@ async def serve(settings: Settings) -> None:
         orders_pb2_grpc.add_MenuServiceServicer_to_server(
             MenuServicer(MenuBook(store, restaurants)), server)
         orders_pb2_grpc.add_OrderServiceServicer_to_server(
-            OrderServicer(OrderBook(store, restaurants), feed, RevocationChecker(redis),
+            OrderServicer(OrderBook(store, restaurants), feed, auth.authenticator.revocations,
                           settings.jwt_leeway_seconds), server)
         orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(OrderFeedServicer(feed), server)
         services = orders_pb2.DESCRIPTOR.services_by_name
@@ -65,7 +64,7 @@ async def serve(settings: Settings) -> None:
         await relay.stop()
         await listener.stop()
         await tail.stop()
-        await jwks_refresher.stop()
+        await auth.stop()
         await security_events.flush()
         await stream_redis.aclose()
         await store.close()
@@ -74,9 +73,10 @@ async def serve(settings: Settings) -> None:
         "orders",
         settings,
         register=register,
-        interceptors=server_interceptors(authenticator),
+        interceptors=server_interceptors(auth.authenticator),
         database=store,  # health reports the asyncpg pool the store really uses
         redis=redis,
+        revocations=auth.revocations,
         on_shutdown=on_shutdown,
         on_draining=on_draining,
     )

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -66,7 +66,7 @@ class SocketServices:
     metrics: GatewayMetrics
     sessions: SessionSockets
     resume: ResumeBook
-    revoked_reason: Callable[[str], Awaitable[str | None]]
+    revoked_reason: Callable[[str], str | None]  # the local revocation set: no I/O
     send_buffer_limit: int
 
 
@@ -353,7 +353,7 @@ class Connection:
         if error is not None:
             raise AuthFailed(error.reason, error.message)
         assert claims is not None
-        await self._refuse_if_revoked(claims.sid, claims.sub)
+        self._refuse_if_revoked(claims.sid, claims.sub)
 
         # The user and restaurant come from the token; what the message says must agree with it.
         # A missing or zero user_id is taken from the token (the fix the app's own report
@@ -389,7 +389,7 @@ class Connection:
         self.admitted = True
         # Index first, then check again: a revocation published in between is not missed.
         services.index.add(self)
-        await self._refuse_if_revoked(claims.sid, claims.sub)
+        self._refuse_if_revoked(claims.sid, claims.sub)
         if self.user_scoped:
             return self._welcome(request, resync=False, after=None)
 
@@ -448,8 +448,8 @@ class Connection:
             "explicit_resume": request.last_event_id is not None})
         return True
 
-    async def _refuse_if_revoked(self, session_id: str, user_id: str) -> None:
-        reason = await self.services.revoked_reason(session_id)
+    def _refuse_if_revoked(self, session_id: str, user_id: str) -> None:
+        reason = self.services.revoked_reason(session_id)
         if reason is None:
             return
         security_events.record("REVOKED_SESSION_USE", ip=self.ip, user_id=user_id,

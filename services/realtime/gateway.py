@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from http import HTTPStatus
+from typing import Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -22,8 +23,8 @@ from websockets.http11 import Request, Response
 
 from posmesh.common import security_events
 from posmesh.common.authn import Authenticator
+from posmesh.common.revocations import SessionRevocation
 from posmesh.common.settings import Settings
-from posmesh.common.tokens import revoked_key
 from posmesh.common.user_events import UserEvent
 
 from services.realtime import protocol
@@ -34,7 +35,7 @@ from services.realtime.metrics import GatewayMetrics
 from services.realtime.presence import ConnectionRegistry
 from services.realtime.protocol import CloseCode
 from services.realtime.resume import ResumeBook
-from services.realtime.revocations import Revocation, parse_revocation
+from services.realtime.revocations import Revocation
 from services.realtime.session_sockets import SessionSockets
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ TICK_SECONDS = 0.25
 SAVE_POSITIONS_SECONDS = 2.0
 MISSED_HEARTBEATS = 3
 KERNEL_SEND_BUFFER_BYTES = 64 * 1024
-# A safety net under pub/sub (a message published during a silent reconnect is lost): every
-# socket's session is also checked against the revocation markers this often.
+# A safety net under the revocation follower's hand-over: every socket's session is also looked up
+# in the local revocation set this often (no I/O).
 REVOCATION_SWEEP_SECONDS = 15.0
 
 
@@ -104,26 +105,27 @@ class RealtimeGateway:
             revoked_reason=self.revoked_reason, send_buffer_limit=send_buffer_limit)
         self.allowed_origins = frozenset(settings.cors_allowed_origins)
         self.draining = False
-        self.listening = lambda: False  # the pub/sub subscription (revocations, control)
+        # The revocation follower's status (posmesh.common.revocation_follower), for /healthz.
+        self.revocation_status: Callable[[], dict] = lambda: {"state": "UNKNOWN"}
         self.following_user_events = lambda: False
         self._ticker: asyncio.Task | None = None
 
     def _count_replaced(self) -> None:
         self.metrics.replaced += 1
 
+    @property
+    def revocations(self):
+        """The process's local revocation set (the authenticator's)."""
+        return self.sockets.authenticator.revocations
+
     def channel_handlers(self) -> dict:
-        """Pub/sub channel → handler, for pubsub.ChannelListener."""
-        from posmesh.common.tokens import REVOCATIONS_CHANNEL
+        """Pub/sub channel → handler, for the process's posmesh.common.pubsub.ChannelListener
+        (which carries the revocation channel too)."""
+        return {self.sessions.channel: self.sessions.on_control}
 
-        return {REVOCATIONS_CHANNEL: self._on_revocation_message,
-                self.sessions.channel: self.sessions.on_control}
-
-    def _on_revocation_message(self, payload: bytes | str) -> None:
-        revocation = parse_revocation(payload)
-        if revocation is None:
-            log.warning("ignoring a malformed revocation message")
-            return
-        self.on_revocation(revocation)
+    def on_revoked_session(self, revocation: SessionRevocation) -> None:
+        """The revocation follower's hand-over of each revocation it learns of."""
+        self.on_revocation(Revocation.of(revocation))
 
     # --- upgrades --------------------------------------------------------------------------
 
@@ -204,39 +206,16 @@ class RealtimeGateway:
             if conn.push_event(frame):
                 self.metrics.user_events += 1
 
-    async def revoked_reason(self, session_id: str) -> str | None:
-        """Why the session was revoked (its marker's value), or None while it is live. Fails
-        open when Redis cannot answer, like every service's revocation check."""
-        if self.redis is None:
-            revoked = await self.sockets.authenticator.revocations.is_revoked(session_id)
-            return "REVOKED" if revoked else None
-        try:
-            value = await self.redis.get(revoked_key(session_id))
-        except Exception as exc:
-            log.warning("revocation check unavailable, allowing token until expiry",
-                        extra={"error": repr(exc)})
-            return None
-        if value is None:
-            return None
-        return (value.decode(errors="replace") if isinstance(value, bytes) else str(value)) \
-            or "REVOKED"
+    def revoked_reason(self, session_id: str) -> str | None:
+        """Why the session was revoked, or None while it is not known to be (the local set)."""
+        return self.revocations.reason(session_id)
 
-    async def sweep_revoked(self) -> None:
-        """After (re)subscribing: close sockets whose session was revoked while we were deaf."""
-        sessions = list(self.index.by_session)
-        if self.redis is None or not sessions:
-            return
-        for start in range(0, len(sessions), 500):
-            batch = sessions[start:start + 500]
-            try:
-                reasons = await self.redis.mget([revoked_key(sid) for sid in batch])
-            except Exception as exc:
-                log.warning("revocation sweep failed", extra={"error": repr(exc)})
-                return
-            for sid, reason in zip(batch, reasons):
-                if reason is not None:
-                    text = reason.decode() if isinstance(reason, bytes) else str(reason)
-                    self.on_revocation(Revocation(sid, "", "", text or "revoked"))
+    def sweep_revoked(self) -> None:
+        """Closes every socket whose session the local revocation set knows to be revoked."""
+        for sid in list(self.index.by_session):
+            reason = self.revocations.reason(sid)
+            if reason is not None:
+                self.on_revocation(Revocation(sid, "", "", reason))
 
     # --- the ticker: heartbeats, delivery confirmation, resume positions --------------------
 
@@ -244,15 +223,14 @@ class RealtimeGateway:
         interval = self.settings.ws_ping_interval_seconds
         next_ping = time.monotonic() + interval
         next_sweep = time.monotonic() + REVOCATION_SWEEP_SECONDS
-        sweep: asyncio.Task | None = None
         saving: asyncio.Task | None = None
         next_save = time.monotonic() + SAVE_POSITIONS_SECONDS
         while True:
             await asyncio.sleep(min(TICK_SECONDS, interval))
             now = time.monotonic()
-            if now >= next_sweep and (sweep is None or sweep.done()):
+            if now >= next_sweep:
                 next_sweep = now + REVOCATION_SWEEP_SECONDS
-                sweep = asyncio.create_task(self.sweep_revoked(), name="revocation-sweep")
+                self.sweep_revoked()
             heartbeat = now >= next_ping
             if heartbeat:
                 next_ping = now + interval
@@ -306,7 +284,7 @@ class RealtimeGateway:
             "feeds": len(self.hub.feeds),
             "catching_up": self.hub.catching_up(),
             "redis": "SERVING" if self.registry.redis_ok else "NOT_SERVING",
-            "revocations": "SUBSCRIBED" if self.listening() else "NOT_SUBSCRIBED",
+            "revocations": self.revocation_status(),
             "user_events": "FOLLOWING" if self.following_user_events() else "NOT_FOLLOWING",
         }
 

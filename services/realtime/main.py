@@ -12,6 +12,7 @@ from websockets.asyncio.server import serve as ws_serve
 from posmesh.common import clients, security_events, telemetry
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.interceptors import server_interceptors
+from posmesh.common.pubsub import ChannelListener
 from posmesh.common.redis import create_redis
 from posmesh.common.server import run_grpc_service
 from posmesh.common.settings import Settings, get_settings
@@ -20,7 +21,6 @@ from posmesh.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.realtime.gateway import RealtimeGateway
 from services.realtime.hub import GrpcFeedSource, OrderHub
 from services.realtime.presence import ConnectionRegistry
-from services.realtime.pubsub import ChannelListener
 from services.realtime.servicer import RealtimeServicer
 from services.realtime.user_events import UserEventFollower
 
@@ -37,17 +37,21 @@ async def serve(settings: Settings) -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
     redis = create_redis(settings)
-    authenticator, jwks_refresher = await remote_authenticator(settings, redis,
-                                                               clients.channel("auth", settings))
+    # One subscription for the revocation channel and this process's control channel.
+    listener = ChannelListener(lambda: create_redis(settings, socket_timeout=None))
+    auth = await remote_authenticator(settings, clients.channel("auth", settings),
+                                      listener=listener)
+    authenticator = auth.authenticator
     security_events.configure(security_events.GrpcSecurityEventSink(clients.channel("auth", settings), source="realtime"))
     hub = OrderHub(GrpcFeedSource(clients.channel("orders", settings)),
                    pending_limit=settings.ws_send_queue_size)
     registry = ConnectionRegistry(redis)
     gateway = RealtimeGateway(settings, authenticator=authenticator, redis=redis, hub=hub,
                               registry=registry, send_buffer_limit=settings.ws_send_buffer_bytes)
-    listener = ChannelListener(lambda: create_redis(settings, socket_timeout=None),
-                               gateway.channel_handlers(), gateway.sweep_revoked)
-    gateway.listening = listener.subscribed.is_set
+    for channel, handler in gateway.channel_handlers().items():
+        listener.handle(channel, handler)
+    auth.revocations.on_revoked(gateway.on_revoked_session)
+    gateway.revocation_status = auth.revocations.status
     user_events = UserEventFollower(lambda: create_redis(settings, socket_timeout=None),
                                     gateway.on_user_event)
     gateway.following_user_events = user_events.following.is_set
@@ -80,7 +84,7 @@ async def serve(settings: Settings) -> None:
         await user_events.stop()
         await hub.stop()
         await registry.stop()
-        await jwks_refresher.stop()
+        await auth.stop()
         await security_events.flush()
         security_events.configure(None)
         log.info("realtime closed every socket")
@@ -91,7 +95,7 @@ async def serve(settings: Settings) -> None:
 
     await run_grpc_service("realtime", settings, register=register,
                            interceptors=server_interceptors(authenticator), redis=redis,
-                           on_shutdown=shutdown)
+                           revocations=auth.revocations, on_shutdown=shutdown)
 
 
 def main() -> None:

@@ -1,18 +1,16 @@
-"""Live revocations: the auth service publishes `{"sid","user_id","restaurant_id","reason"}` on the
-Redis channel `auth:revocations` when a session is signed out or revoked, a membership is revoked,
-a user is deactivated or a role changes. The gateway closes the matching sockets of this process
-at once (well within the 1 s the issue asks for); pubsub.ChannelListener delivers the messages.
-
-Pub/sub is fire-and-forget: a message published while the listener is disconnected from Redis
-is lost. So after every (re)subscription the gateway checks every live socket's session against
-the `auth:revoked:{sid}` markers.
+"""Revocations as the sockets see them: the auth service revokes a session (signed out, revoked,
+membership revoked, user deactivated, role changed) and the gateway closes the matching sockets of
+this process at once. The process's revocation follower (posmesh.common.revocation_follower)
+hands each revocation over the moment it learns of it: from the `auth:revocations` channel within
+milliseconds, or from the auth service's ListRevokedSessions within REVOCATION_POLL_SECONDS while
+Redis is down.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from posmesh.common.revocations import SessionRevocation
 from services.realtime.protocol import CloseCode
 
 # Reasons that are about the user's place in the restaurant rather than the session itself
@@ -28,6 +26,11 @@ class Revocation:
     restaurant_id: str
     reason: str
 
+    @classmethod
+    def of(cls, revocation: SessionRevocation) -> "Revocation":
+        return cls(revocation.session_id, revocation.user_id, revocation.restaurant_id,
+                   revocation.reason)
+
     @property
     def close_code(self) -> int:
         reason = self.reason.lower()
@@ -41,20 +44,3 @@ class Revocation:
         text = "".join(ch if ch.isalnum() else "_" for ch in (self.reason or "revoked")).upper()
         return (text.strip("_") or "REVOKED")[:60]
 
-
-def parse_revocation(payload: bytes | str) -> Revocation | None:
-    try:
-        body = json.loads(payload)
-    except (ValueError, TypeError):
-        return None
-    if not isinstance(body, dict):
-        return None
-
-    def text(name: str) -> str:
-        value = body.get(name)
-        return value.strip() if isinstance(value, str) else ""
-
-    revocation = Revocation(text("sid"), text("user_id"), text("restaurant_id"), text("reason"))
-    if not revocation.sid and not revocation.user_id:
-        return None
-    return revocation

@@ -1,5 +1,5 @@
-"""The staff service's entry point (`posmesh serve staff`): migrations, the database, Redis (for the
-session revocation check), the auth service (keys, memberships, security events), the mail sender,
+"""The staff service's entry point (`posmesh serve staff`): migrations, the database, Redis (user
+events), the auth service (keys, revocations, memberships, security events), the mail sender,
 the server."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def serve(settings: Settings) -> None:
     engine = db.create_engine(settings, SCHEMA)
     redis = create_redis(settings)
     auth_channel = clients.channel("auth", settings)
-    authenticator, jwks_refresher = await remote_authenticator(settings, redis, auth_channel)
+    auth = await remote_authenticator(settings, auth_channel)
     security_events.configure(security_events.GrpcSecurityEventSink(auth_channel, source="staff"))
     user_events = UserEventPublisher(redis, STAFF_STREAM)
     user_events.start()
@@ -46,15 +46,16 @@ async def serve(settings: Settings) -> None:
     async def on_shutdown() -> None:
         await user_events.stop()
         await mail_sender.stop()
-        await jwks_refresher.stop()
+        await auth.stop()
         await security_events.flush()
 
     await run_grpc_service(
         "staff",
         settings,
         register=register,
-        interceptors=server_interceptors(authenticator),
+        interceptors=server_interceptors(auth.authenticator),
         engine=engine,
         redis=redis,
+        revocations=auth.revocations,
         on_shutdown=on_shutdown,
     )

@@ -1,7 +1,7 @@
 """The realtime gateway in process, for unit tests: a real websockets server on loopback and the
-app's client (tests/support/ws_client.py), with real signed tokens; Redis-backed parts (presence,
-IP window, revocation markers, session sockets, resume positions) and the orders feed are in
-memory.
+app's client (tests/support/ws_client.py), with real signed tokens and a real local revocation
+set (`rig.revoke(sid)`); Redis-backed parts (presence, IP window, session sockets, resume
+positions) and the orders feed are in memory.
 
     rig = Rig(); await rig.start()
     sock = await rig.signed_in(user="u-1")
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.asyncio.server import serve
 
 from posmesh.common.authn import Authenticator
+from posmesh.common.revocations import RevocationSet, SessionRevocation
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import KeySet, TokenVerifier
 from services.realtime import protocol
@@ -33,14 +34,6 @@ from tests.support.ws_client import AppSocket
 ISSUER, AUDIENCE, KID = "https://issuer.test", "posmesh-test", "gw-key"
 RESTAURANT = "rest-1"
 ALLOWED_ORIGIN = "capacitor://localhost"
-
-
-class MemoryRevocations:
-    def __init__(self) -> None:
-        self.revoked: set[str] = set()
-
-    async def is_revoked(self, session_id: str) -> bool:
-        return session_id in self.revoked
 
 
 class MemoryRegistry:
@@ -138,7 +131,7 @@ class Rig:
         keys = KeySet()
         public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
         keys.load_jwks({"keys": [{**public, "kid": KID, "alg": "ES256", "use": "sig"}]})
-        self.revocations = MemoryRevocations()
+        self.revocations = RevocationSet(lifetime_seconds=910, max_entries=1000)
         self.authenticator = Authenticator(
             TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=10),
             self.revocations)
@@ -163,6 +156,10 @@ class Rig:
                   "restaurant_id": restaurant, "role": role, "jti": uuid.uuid4().hex,
                   "iat": now - 1, "exp": now + ttl}
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": KID})
+
+    def revoke(self, sid: str, reason: str = "LOGOUT") -> None:
+        """The session is in the process's revocation set (as the follower puts it there)."""
+        self.revocations.add(SessionRevocation(sid, "", "", reason))
 
     async def open(self, kind: str = "pos", restaurant: str = RESTAURANT, **options) -> AppSocket:
         return await AppSocket.open(self.url, kind, restaurant, **options)

@@ -1,7 +1,7 @@
 """The authorization interceptor, on a real in-process gRPC server with real signed tokens.
 
 No database or Redis: the servicer is a tiny fake of MenuService/OrderFeedService and the
-revocation check is an in-memory set. What is checked is the mechanism every service shares:
+revocation check is the real local revocation set. What is checked is the mechanism every service shares:
 401 vs 403, each reason, tenant checks on header/field/nested field, the internal-only guard, and
 how unexpected and infrastructure errors reach the client.
 """
@@ -23,20 +23,13 @@ from google.rpc import error_details_pb2, status_pb2
 from posmesh.common import context
 from posmesh.common.authn import Authenticator
 from posmesh.common.interceptors import infrastructure_error, server_interceptors
+from posmesh.common.revocations import RevocationSet, SessionRevocation
 from posmesh.common.server import SERVER_OPTIONS
 from posmesh.common.tokens import KeySet, TokenVerifier
 from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 
 ISSUER, AUDIENCE, KID = "https://issuer.test", "posmesh-test", "test-key-1"
 RESTAURANT, OTHER_RESTAURANT = str(uuid.uuid4()), str(uuid.uuid4())
-
-
-class MemoryRevocations:
-    def __init__(self) -> None:
-        self.revoked: set[str] = set()
-
-    async def is_revoked(self, session_id: str) -> bool:
-        return session_id in self.revoked
 
 
 class FakeMenu(orders_pb2_grpc.MenuServiceServicer):
@@ -69,7 +62,7 @@ def signing_key():
 
 @pytest.fixture(scope="module")
 def revocations():
-    return MemoryRevocations()
+    return RevocationSet(lifetime_seconds=910, max_entries=1000)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +136,7 @@ async def test_an_expired_token_is_unauthenticated_token_expired(channel, signin
 
 async def test_a_revoked_session_is_unauthenticated_session_revoked(channel, signing_key, revocations):
     session = str(uuid.uuid4())
-    revocations.revoked.add(session)
+    revocations.add(SessionRevocation(session, "u-1", RESTAURANT, "LOGOUT"))
     error = await call_error(orders_pb2_grpc.MenuServiceStub(channel).GetMenu(
         orders_pb2.GetMenuRequest(restaurant_id=RESTAURANT),
         metadata=bearer(make_token(signing_key, sid=session))))

@@ -178,14 +178,6 @@ def test_an_unknown_time_zone_falls_back_to_utc() -> None:
 
 # -- a user's watch stream ends with their session ----------------------------------------------
 
-class Revocations:
-    def __init__(self, revoked: set[str]) -> None:
-        self.revoked = revoked
-
-    async def is_revoked(self, session_id: str) -> bool:
-        return session_id in self.revoked
-
-
 def caller(session: str = "s-1", expires_in: float = 600):
     import time
 
@@ -199,19 +191,19 @@ async def test_a_user_stream_ends_when_the_token_expires_or_the_session_is_revok
     from posmesh.common.errors import Unauthenticated
     from services.orders import servicer as servicer_module
 
-    service = servicer_module.OrderServicer(None, None, Revocations({"s-revoked"}), 10)  # type: ignore[arg-type]
+    from posmesh.common.revocations import RevocationSet, SessionRevocation
+
+    revocations = RevocationSet(lifetime_seconds=910, max_entries=1000)
+    revocations.add(SessionRevocation("s-revoked", "u-1", ACTOR.restaurant_id, "LOGOUT"))
+    service = servicer_module.OrderServicer(None, None, revocations, 10)  # type: ignore[arg-type]
     await service._session_guard(caller())()  # noqa: SLF001  (valid: passes)
     with pytest.raises(Unauthenticated) as expired:
         await service._session_guard(caller(expires_in=-11))()  # noqa: SLF001
     assert expired.value.reason == "TOKEN_EXPIRED"
     # Within the leeway the token is still accepted.
     await service._session_guard(caller(expires_in=-5))()  # noqa: SLF001
-    servicer_module.REVOCATION_CHECK_SECONDS = 0.0
-    try:
-        with pytest.raises(Unauthenticated) as revoked:
-            await service._session_guard(caller("s-revoked"))()  # noqa: SLF001
-    finally:
-        servicer_module.REVOCATION_CHECK_SECONDS = 5.0
+    with pytest.raises(Unauthenticated) as revoked:
+        await service._session_guard(caller("s-revoked"))()  # noqa: SLF001
     assert revoked.value.reason == "SESSION_REVOKED"
 
 

@@ -1,6 +1,6 @@
 """The realtime gateway in process: a real websockets server on loopback and the app's client
-(tests/support/ws_client.py), with real signed tokens; Redis-backed parts (presence, IP window,
-revocation markers) and the orders feed are in-memory fakes. The same behaviours are checked
+(tests/support/ws_client.py), with real signed tokens and a real local revocation set; Redis-backed
+parts (presence, IP window) and the orders feed are in-memory fakes. The same behaviours are checked
 end to end through Envoy in tests/e2e/test_realtime_*.py; these run in a second and pin the
 connection logic down precisely (timings, close codes, floods).
 """
@@ -15,6 +15,7 @@ import uuid
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from posmesh.common.revocations import SessionRevocation
 from services.realtime.revocations import Revocation
 from tests.support.gateway_rig import ALLOWED_ORIGIN, RESTAURANT, Rig
 
@@ -114,7 +115,7 @@ async def test_management_connections_need_owner_or_manager(rig):
 
 async def test_a_revoked_session_is_refused_at_connect(rig):
     sid = uuid.uuid4().hex
-    rig.revocations.revoked.add(sid)
+    rig.revoke(sid)
     sock = await rig.open()
     error = await sock.authenticate(rig.token(user="u-rev", sid=sid), "u-rev")
     assert error["data"]["code"] == "SESSION_REVOKED" and error["data"]["action"] == "LOGIN"
@@ -208,6 +209,32 @@ async def test_a_revocation_closes_the_sessions_sockets_at_once(rig):
     assert (await other.ping())["type"] == "pong", "another session of the user stays"
     rig.gateway.on_revocation(Revocation("", "u-out", RESTAURANT, "membership_revoked"))
     assert await other.closed(timeout=1) == (4003, "MEMBERSHIP_REVOKED")
+
+
+async def test_a_revocation_the_process_learns_of_closes_the_sessions_sockets(rig):
+    sid = uuid.uuid4().hex
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-learnt", sid=sid), "u-learnt"))[
+        "type"] == "auth_success"
+
+    rig.gateway.on_revoked_session(SessionRevocation(sid, "u-learnt", RESTAURANT, "LOGOUT"))
+
+    assert await sock.closed(timeout=1) == (4001, "LOGOUT")
+
+
+async def test_the_sweep_closes_sockets_of_sessions_in_the_revocation_set(rig):
+    sid = uuid.uuid4().hex
+    sock = await rig.open()
+    assert (await sock.authenticate(rig.token(user="u-swept", sid=sid), "u-swept"))[
+        "type"] == "auth_success"
+    bystander = await rig.signed_in(user="u-stays")
+    rig.revoke(sid, "MEMBERSHIP_REVOKED")
+
+    rig.gateway.sweep_revoked()
+
+    assert await sock.closed(timeout=1) == (4003, "MEMBERSHIP_REVOKED")
+    assert (await bystander.ping())["type"] == "pong"
+    await bystander.close()
 
 
 async def test_order_events_reach_every_socket_of_the_restaurant_in_order(rig):

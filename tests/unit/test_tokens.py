@@ -1,5 +1,6 @@
 """posmesh.common.tokens: local verification against a JWKS, with an algorithm allowlist, and the
-revocation check. Pure logic: keys are generated in memory, Redis is a fake."""
+names of the revocation marker and channel. Pure logic: keys are generated in memory. (The
+revocation check itself: test_revocations.py.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from posmesh.common.tokens import (
     REVOCATIONS_CHANNEL,
     JwksRefresher,
     KeySet,
-    RevocationChecker,
     TokenVerifier,
     revoked_key,
 )
@@ -157,26 +157,8 @@ def test_a_jwks_entry_with_an_unlisted_algorithm_is_ignored(key):
     assert keys.kids() == ["k1"]
 
 
-class FakeRedis:
-    def __init__(self, *, revoked=(), fail: bool = False) -> None:
-        self.revoked = set(revoked)
-        self.fail = fail
-
-    async def exists(self, name: str) -> int:
-        if self.fail:
-            raise ConnectionError("redis is down")
-        return int(name in self.revoked)
-
-
-async def test_the_revocation_check_reads_the_session_marker():
-    checker = RevocationChecker(FakeRedis(revoked={revoked_key("s1")}))
-    assert await checker.is_revoked("s1") is True
-    assert await checker.is_revoked("s2") is False
+def test_the_marker_and_channel_keep_their_names_for_other_readers():
     assert revoked_key("s1") == "auth:revoked:s1" and REVOCATIONS_CHANNEL == "auth:revocations"
-
-
-async def test_the_revocation_check_fails_open_when_redis_is_down():
-    assert await RevocationChecker(FakeRedis(fail=True)).is_revoked("s1") is False
 
 
 async def test_the_refresher_loads_keys_and_refetches_soon_after_an_unknown_kid(key):
