@@ -184,7 +184,7 @@ class OrdersStore:
                     # PostgreSQL restarted or the network broke: every idle pooled connection is
                     # likely dead too. Replace them on their next use instead of failing one
                     # request per connection.
-                    self._pool.expire_connections()
+                    await self._pool.expire_connections()
                 raise translated from exc
 
     async def _read(self, operation: str, sql: str, *args, fetch: str = "fetch"):
