@@ -67,6 +67,7 @@ class HttpRoute:
     cluster: str
     template: str
     streaming: bool = False
+    edge_budget: str = ""  # the per-address budget its RPCs spend (permissions.EDGE_BUDGETS)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class EdgeRoutes:
     http: list[HttpRoute] = field(default_factory=list)
     grpc: list[tuple[str, str]] = field(default_factory=list)  # (service prefix, cluster)
     grpc_streaming: list[tuple[str, str]] = field(default_factory=list)  # (RPC path, cluster)
+    # Native gRPC methods with a per-address budget: (RPC path, cluster, budget).
+    grpc_budgeted: list[tuple[str, str, str]] = field(default_factory=list)
     open: list[OpenRule] = field(default_factory=list)
 
 
@@ -126,8 +129,11 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
                 if rule is not None and rule.access is permissions.Access.INTERNAL:
                     raise ValueError(f"{grpc_path} is internal but its service is routed by the edge")
                 public = rule is not None and rule.access is permissions.Access.PUBLIC
+                budget = rule.edge_budget if rule is not None else ""
                 if method.server_streaming:
                     routes.grpc_streaming.append((grpc_path, cluster))
+                elif budget:
+                    routes.grpc_budgeted.append((grpc_path, cluster, budget))
                 if public:
                     routes.open.append(OpenRule(path=grpc_path))
                 if not method.options.HasExtension(annotations_pb2.http):
@@ -143,6 +149,9 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
                         routes.http.append(existing)
                     elif existing.cluster != cluster:
                         raise ValueError(f"{template} is bound by two services")
+                    if existing.edge_budget and budget and existing.edge_budget != budget:
+                        raise ValueError(f"{template} is bound by RPCs with different budgets")
+                    existing.edge_budget = existing.edge_budget or budget
                     existing.streaming |= method.server_streaming
                     access.setdefault(regex, set()).add(public)
     open_regexes = [regex for regex, kinds in access.items() if kinds == {True}]
@@ -240,6 +249,9 @@ def render(settings: Settings, out_dir: Path) -> Path:
         websocket_prefixes=WEBSOCKET_PREFIXES,
         grpc_health_prefix=GRPC_HEALTH_PREFIX,
         security_headers=SECURITY_HEADERS,
+        budgets={permissions.LOGIN_BUDGET: settings.login_rate_limit_per_minute,
+                 permissions.SIGNUP_BUDGET: settings.signup_rate_limit_per_minute,
+                 permissions.HEALTH_BUDGET: settings.health_rate_limit_per_minute},
         published=published,
     )
     path = out_dir / "envoy.yaml"

@@ -66,8 +66,9 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         # The whole suite logs in from 127.0.0.1; the edge's per-address login limit is tested
         # on its own (test_edge.py), so here it must not throttle the other tests.
         "EDGE_LOGIN_RATE_LIMIT_PER_MINUTE": 100_000,
-        # Likewise the per-address health limit (tested on its own, test_public_surface.py).
+        # Likewise the per-address health and sign-up limits (tested on their own, test_edge.py).
         "EDGE_HEALTH_RATE_LIMIT_PER_MINUTE": 100_000,
+        "EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE": 100_000,
         # Realtime: the auth-timeout test waits this long (the app itself waits 10 s).
         "WS_AUTH_TIMEOUT_SECONDS": 2,
         # Auth: short lockouts so the lockout tests see recovery; every test signs in from

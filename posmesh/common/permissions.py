@@ -34,12 +34,19 @@ class Rule:
     # PUBLIC rows only: a valid token, when one is sent, makes the caller known to the servicer
     # (which may then answer in more detail); an invalid one is ignored, never refused.
     identifies_caller: bool = False
+    # The per-client-address budget the edge spends on each call ("" for none): one of
+    # EDGE_BUDGETS. A call that costs a password hash or a mail is limited before it arrives.
+    edge_budget: str = ""
 
     @property
     def permission(self) -> str:
         return self.access.value if self.access is not Access.RESTAURANT else "+".join(
             role for role in ROLES if role in self.roles)
 
+
+# Per-client-address budgets of the edge (settings EDGE_<NAME>_RATE_LIMIT_PER_MINUTE).
+LOGIN_BUDGET, SIGNUP_BUDGET, HEALTH_BUDGET = "login", "signup", "health"
+EDGE_BUDGETS = (LOGIN_BUDGET, SIGNUP_BUDGET, HEALTH_BUDGET)
 
 PUBLIC = Rule(Access.PUBLIC, tenant_checked=False)
 SIGNED_IN = Rule(Access.SIGNED_IN)
@@ -64,19 +71,20 @@ PERMISSIONS: dict[str, Rule] = {
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": PUBLIC,
     "/posmesh.health.v1.SystemHealthService/GetSystemHealth": Rule(
-        Access.PUBLIC, tenant_checked=False, identifies_caller=True,
+        Access.PUBLIC, tenant_checked=False, identifies_caller=True, edge_budget=HEALTH_BUDGET,
         note="no token needed: status only; details for owners and managers"),
     # Auth.
-    _AUTH + "Register": PUBLIC,
-    _AUTH + "Login": PUBLIC,
+    _AUTH + "Register": Rule(Access.PUBLIC, tenant_checked=False, edge_budget=SIGNUP_BUDGET),
+    _AUTH + "Login": Rule(Access.PUBLIC, tenant_checked=False, edge_budget=LOGIN_BUDGET),
     _AUTH + "RefreshToken": PUBLIC,
     _AUTH + "VerifyToken": PUBLIC,  # introspection answers valid=false itself
     _AUTH + "GetJwks": PUBLIC,
-    _AUTH + "VerifyEmail": Rule(Access.PUBLIC, tenant_checked=False,
+    _AUTH + "VerifyEmail": Rule(Access.PUBLIC, tenant_checked=False, edge_budget=SIGNUP_BUDGET,
                                 note="with the single-use token from the mail"),
     _AUTH + "RequestPasswordReset": Rule(Access.PUBLIC, tenant_checked=False,
+                                         edge_budget=SIGNUP_BUDGET,
                                          note="the same answer whether the address has an account"),
-    _AUTH + "ResetPassword": Rule(Access.PUBLIC, tenant_checked=False,
+    _AUTH + "ResetPassword": Rule(Access.PUBLIC, tenant_checked=False, edge_budget=SIGNUP_BUDGET,
                                   note="with the single-use token from the mail; ends every session"),
     _AUTH + "Logout": SIGNED_IN,
     _AUTH + "GetMe": SIGNED_IN,
@@ -118,7 +126,7 @@ PERMISSIONS: dict[str, Rule] = {
     _STAFF + "ListMyInvitations": Rule(Access.SIGNED_IN,
                                        note="invitations for the caller's verified address"),
     _STAFF + "AcceptInvitation": Rule(
-        Access.PUBLIC, tenant_checked=False, identifies_caller=True,
+        Access.PUBLIC, tenant_checked=False, identifies_caller=True, edge_budget=SIGNUP_BUDGET,
         note="signed in as a verified account with the invited address, or with the mailed "
              "token and a password of one's own"),
     # Menu.

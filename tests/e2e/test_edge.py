@@ -159,6 +159,7 @@ class _FailingAuth(auth_pb2_grpc.AuthServiceServicer):
 
 LOGIN_LIMIT = 3
 HEALTH_LIMIT = 4
+SIGNUP_LIMIT = 2
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -173,7 +174,8 @@ async def standin_edge() -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(POSMESH_DATA_DIR=str(folder), EDGE_HOST="127.0.0.1", EDGE_PORT=edge_port,
                             ENVOY_ADMIN_PORT=admin_port, AUTH_ADDR=f"127.0.0.1:{auth_port}",
                             EDGE_LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
-                            EDGE_HEALTH_RATE_LIMIT_PER_MINUTE=HEALTH_LIMIT)
+                            EDGE_HEALTH_RATE_LIMIT_PER_MINUTE=HEALTH_LIMIT,
+                            EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE=SIGNUP_LIMIT)
         config = envoy_config.render(settings, folder / "envoy")
         envoy = await asyncio.create_subprocess_exec(
             str(envoy_config.envoy_binary()), "-c", str(config), "--disable-hot-restart",
@@ -226,6 +228,23 @@ async def test_public_health_over_the_per_address_limit_gets_429_json_at_the_edg
     assert replies[-1].status_code == 429
     assert _error_info(replies[-1])["reason"] == "RATE_LIMITED"
     assert (await standin_edge.get("/ping")).status_code == 200  # the edge's own answer is free
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/v1/auth/register", {"email": "a@example.com", "password": "x" * 12, "full_name": "A"}),
+    ("/api/v1/auth/password:requestReset", {"email": "a@example.com"}),
+    ("/api/v1/invitations:accept", {"token": "pmiv_x", "password": "x" * 12}),
+])
+async def test_calls_that_cost_a_hash_or_a_mail_are_limited_per_address_at_the_edge(
+        standin_edge, path, body):
+    """ASVS 5.0 V2.4 (anti-automation): registrations, password resets and invitation
+    acceptances spend a per-address budget (EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE) each."""
+    replies = [await standin_edge.post(path, json=body) for _ in range(SIGNUP_LIMIT + 1)]
+
+    # Nothing behind the stand-in edge answers them (501, 503): the 429 is the edge's own.
+    assert all(r.status_code in (501, 503) for r in replies[:SIGNUP_LIMIT]), replies
+    assert replies[-1].status_code == 429
+    assert _error_info(replies[-1])["reason"] == "RATE_LIMITED"
 
 
 # --- the running edge ---------------------------------------------------------------------------
