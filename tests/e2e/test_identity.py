@@ -1,0 +1,332 @@
+"""The identity lifecycle end to end, over HTTPS through the edge and with mail read from the real
+SMTP server the stack runs: verified addresses, invitations instead of accounts made by managers,
+password change and reset, email change, sessions per device. Each test names the OWASP ASVS 5.0
+requirement it covers."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.support.accounts import auth_db, staff_db
+from tests.support.mail import default_mailbox, token_from
+from tests.support.orders import open_restaurant
+from tests.support.restaurants import (
+    INVITATION_SUBJECT,
+    PASSWORD,
+    VERIFY_SUBJECT,
+    create_restaurant_as_owner,
+    error_metadata,
+    error_reason,
+    login,
+    ok,
+    register,
+    unique_email,
+)
+
+RESET_SUBJECT = "Reset your posmesh password"
+CHANGED_SUBJECT = "Your posmesh password was changed"
+EMAIL_CHANGED_SUBJECT = "The email address of your posmesh account was changed"
+
+
+async def mail_token(email: str, subject: str, *, count: int = 1) -> str:
+    return token_from(await default_mailbox().wait_for(to=email, subject_contains=subject,
+                                                       count=count))
+
+
+async def security_events(stack, user_id: str) -> list[str]:
+    async with auth_db(stack) as db:
+        rows = await db.fetch("SELECT type FROM security_events WHERE user_id = $1 "
+                              "ORDER BY occurred_at, id", user_id)
+    return [row["type"] for row in rows]
+
+
+# --- pre-hijacking ------------------------------------------------------------------------------
+
+async def test_a_stranger_who_registered_the_hires_address_first_gets_nothing(stack, edge):
+    """ASVS 5.0 V6 (account pre-hijacking) and V6.4.1 (single-use, expiring activation links):
+    someone registers newhire@ before the owner hires that address; the owner invites it as a
+    manager. The stranger never sees the invitation and gains no role; the person who reads the
+    mail at that address accepts, takes the account over, and the stranger is signed out."""
+    hire_email = unique_email("newhire")
+    stranger_password = "the strangers own password"
+    ok(await edge.post("/api/v1/auth/register", json={
+        "email": hire_email, "password": stranger_password, "full_name": "Stranger"}))
+    stranger = await login(edge, hire_email, password=stranger_password)  # unverified, signed in
+    party = await open_restaurant(edge)
+
+    invited = ok(await edge.post("/api/v1/employees", headers=party.owner.headers, json={
+        "first_name": "New", "last_name": "Hire", "email": hire_email, "access_role": "manager"}))
+    assert invited["state"] == "INVITED" and invited["user_id"] == ""
+
+    # The stranger: no membership, no invitation shown, cannot accept it without the mail.
+    me = ok(await edge.get("/api/v1/auth/me", headers=stranger.headers))
+    assert me["memberships"] == [] and me["user"]["email_verified"] is False
+    assert ok(await edge.get("/api/v1/invitations:mine",
+                             headers=stranger.headers))["invitations"] == []
+    guessed = await edge.post("/api/v1/invitations:accept", headers=stranger.headers,
+                              json={"token": "pmiv_" + "B" * 43})
+    assert guessed.status_code == 400 and error_reason(guessed) == "INVITATION_INVALID"
+    switch = await edge.post("/api/v1/auth/switch-restaurant", headers=stranger.headers,
+                             json={"restaurant_id": party.restaurant_id})
+    assert switch.status_code == 403 and error_reason(switch) == "NOT_A_MEMBER"
+
+    # The invited person, reading the mail at that address, accepts with a password of their own.
+    accepted = ok(await edge.post("/api/v1/invitations:accept", json={
+        "token": await mail_token(hire_email, INVITATION_SUBJECT),
+        "password": "the real hires password"}))
+    assert accepted["employee"]["state"] == "ACTIVE"
+
+    gone = await edge.get("/api/v1/auth/me", headers=stranger.headers)
+    assert gone.status_code == 401 and error_reason(gone) == "SESSION_REVOKED"
+    refused = await edge.post("/api/v1/auth/login", json={
+        "email": hire_email, "password": stranger_password})
+    assert refused.status_code == 401 and error_reason(refused) == "INVALID_CREDENTIALS"
+    hire = await login(edge, hire_email, party.restaurant_id, password="the real hires password")
+    assert hire.role == "manager"
+    assert "ACCOUNT_CLAIMED" in await security_events(stack, hire.user_id)
+
+
+# --- verified email -----------------------------------------------------------------------------
+
+async def test_a_new_account_verifies_its_address_with_a_single_use_link(edge):
+    """ASVS 5.0 V6.4.1: the verification link is random, single-use and expiring; until it is
+    used the account can sign in but cannot create a restaurant (no membership)."""
+    user = await register(edge, "verify", verified=False)
+    refused = await edge.post("/api/v1/restaurants", headers=user.headers, json={
+        "name": "Too Soon", "timezone": "Europe/London", "currency": "GBP"})
+    assert refused.status_code == 409 and error_reason(refused) == "EMAIL_NOT_VERIFIED"
+    assert error_metadata(refused)["action"] == "VERIFY_EMAIL"
+
+    token = await mail_token(user.email, VERIFY_SUBJECT)
+    verified = ok(await edge.post("/api/v1/auth/email:verify", json={"token": token}))
+    assert verified["user"]["email_verified"] is True
+    again = await edge.post("/api/v1/auth/email:verify", json={"token": token})
+    assert again.status_code == 409 and error_reason(again) == "EMAIL_TOKEN_USED"
+    created = await edge.post("/api/v1/restaurants", headers=user.headers, json={
+        "name": "Now Verified", "timezone": "Europe/London", "currency": "GBP"})
+    assert created.status_code == 200, created.text
+
+
+async def test_an_expired_verification_link_is_refused_and_a_new_one_replaces_it(stack, edge):
+    """ASVS 5.0 V6.4.1: links expire, and only the newest one works."""
+    user = await register(edge, "expired", verified=False)
+    old = await mail_token(user.email, VERIFY_SUBJECT)
+    async with auth_db(stack) as db:
+        await db.execute("UPDATE email_tokens SET expires_at = now() - interval '1 second', "
+                         "created_at = now() - interval '2 minutes' WHERE user_id = $1",
+                         uuid.UUID(user.user_id))
+    expired = await edge.post("/api/v1/auth/email:verify", json={"token": old})
+    assert expired.status_code == 409 and error_reason(expired) == "EMAIL_TOKEN_EXPIRED"
+
+    assert ok(await edge.post("/api/v1/auth/email:sendVerification", headers=user.headers,
+                              json={}))["sent"] is True
+    too_soon = await edge.post("/api/v1/auth/email:sendVerification", headers=user.headers,
+                               json={})
+    assert too_soon.status_code == 429 and error_reason(too_soon) == "TOO_MANY_EMAILS"
+    new = await mail_token(user.email, VERIFY_SUBJECT, count=2)
+    assert new != old
+    superseded = await edge.post("/api/v1/auth/email:verify", json={"token": old})
+    assert superseded.status_code == 400 and error_reason(superseded) == "EMAIL_TOKEN_INVALID"
+    assert ok(await edge.post("/api/v1/auth/email:verify", json={"token": new}))["user"][
+        "email_verified"] is True
+
+
+# --- invitations --------------------------------------------------------------------------------
+
+async def test_an_expired_invitation_is_refused_until_resent_and_a_used_one_cannot_be_reused(
+        stack, edge):
+    """ASVS 5.0 V6.4.1: invitation links expire, are replaced by a resend and work once."""
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("late")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Late", "email": email}))
+    first = await mail_token(email, INVITATION_SUBJECT)
+    async with staff_db(stack) as db:
+        await db.execute("UPDATE invitations SET expire_time = now() - interval '1 second', "
+                         "send_time = now() - interval '2 minutes' WHERE employee_id = $1",
+                         uuid.UUID(employee["id"]))
+    expired = await edge.post("/api/v1/invitations:accept", json={"token": first,
+                                                                  "password": PASSWORD})
+    assert expired.status_code == 409 and error_reason(expired) == "INVITATION_EXPIRED"
+    (listed,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers,
+                                  params={"state": "expired"}))["invitations"]
+    resent = ok(await edge.post(f"/api/v1/invitations/{listed['id']}:resend",
+                                headers=owner.headers, json={}))
+    assert resent["state"] == "PENDING" and resent["send_count"] == 2
+
+    second = await mail_token(email, INVITATION_SUBJECT, count=2)
+    replaced = await edge.post("/api/v1/invitations:accept", json={"token": first,
+                                                                   "password": PASSWORD})
+    assert replaced.status_code == 400 and error_reason(replaced) == "INVITATION_INVALID"
+    ok(await edge.post("/api/v1/invitations:accept", json={"token": second, "password": PASSWORD}))
+    reused = await edge.post("/api/v1/invitations:accept", json={"token": second,
+                                                                 "password": PASSWORD})
+    assert reused.status_code == 409 and error_reason(reused) == "INVITATION_USED"
+
+
+async def test_a_revoked_invitation_deactivates_the_invited_employee(edge):
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("withdrawn")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Withdrawn", "email": email}))
+    token = await mail_token(email, INVITATION_SUBJECT)
+    (pending,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers))["invitations"]
+    revoked = ok(await edge.post(f"/api/v1/invitations/{pending['id']}:revoke",
+                                 headers=owner.headers, json={}))
+    assert revoked["state"] == "REVOKED"
+
+    refused = await edge.post("/api/v1/invitations:accept", json={"token": token,
+                                                                  "password": PASSWORD})
+    assert refused.status_code == 409 and error_reason(refused) == "INVITATION_REVOKED"
+    record = ok(await edge.get(f"/api/v1/employees/{employee['id']}", headers=owner.headers))
+    assert record["state"] == "DEACTIVATED"
+
+
+async def test_a_verified_account_accepts_signed_in_and_only_with_its_own_address(edge):
+    """ASVS 5.0 V6: an invitation is for an address, not for whoever holds its link."""
+    owner, _ = await create_restaurant_as_owner(edge)
+    invitee = await register(edge, "invitee")  # verified
+    other = await register(edge, "other")  # verified, another address
+    ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                       json={"first_name": "Invitee", "email": invitee.email}))
+    token = await mail_token(invitee.email, INVITATION_SUBJECT)
+
+    wrong = await edge.post("/api/v1/invitations:accept", headers=other.headers,
+                            json={"token": token})
+    assert wrong.status_code == 403 and error_reason(wrong) == "INVITATION_EMAIL_MISMATCH"
+    (mine,) = ok(await edge.get("/api/v1/invitations:mine",
+                                headers=invitee.headers))["invitations"]
+    accepted = ok(await edge.post("/api/v1/invitations:accept", headers=invitee.headers,
+                                  json={"invitation_id": mine["id"]}))
+    assert accepted["user_id"] == invitee.user_id
+    member = await login(edge, invitee.email, owner.restaurant_id)
+    assert member.role == "staff"
+
+
+# --- passwords ----------------------------------------------------------------------------------
+
+async def test_a_password_change_needs_the_current_one_and_ends_every_other_session(edge):
+    """ASVS 5.0 V6.2.2, V6.2.3 (change with the current password) and V7.4.3 (other sessions
+    end after a change of an authentication factor)."""
+    user = await register(edge, "changer")
+    other_device = await login(edge, user.email)
+    wrong = await edge.post("/api/v1/auth/password:change", headers=user.headers, json={
+        "current_password": "not it at all", "new_password": "a brand new password"})
+    assert wrong.status_code == 400 and error_reason(wrong) == "WRONG_PASSWORD"
+
+    changed = ok(await edge.post("/api/v1/auth/password:change", headers=user.headers, json={
+        "current_password": PASSWORD, "new_password": "a brand new password"}))
+    assert changed["revoked_sessions"] == 1
+    assert (await edge.get("/api/v1/auth/me", headers=user.headers)).status_code == 200
+    ended = await edge.get("/api/v1/auth/me", headers=other_device.headers)
+    assert ended.status_code == 401 and error_reason(ended) == "SESSION_REVOKED"
+    await default_mailbox().wait_for(to=user.email, subject_contains=CHANGED_SUBJECT)
+    old = await edge.post("/api/v1/auth/login", json={"email": user.email, "password": PASSWORD})
+    assert old.status_code == 401
+    await login(edge, user.email, password="a brand new password")
+
+
+async def test_a_password_reset_answers_the_same_for_unknown_addresses_and_works_once(edge):
+    """ASVS 5.0 V6.4.3 (a secure reset process), V6.3.8 (accounts cannot be deduced from the
+    answer) and V7.4.3 (every session ends)."""
+    user = await register(edge, "forgetful")
+    unknown = unique_email("nobody")
+    known_reply = await edge.post("/api/v1/auth/password:requestReset", json={"email": user.email})
+    unknown_reply = await edge.post("/api/v1/auth/password:requestReset", json={"email": unknown})
+    assert (known_reply.status_code, known_reply.json()) == (unknown_reply.status_code,
+                                                             unknown_reply.json()) == (200, {})
+
+    token = await mail_token(user.email, RESET_SUBJECT)
+    weak = await edge.post("/api/v1/auth/password:reset", json={"token": token,
+                                                                "new_password": "123"})
+    assert weak.status_code == 400 and error_reason(weak) == "WEAK_PASSWORD"
+    reset = ok(await edge.post("/api/v1/auth/password:reset", json={
+        "token": token, "new_password": "remembered at last"}))
+    assert reset["revoked_sessions"] == 1
+    ended = await edge.get("/api/v1/auth/me", headers=user.headers)
+    assert ended.status_code == 401 and error_reason(ended) == "SESSION_REVOKED"
+    reused = await edge.post("/api/v1/auth/password:reset", json={
+        "token": token, "new_password": "another new password"})
+    assert reused.status_code == 409 and error_reason(reused) == "EMAIL_TOKEN_USED"
+    await login(edge, user.email, password="remembered at last")
+    assert await default_mailbox().messages(to=unknown) == []  # nothing went to the stranger
+
+
+async def test_an_expired_reset_link_is_refused(stack, edge):
+    user = await register(edge, "slow")
+    ok(await edge.post("/api/v1/auth/password:requestReset", json={"email": user.email}))
+    token = await mail_token(user.email, RESET_SUBJECT)
+    async with auth_db(stack) as db:
+        await db.execute("UPDATE email_tokens SET expires_at = now() - interval '1 second' "
+                         "WHERE user_id = $1 AND purpose = 'reset_password'",
+                         uuid.UUID(user.user_id))
+    expired = await edge.post("/api/v1/auth/password:reset", json={
+        "token": token, "new_password": "too late for this"})
+    assert expired.status_code == 409 and error_reason(expired) == "EMAIL_TOKEN_EXPIRED"
+
+
+async def test_reset_requests_are_limited_per_address(edge):
+    """ASVS 5.0 V2.4.1 (anti-automation): a mailbox cannot be flooded with reset mails."""
+    email = unique_email("flooded")
+    replies = [await edge.post("/api/v1/auth/password:requestReset", json={"email": email})
+               for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429]
+    assert error_reason(replies[-1]) == "RATE_LIMITED"
+    assert int(error_metadata(replies[-1])["retry_after_seconds"]) > 0
+
+
+# --- email change -------------------------------------------------------------------------------
+
+async def test_an_email_change_verifies_the_new_address_and_tells_the_old_one(edge):
+    """ASVS 5.0 V6.4 (changes of an authentication factor are verified and notified)."""
+    user = await register(edge, "mover")
+    new_email = unique_email("moved")
+    wrong = await edge.post("/api/v1/auth/email:change", headers=user.headers, json={
+        "new_email": new_email, "current_password": "not the password"})
+    assert wrong.status_code == 400 and error_reason(wrong) == "WRONG_PASSWORD"
+    pending = ok(await edge.post("/api/v1/auth/email:change", headers=user.headers, json={
+        "new_email": new_email, "current_password": PASSWORD}))
+    assert pending["pending_email"] == new_email
+    # Nothing changes until the new address proves it receives mail.
+    assert ok(await edge.get("/api/v1/auth/me", headers=user.headers))["user"]["email"] == \
+        user.email
+
+    verified = ok(await edge.post("/api/v1/auth/email:verify", json={
+        "token": await mail_token(new_email, VERIFY_SUBJECT)}))
+    assert verified["user"]["email"] == new_email and verified["user"]["email_verified"]
+    notice = await default_mailbox().wait_for(to=user.email, subject_contains=EMAIL_CHANGED_SUBJECT)
+    assert new_email in notice.text
+    await login(edge, new_email)
+
+
+# --- sessions per device ------------------------------------------------------------------------
+
+async def test_a_user_lists_their_devices_and_signs_one_or_all_others_out(edge):
+    """ASVS 5.0 V7.5.2 (view and terminate active sessions) and V7.4.1 (a terminated session is
+    refused at once)."""
+    user = await register(edge, "devices")
+    tablet = ok(await edge.post("/api/v1/auth/login", json={
+        "email": user.email, "password": PASSWORD, "device_label": "Back office tablet"}))
+    phone = await login(edge, user.email)
+
+    sessions = ok(await edge.get("/api/v1/auth/sessions", headers=user.headers))["sessions"]
+    assert len(sessions) == 3
+    assert [s["current"] for s in sessions].count(True) == 1
+    labelled = next(s for s in sessions if s["device_label"] == "Back office tablet")
+    assert labelled["user_agent"] and labelled["ip"] and labelled["create_time"]
+
+    ok(await edge.delete(f"/api/v1/auth/sessions/{labelled['id']}", headers=user.headers))
+    ended = await edge.get("/api/v1/auth/me",
+                           headers={"authorization": f"Bearer {tablet['access_token']}"})
+    assert ended.status_code == 401 and error_reason(ended) == "SESSION_REVOKED"
+    stranger = await register(edge, "stranger")
+    foreign = await edge.delete(f"/api/v1/auth/sessions/{labelled['id']}",
+                                headers=stranger.headers)
+    assert foreign.status_code == 404 and error_reason(foreign) == "SESSION_NOT_FOUND"
+
+    others = ok(await edge.post("/api/v1/auth/sessions:deleteOthers", headers=user.headers,
+                                json={}))
+    assert others["revoked_sessions"] == 1
+    assert (await edge.get("/api/v1/auth/me", headers=phone.headers)).status_code == 401
+    (left,) = ok(await edge.get("/api/v1/auth/sessions", headers=user.headers))["sessions"]
+    assert left["current"] is True
