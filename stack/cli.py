@@ -157,11 +157,16 @@ async def seed_demo(stack) -> None:
     from stack import demo
 
     try:
-        restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, stack.data_dir)
+        if stack.mail_port is None:
+            raise demo.DemoError("the demo verifies its logins with the embedded dev mail server; "
+                                 "unset SMTP_URL to seed it")
+        restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, stack.data_dir,
+                                                stack.mail_dir)
     except (demo.DemoError, httpx.HTTPError, OSError) as exc:
         _loud("demo seeding failed (the stack keeps running)", str(exc))
         return
-    print(demo.describe(stack.edge_url, _relative(stack.ca_file), restaurant_id, logins), flush=True)
+    print(demo.describe(stack.edge_url, _relative(stack.ca_file), restaurant_id, logins,
+                        _relative(stack.mail_dir)), flush=True)
 
 
 def _loud(headline: str, details: str) -> None:

@@ -1,20 +1,29 @@
 """`posmesh run --demo`: a demo restaurant, its owner, a manager, staff and a menu, created through
 the public JSON API (the same path a POS app takes), and the logins printed.
 
+Every login is verified the way a person does it: the owner uses the verification link, the
+others accept their invitation and choose their password, each link read from the dev mail
+server's store (so the demo needs the embedded mail server: SMTP_URL unset).
+
 Passwords are random per data dir and kept in `<data dir>/demo-credentials.json` (git-ignored), so
 a second `--demo` run on the same data prints the same logins instead of failing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import ssl
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from stack.mail_store import MailStore
 
 RESTAURANT_NAME = "posmesh Demo Bistro"
 PEOPLE = (  # (email, full name, access role, job title)
@@ -64,10 +73,29 @@ async def _login(client: httpx.AsyncClient, login: DemoLogin, restaurant_id: str
         f"log in as {login.email}")
 
 
-async def _owner_session(client: httpx.AsyncClient, owner: DemoLogin) -> dict:
+async def _mailed_token(mail: MailStore, to: str, subject_contains: str,
+                       timeout: float = 15.0) -> str:
+    """The `token` of the link in the newest such mail to `to` in the dev mail store."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in await asyncio.to_thread(mail.messages, to=to):
+            if subject_contains in message.subject:
+                for word in message.text.split():
+                    if word.startswith("http") and "token=" in word:
+                        return parse_qs(urlsplit(word).query)["token"][0]
+        if time.monotonic() > deadline:
+            raise DemoError(f"no mail {subject_contains!r} to {to} arrived in {mail.folder}")
+        await asyncio.sleep(0.1)
+
+
+async def _owner_session(client: httpx.AsyncClient, owner: DemoLogin, mail: MailStore) -> dict:
     registered = await client.post("/api/v1/auth/register", json={
         "email": owner.email, "password": owner.password, "full_name": PEOPLE[0][1]})
-    if registered.status_code not in (200, 409):
+    if registered.status_code == 200:
+        token = await _mailed_token(mail, owner.email, "Confirm your email")
+        _check(await client.post("/api/v1/auth/email:verify", json={"token": token}),
+               "verify the demo owner's address")
+    elif registered.status_code != 409:
         _check(registered, "register the demo owner")
     return await _login(client, owner)
 
@@ -84,29 +112,34 @@ async def _find_or_create_restaurant(client: httpx.AsyncClient, headers: dict) -
     return created["id"], True
 
 
-async def seed(edge_url: str, ca_file: Path, data_dir: Path) -> tuple[str, list[DemoLogin]]:
+async def seed(edge_url: str, ca_file: Path, data_dir: Path,
+               mail_dir: Path) -> tuple[str, list[DemoLogin]]:
     """Creates (or finds) the demo restaurant; returns its id and the logins."""
     logins = _load_or_make_logins(data_dir)
     owner = logins[0]
+    mail = MailStore(mail_dir)
     tls = ssl.create_default_context(cafile=str(ca_file))
     async with httpx.AsyncClient(base_url=edge_url, verify=tls, timeout=30) as client:
-        session = await _owner_session(client, owner)
+        session = await _owner_session(client, owner, mail)
         restaurant_id, created = await _find_or_create_restaurant(
             client, {"authorization": f"Bearer {session['access_token']}"})
         if created:
             switched = _check(await client.post(
                 "/api/v1/auth/switch-restaurant",
                 headers={"authorization": f"Bearer {session['access_token']}"},
-                json={"restaurant_id": restaurant_id, "refresh_token": session["refresh_token"]}),
-                "switch to the demo restaurant")
+                json={"restaurant_id": restaurant_id}), "switch to the demo restaurant")
             headers = {"authorization": f"Bearer {switched['access_token']}"}
             for login, (_, full_name, role, job_title) in zip(logins[1:], PEOPLE[1:]):
                 first, last = full_name.split(" ", 1)
                 _check(await client.post("/api/v1/employees", headers=headers, json={
                     "first_name": first, "last_name": last, "email": login.email,
                     "access_role": role, "job_title": job_title, "hourly_rate_minor": "1250",
-                    "start_date": "2026-01-05", "initial_password": login.password}),
-                    f"add {login.email}")
+                    "start_date": "2026-01-05"}), f"invite {login.email}")
+                # As the invited person: the link from the mail, a password of their own.
+                token = await _mailed_token(mail, login.email, "invited you")
+                _check(await client.post("/api/v1/invitations:accept", json={
+                    "token": token, "password": login.password, "full_name": full_name}),
+                    f"accept the invitation of {login.email}")
             menu_path = f"/api/v1/restaurants/{restaurant_id}/menu"
             for position, (category, items) in enumerate(MENU.items()):
                 made = _check(await client.post(f"{menu_path}/categories", headers=headers, json={
@@ -123,7 +156,8 @@ async def seed(edge_url: str, ca_file: Path, data_dir: Path) -> tuple[str, list[
     return restaurant_id, logins
 
 
-def describe(edge_url: str, ca_file: str, restaurant_id: str, logins: list[DemoLogin]) -> str:
+def describe(edge_url: str, ca_file: str, restaurant_id: str, logins: list[DemoLogin],
+             mail_dir: str) -> str:
     owner = logins[0]
     rows = "\n".join(f"  {login.role:<8} {login.email:<28} {login.password}" for login in logins)
     return (
@@ -133,4 +167,8 @@ def describe(edge_url: str, ca_file: str, restaurant_id: str, logins: list[DemoL
         f"       -d '{{\"email\": \"{owner.email}\", \"password\": \"{owner.password}\"}}'\n"
         f"  curl --cacert {ca_file} {edge_url}/api/v1/restaurants/{restaurant_id}/menu "
         f"-H 'authorization: Bearer <access_token>'\n"
+        f"Mail the system sent (verification links, invitations, password resets) is kept in "
+        f"{mail_dir}:\n"
+        f"  .venv/bin/posmesh mail            # list it, newest first\n"
+        f"  .venv/bin/posmesh mail show 1     # print the newest (click its link)\n"
     )

@@ -14,7 +14,7 @@ from stack import demo
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def seeded(stack, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("demo")
-    restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, data_dir)
+    restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, data_dir, stack.mail_dir)
     return data_dir, restaurant_id, logins
 
 
@@ -47,7 +47,7 @@ async def test_demo_menu_holds_every_item_in_the_restaurants_currency(edge, seed
 async def test_seeding_the_same_data_dir_again_reuses_the_restaurant_and_logins(stack, seeded):
     data_dir, restaurant_id, logins = seeded
 
-    again_id, again_logins = await demo.seed(stack.edge_url, stack.ca_file, data_dir)
+    again_id, again_logins = await demo.seed(stack.edge_url, stack.ca_file, data_dir, stack.mail_dir)
 
     assert again_id == restaurant_id
     assert again_logins == logins
@@ -61,7 +61,7 @@ async def test_seeding_with_stale_credentials_fails_with_a_clear_demo_error(stac
     (tmp_path / "demo-credentials.json").write_text(json.dumps({"logins": stale}))
 
     try:
-        await demo.seed(stack.edge_url, stack.ca_file, tmp_path)
+        await demo.seed(stack.edge_url, stack.ca_file, tmp_path, stack.mail_dir)
     except demo.DemoError as error:
         assert "log in as owner@demo.posmesh.test" in str(error)
         assert "INVALID_CREDENTIALS" in str(error)
