@@ -104,3 +104,27 @@ async def test_a_full_queue_fails_fast_instead_of_queueing_for_ever():
     refused = [r for r in results if isinstance(r, Unavailable)]
     assert len(refused) == 3 and refused[0].reason == "SERVER_BUSY"
     assert sum(isinstance(r, str) for r in results) == 2
+
+
+async def test_a_backlog_of_new_passwords_does_not_queue_ahead_of_sign_ins():
+    """Registrations hash in their own bounded queue: a sign-in's verify starts at once on its
+    own thread instead of waiting behind every queued registration (issue: a registration flood
+    must not starve logins)."""
+    sign_in = PasswordHashing(OWASP, workers=1, max_pending=4)
+    enrollment = PasswordHashing(OWASP, workers=1, max_pending=32, niceness=19, name="enroll")
+    try:
+        stored = await sign_in.hash("the members password")
+        backlog = [asyncio.ensure_future(enrollment.hash(f"newcomer {n}")) for n in range(24)]
+        await asyncio.sleep(0)  # the backlog is queued before the sign-in arrives
+
+        assert (await sign_in.verify(stored, "the members password")).ok
+        hashed_meanwhile = sum(task.done() for task in backlog)
+        refused = await asyncio.gather(*[enrollment.hash("one too many") for _ in range(12)],
+                                       return_exceptions=True)
+        assert await asyncio.gather(*backlog)
+    finally:
+        sign_in.close()
+        enrollment.close()
+    assert hashed_meanwhile < len(backlog) // 2
+    # A full enrollment queue refuses newcomers fast; it never spills into the sign-in queue.
+    assert any(isinstance(r, Unavailable) and r.reason == "SERVER_BUSY" for r in refused)
