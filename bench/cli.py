@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, machine, report, targets
+from bench import ceiling, machine, report, signup_flood, targets
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -70,6 +70,8 @@ class Profile:
     day_small_people: tuple[int, int, int] | None = None
     day_small_s: float = 0
     day_small_warmup: float = 0
+    flood: signup_flood.FloodSpec = signup_flood.FloodSpec(login_rate=25, rounds=3, seconds=10,
+                                                          warmup=2)
 
 
 FULL = Profile(
@@ -92,6 +94,7 @@ QUICK = Profile(
     day_people=(6, 2, 2), day_s=8, day_warmup=2,
     sockets_small=1000, sockets_large=0, fanout_events_small=15, fanout_events_large=0,
     burst_events=10, verification_samples=2000, holders=2,
+    flood=signup_flood.FloodSpec(login_rate=25, rounds=1, seconds=4, warmup=1),
 )
 
 
@@ -155,6 +158,12 @@ class Bench:
             for name, pids in self.system.stack.pids().items():
                 for pid in pids:
                     names[pid] = "realtime" if name.startswith("realtime") else name
+                    if name == "auth":  # its new-password hashing process (and its helper)
+                        try:
+                            children = psutil.Process(pid).children(recursive=True)
+                        except psutil.Error:
+                            children = []
+                        names.update({child.pid: "auth (new passwords)" for child in children})
         me = psutil.Process()
         processes = {pid: None for pid in names}
         try:
@@ -182,7 +191,7 @@ class Bench:
                 for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])
                 if seconds > 0 and after[name] - before.get(name, 0.0) > 0.01 * seconds}
 
-    def _print(self, name: str, s: dict) -> None:
+    def print_summary(self, name: str, s: dict) -> None:
         errors = f", errors {s['errors']} {s['error_kinds']}" if s.get("errors") else ""
         log(f"  {name}: offered {s.get('offered_rps', 'max')}/s, achieved {s['achieved_rps']}/s, "
             f"p50 {s['p50_ms']} p95 {s['p95_ms']} p99 {s['p99_ms']} max {s['max_ms']} ms{errors}")
@@ -213,7 +222,8 @@ class Bench:
     # --- phases -------------------------------------------------------------------------------
 
     async def seed(self) -> None:
-        self.world = await build_world(self.system.edge_url, self.system.ca_file, self.restaurants)
+        self.world = await build_world(self.system.edge_url, self.system.ca_file,
+                                       self.system.mail_dir, self.restaurants)
         log(f"  {len(self.world.restaurants)} restaurants, "
             f"{sum(len(r.people) for r in self.world.restaurants)} people, "
             f"{sum(len(r.order_ids) for r in self.world.restaurants)} open orders")
@@ -230,7 +240,7 @@ class Bench:
                                          extra={"path": ceiling.PATH})
             self.ceiling_rps = summary["achieved_rps"]
             summary["ratio_to_ceiling"] = 1.0
-            self._print("ceiling (python generator)", summary)
+            self.print_summary("ceiling (python generator)", summary)
             h2load = None if p.name == "quick" else await ceiling.h2load(
                 f"https://localhost:{envoy.port}{ceiling.PATH}", duration=int(p.ceiling_s))
             if h2load:
@@ -247,7 +257,7 @@ class Bench:
         p = self.profile
         login, outcomes = await self.http("login", rate=p.rates["login"], duration=p.single_s,
                                           warmup=p.single_warmup)
-        self._print("login", login)
+        self.print_summary("login", login)
         self.results["workloads"]["login"] = login
         # Sessions to refresh: one per seeded person plus one per login just made; each is
         # refreshed by one request at a time (its token rotates on every use).
@@ -255,12 +265,18 @@ class Bench:
         sessions += [token for outcome in outcomes for token in outcome.refresh_tokens]
         refresh, _ = await self.http("refresh", rate=p.rates["refresh"], duration=p.single_s,
                                      warmup=p.single_warmup, extra={"refresh_tokens": sessions})
-        self._print("refresh", refresh)
+        self.print_summary("refresh", refresh)
         self.results["workloads"]["refresh"] = refresh
         verify, _ = await self.http("verify", rate=p.rates["verify"], duration=p.single_s,
                                     warmup=p.single_warmup)
-        self._print("verify", verify)
+        self.print_summary("verify", verify)
         self.results["workloads"]["verify"] = verify
+
+    async def run_signup_flood(self) -> None:
+        self.results["signup_flood"] = result = await signup_flood.run(self, self.profile.flood)
+        log(f"  login p95 {result['quiet_p95_ms']} ms quiet, {result['flooded_p95_ms']} ms during "
+            f"{signup_flood.FLOOD_RATE:g} registrations/s: ×{result['ratio']}; registrations "
+            f"{result['registrations']}")
 
     async def run_verification(self) -> None:
         from stack.supervisor import settings_env
@@ -282,7 +298,7 @@ class Bench:
         for name in ("list_active", "get_order", "create_order"):
             summary, _ = await self.http(name, rate=p.rates[name], duration=p.single_s,
                                          warmup=p.single_warmup)
-            self._print(name, summary)
+            self.print_summary(name, summary)
             self.results["workloads"][name] = summary
             if name == "create_order":
                 await self.close_orders()
@@ -354,7 +370,7 @@ class Bench:
                         ) -> dict:
         summary, _ = await self.http("orders_mix", rate=rate, duration=duration, warmup=warmup)
         summary["meets"] = self._meets(summary)
-        self._print(f"orders mix {label} at {rate}/s for {duration:g} s", summary)
+        self.print_summary(f"orders mix {label} at {rate}/s for {duration:g} s", summary)
         await self.close_orders()
         return summary
 
@@ -429,7 +445,7 @@ class Bench:
             cpu_percent=cpu)
         if self.ceiling_rps:
             summary["ratio_to_ceiling"] = round(summary["achieved_rps"] / self.ceiling_rps, 3)
-        self._print(f"POS day, {users} users", summary)
+        self.print_summary(f"POS day, {users} users", summary)
         log(f"  sockets {summary['sockets']} (failures {summary['socket_failures']}, closes "
             f"{summary['socket_closes']}); events p50 {summary['event_p50_ms']} ms p99 "
             f"{summary['event_p99_ms']} ms, {summary['missing_events']} missing")
@@ -670,7 +686,7 @@ async def run(args: argparse.Namespace) -> int:
         log(f"open-file limit {fd_limit}: fewer sockets than the profile asks for may be held")
     started = time.monotonic()
     if args.url:
-        system = running(args.url, args.ca_file)
+        system = running(args.url, args.ca_file, args.mail_dir)
         description = f"running stack at {args.url}"
     else:
         log("starting the local stack (embedded PostgreSQL and Redis, 4 services, Envoy) ...")
@@ -699,6 +715,7 @@ async def run(args: argparse.Namespace) -> int:
         only = set(args.only.split(",")) if args.only else None
         phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
+                  ("signup_flood", bench.run_signup_flood),
                   ("orders", bench.run_orders), ("mix", bench.run_mix),
                   # Sockets before the POS day: the realtime process's memory is measured from
                   # a baseline no earlier workload has grown.
@@ -744,8 +761,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="bench a running stack (e.g. https://localhost:8443) "
                                       "instead of starting one")
     parser.add_argument("--ca-file", help="CA to trust with --url (default: <data dir>/certs/ca.pem)")
+    parser.add_argument("--mail-dir", help="with --url: the stack's dev mail store, where the "
+                                           "seed reads its verification links (default: "
+                                           "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
-                                       "orders, mix, pos_day, websockets")
+                                       "signup_flood, orders, mix, pos_day, websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")

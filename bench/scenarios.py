@@ -99,6 +99,17 @@ class Scenarios:
             return await self._call("POST", "/api/v1/auth/login", [JSON], body, on_ok=keep)
         return fire
 
+    def _register(self) -> Fire:
+        """A new account per request (a fresh address each time: a sign-up flood from many
+        people, not one person retrying). Each costs an argon2id hash and a verification mail."""
+        run = uuid.uuid4().hex[:8]
+
+        async def fire(i: int) -> Outcome:
+            body = json.dumps({"email": f"flood-{run}-{self.shard}-{i}@bench.posmesh.test",
+                               "password": "a flood of new accounts", "full_name": "Bench Flood"})
+            return await self._call("POST", "/api/v1/auth/register", [JSON], body.encode())
+        return fire
+
     def _refresh(self) -> Fire:
         # Each refresh token is used once and replaced by its successor: a session is never
         # refreshed twice at once (that would be a reuse outside the grace window).

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 
 import httpx
 
 from bench.world import Person, Restaurant, World
+from tests.support.mail import Mailbox, use_mailbox
 from tests.support.orders import add_menu_item, line, place_order
 from tests.support.restaurants import PASSWORD, Session, add_employee, create_restaurant_as_owner
 
@@ -42,7 +44,9 @@ async def _restaurant(edge: httpx.AsyncClient, index: int) -> Restaurant:
                       [order["id"] for order in orders])
 
 
-async def build_world(edge_url: str, ca_file: str, restaurants: int) -> World:
+async def build_world(edge_url: str, ca_file: str, mail_dir: Path, restaurants: int) -> World:
+    # The helpers verify each owner and accept each invitation with the link the stack mailed.
+    use_mailbox(Mailbox(mail_dir))
     # A few restaurants at a time: each hire hashes a password (argon2id, ~30 ms of CPU).
     gate = asyncio.Semaphore(4)
     async with edge_client(edge_url, ca_file) as edge:

@@ -46,6 +46,7 @@ class System:
     edge_url: str
     ca_file: str
     settings: Settings
+    mail_dir: Path  # the dev mail server's store: the seed reads verification links from it
     stack: Stack | None = None
     data_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -112,13 +113,15 @@ async def start_local() -> System:
     except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise
-    return System(stack.edge_url, str(stack.ca_file), stack.settings, stack, data_dir)
+    return System(stack.edge_url, str(stack.ca_file), stack.settings, stack.mail_dir, stack,
+                  data_dir)
 
 
-def running(url: str, ca_file: str | None) -> System:
+def running(url: str, ca_file: str | None, mail_dir: str | None) -> System:
     settings = Settings()
     ca = ca_file or str(settings.certs_dir / "ca.pem")
-    system = System(url.rstrip("/"), ca, settings)
+    # `make run`'s dev mail server keeps its mail in <data dir>/mail (stack.supervisor).
+    system = System(url.rstrip("/"), ca, settings, Path(mail_dir or settings.data_dir / "mail"))
     system.notes.append(
         f"Ran against a running stack at {url}; its limits are its own (start it with "
         + " ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()) + " for the same figures).")

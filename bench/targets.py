@@ -66,6 +66,16 @@ def evaluate(results: dict) -> list[Check]:
                _get(results, "verification", "verify_with_revocation"), lambda s: s["p99_ms"] < 3,
                lambda s: f"p99 {s['p99_ms']} ms"))
     del verification
+    flood = results.get("signup_flood")
+    add(_check("auth", "a registration flood at 20/s moves login p95 by < 20 % (medians of "
+               "alternating rounds)", flood,
+               lambda f: f["ratio"] is not None and f["ratio"] < 1.2 and f["login_errors"] == 0,
+               lambda f: f"p95 {f['quiet_p95_ms']} → {f['flooded_p95_ms']} ms (×{f['ratio']}) at "
+                         f"{f['login_rate']:g} logins/s, {f['rounds']} rounds of each; "
+                         f"{f['login_errors']} login errors; registrations accepted "
+                         f"{f['registrations']['accepted_per_second']}/s, shed "
+                         f"{f['registrations']['shed'] or 'none'}, failed "
+                         f"{f['registrations']['failed'] or 'none'}"))
 
     # --- orders (issue 5) -------------------------------------------------------------------
     mix = w.get("orders_mix")

@@ -69,6 +69,10 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         # Likewise the per-address health and sign-up limits (tested on their own, test_edge.py).
         "EDGE_HEALTH_RATE_LIMIT_PER_MINUTE": 100_000,
         "EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE": 100_000,
+        # Every test registers its own people: new passwords must not be paced at production's
+        # 5 per second (the pacing itself is tested in tests/unit/test_auth_passwords.py).
+        "ENROLLMENT_HASHES_PER_SECOND": 1000,
+        "ENROLLMENT_HASH_MAX_PENDING": 64,
         # Realtime: the auth-timeout test waits this long (the app itself waits 10 s).
         "WS_AUTH_TIMEOUT_SECONDS": 2,
         # Auth: short lockouts so the lockout tests see recovery; every test signs in from

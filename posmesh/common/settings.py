@@ -106,10 +106,11 @@ class Settings(BaseSettings):
     session_cache_ttl_seconds: int = Field(60, alias="SESSION_CACHE_TTL_SECONDS")
     # How often expired sessions, spent refresh tokens and stale grace secrets are purged.
     auth_cleanup_interval_seconds: int = Field(600, alias="AUTH_CLEANUP_INTERVAL_SECONDS")
-    # New passwords (registrations, resets, changes) hash on threads and a queue of their own, at
-    # the lowest CPU priority, so a flood of them cannot starve sign-ins.
-    enrollment_hash_workers: int = Field(1, alias="ENROLLMENT_HASH_WORKERS")
-    enrollment_hash_max_pending: int = Field(32, alias="ENROLLMENT_HASH_MAX_PENDING")
+    # New passwords (registrations, resets, changes, invitations) hash one at a time in a
+    # process of their own, paused while sign-ins hash, paced and with a bounded queue, so a
+    # flood of them cannot slow sign-ins (services/auth/enrollment_hashing.py).
+    enrollment_hash_max_pending: int = Field(10, alias="ENROLLMENT_HASH_MAX_PENDING", ge=1)
+    enrollment_hashes_per_second: float = Field(5.0, alias="ENROLLMENT_HASHES_PER_SECOND", gt=0)
     # Verified email and password reset: link lifetimes and how many may be asked for.
     email_verification_ttl_hours: float = Field(24.0, alias="EMAIL_VERIFICATION_TTL_HOURS")
     password_reset_ttl_minutes: float = Field(30.0, alias="PASSWORD_RESET_TTL_MINUTES")

@@ -7,8 +7,8 @@ Why each step is as it is (OWASP ASVS 5.0, V6 authentication):
   someone else's address first gains nothing (pre-hijacking);
 - links are single-use, stored only as hashes, expire, and a newer one replaces the older;
 - a password reset answers the same whether the address has an account, and ends every session;
-- new passwords are hashed on the enrollment hasher (its own low-priority thread and queue), so
-  a flood of registrations cannot starve sign-ins of CPU.
+- new passwords are hashed by the enrollment hasher (a process of its own, paused while sign-ins
+  hash, with its own bounded queue), so a flood of registrations cannot slow sign-ins.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from services.auth.identity_store import (
     PasswordChangedMeanwhile,
     TokenAlreadyUsed,
 )
+from services.auth.enrollment_hashing import EnrollmentHashing
 from services.auth.passwords import PasswordHashing
 from services.auth.rate_limits import LoginLimiter, account_id, too_many_attempts
 from services.auth.request_limits import Limit, RequestLimits, address_subject
@@ -64,7 +65,7 @@ VERIFICATION_RESEND_WINDOW = timedelta(hours=1)
 
 class Accounts:
     def __init__(self, *, settings: Settings, store: AuthStore, identities: IdentityStore,
-                 sign_in_hashing: PasswordHashing, enrollment_hashing: PasswordHashing,
+                 sign_in_hashing: PasswordHashing, enrollment_hashing: EnrollmentHashing,
                  limiter: LoginLimiter, request_limits: RequestLimits,
                  templates: MailTemplates, revocations: RevocationPublisher) -> None:
         self._settings = settings

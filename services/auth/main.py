@@ -26,6 +26,7 @@ from posmesh.common.user_events import AUTH_STREAM, UserEventPublisher
 from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.accounts import Accounts
+from services.auth.enrollment_hashing import EnrollmentHashing
 from services.auth.identity_store import IdentityStore
 from services.auth.memberships import Memberships
 from services.auth.passwords import PasswordHashing
@@ -90,8 +91,8 @@ async def serve(settings: Settings) -> None:
     authenticator = Authenticator(build_verifier(settings, keyset), revoked)
     revocation_log = RevocationLog(engine, settings)
     revocation_follower = follow_revocations(settings, revoked, revocation_log)
-    sign_in_hashing = PasswordHashing.from_settings(settings)
-    enrollment_hashing = PasswordHashing.for_enrollment(settings)
+    enrollment_hashing = EnrollmentHashing.from_settings(settings)
+    sign_in_hashing = PasswordHashing.from_settings(settings, pauses=enrollment_hashing)
     revocations = RevocationPublisher(redis, settings, revoked)
     user_events = UserEventPublisher(redis, AUTH_STREAM)
     limiter = LoginLimiter(redis, settings)

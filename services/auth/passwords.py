@@ -9,11 +9,13 @@ fails fast with UNAVAILABLE instead of queueing for seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,9 +33,13 @@ OWASP_MIN_MEMORY_TIME_PRODUCT = 7168 * 5
 
 # Hashing threads run at a lower CPU priority than the event loop's thread, so on a busy
 # machine the loop (answering every other request) wins the CPU over a queue of hashes. New
-# passwords (registrations, resets) hash lower still: a flood of them must not starve sign-ins.
+# passwords hash elsewhere (services/auth/enrollment_hashing.py), paused while sign-ins hash.
 SIGN_IN_NICENESS = 10
-ENROLLMENT_NICENESS = 19
+
+
+class Pausable(Protocol):
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
 
 
 def _thread_priority(niceness: int):
@@ -70,20 +76,23 @@ class VerifyResult:
 
 
 class PasswordHashing:
-    """argon2id hash/verify in a bounded executor of its own; `close()` on shutdown. A service
-    keeps two: one for sign-ins (verifying) and one for enrollment (hashing new passwords), each
-    with its own threads, priority and queue bound."""
+    """argon2id hash/verify in a bounded thread pool of its own; `close()` on shutdown. The auth
+    service verifies sign-ins here. `pauses` (the new-password hasher) is paused while any job
+    is queued or running here, and while any `holding_off_new_passwords()` block runs (a whole
+    sign-in: its database and token work is slowed by a concurrent hash too)."""
 
     def __init__(self, parameters: Argon2Parameters, *, workers: int, max_pending: int,
-                 niceness: int = SIGN_IN_NICENESS, name: str = "argon2") -> None:
+                 pauses: Pausable | None = None) -> None:
         parameters.check_owasp_minimum()
         self.parameters = parameters
         self._hasher = PasswordHasher(time_cost=parameters.time_cost,
                                       memory_cost=parameters.memory_kib,
                                       parallelism=parameters.parallelism, type=Type.ID)
         self._executor = ThreadPoolExecutor(max_workers=max(1, workers),
-                                            thread_name_prefix=name,
-                                            initializer=_thread_priority(niceness))
+                                            thread_name_prefix="argon2",
+                                            initializer=_thread_priority(SIGN_IN_NICENESS))
+        self._pauses = pauses
+        self._holding = 0  # jobs and blocks that keep `pauses` paused
         self._max_pending = max(1, max_pending)
         self._pending = 0
         # A real hash with the current parameters, verified against when an account does not
@@ -92,19 +101,11 @@ class PasswordHashing:
         self._dummy_hash: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "PasswordHashing":
-        """For sign-ins."""
+    def from_settings(cls, settings: Settings, *, pauses: Pausable | None = None
+                      ) -> "PasswordHashing":
         return cls(Argon2Parameters.from_settings(settings),
                    workers=settings.password_hash_workers,
-                   max_pending=settings.password_hash_max_pending)
-
-    @classmethod
-    def for_enrollment(cls, settings: Settings) -> "PasswordHashing":
-        """For new passwords: registrations, resets, changes, invitations."""
-        return cls(Argon2Parameters.from_settings(settings),
-                   workers=settings.enrollment_hash_workers,
-                   max_pending=settings.enrollment_hash_max_pending,
-                   niceness=ENROLLMENT_NICENESS, name="argon2-enroll")
+                   max_pending=settings.password_hash_max_pending, pauses=pauses)
 
     async def _run(self, fn, *args):
         if self._pending >= self._max_pending:
@@ -112,9 +113,22 @@ class PasswordHashing:
                               "shortly", retryable="true", retry_after_seconds=1)
         self._pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            with self.holding_off_new_passwords():
+                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         finally:
             self._pending -= 1
+
+    @contextlib.contextmanager
+    def holding_off_new_passwords(self) -> Iterator[None]:
+        self._holding += 1
+        if self._holding == 1 and self._pauses is not None:
+            self._pauses.pause()
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            if self._holding == 0 and self._pauses is not None:
+                self._pauses.resume()
 
     async def hash(self, password: str) -> str:
         return await self._run(self._hasher.hash, password)

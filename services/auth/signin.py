@@ -85,6 +85,14 @@ class SignIn:
 
     async def login(self, *, email: str, password: str, restaurant_id: str, client_ip: str,
                     device_label: str = "", user_agent: str = "") -> TokenPair:
+        # A sign-in goes before new passwords from start to end (see enrollment_hashing.py).
+        with self._passwords.holding_off_new_passwords():
+            return await self._login(email=email, password=password, restaurant_id=restaurant_id,
+                                     client_ip=client_ip, device_label=device_label,
+                                     user_agent=user_agent)
+
+    async def _login(self, *, email: str, password: str, restaurant_id: str, client_ip: str,
+                     device_label: str, user_agent: str) -> TokenPair:
         email = normalise_email(email)
         if not email:
             raise invalid("email", "email is required")

@@ -4,11 +4,14 @@ accounts, and all of it off the event loop in a bounded pool."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
 
 from posmesh.common.errors import Unavailable
+from services.auth.enrollment_hashing import EnrollmentHashing
 from services.auth.passwords import Argon2Parameters, PasswordHashing
 
 OWASP = Argon2Parameters(memory_kib=19456, time_cost=2, parallelism=1)
@@ -106,25 +109,101 @@ async def test_a_full_queue_fails_fast_instead_of_queueing_for_ever():
     assert sum(isinstance(r, str) for r in results) == 2
 
 
-async def test_a_backlog_of_new_passwords_does_not_queue_ahead_of_sign_ins():
-    """Registrations hash in their own bounded queue: a sign-in's verify starts at once on its
-    own thread instead of waiting behind every queued registration (issue: a registration flood
-    must not starve logins)."""
-    sign_in = PasswordHashing(OWASP, workers=1, max_pending=4)
-    enrollment = PasswordHashing(OWASP, workers=1, max_pending=32, niceness=19, name="enroll")
+
+def _process_state(pid: int) -> str:
+    """R running, S sleeping, T stopped (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+async def _until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+@pytest.fixture
+async def enrollment():
+    hashing = EnrollmentHashing(OWASP, max_pending=32, per_second=1000)
+    yield hashing
+    hashing.close()
+
+
+async def test_new_passwords_hash_in_a_process_that_every_sign_in_pauses(enrollment):
+    """A registration flood must not slow sign-ins: two argon2id hashes at once slow each other
+    down (shared cache and memory bandwidth), so the new-password process is stopped while any
+    sign-in is queued or hashing, and continued after."""
+    sign_in = PasswordHashing(OWASP, workers=1, max_pending=16, pauses=enrollment)
     try:
         stored = await sign_in.hash("the members password")
-        backlog = [asyncio.ensure_future(enrollment.hash(f"newcomer {n}")) for n in range(24)]
-        await asyncio.sleep(0)  # the backlog is queued before the sign-in arrives
+        assert enrollment._child_pid is None  # started on first use, not before
+        await enrollment.hash("warm up")
+        child = enrollment._child_pid
+        backlog = [asyncio.ensure_future(enrollment.hash(f"newcomer {n}")) for n in range(12)]
+        await asyncio.sleep(0.05)
 
-        assert (await sign_in.verify(stored, "the members password")).ok
-        hashed_meanwhile = sum(task.done() for task in backlog)
-        refused = await asyncio.gather(*[enrollment.hash("one too many") for _ in range(12)],
-                                       return_exceptions=True)
-        assert await asyncio.gather(*backlog)
+        sign_ins = [asyncio.ensure_future(sign_in.verify(stored, "the members password"))
+                    for _ in range(8)]  # one thread: about 8 hashes' time, back to back
+        assert await _until(lambda: _process_state(child) == "T")
+        done_when_paused = sum(task.done() for task in backlog)
+        await asyncio.sleep(0.05)
+        still_signing_in = not all(task.done() for task in sign_ins)
+        assert sum(task.done() for task in backlog) == done_when_paused or not still_signing_in
+        assert all(result.ok for result in await asyncio.gather(*sign_ins))
+
+        assert await _until(lambda: _process_state(child) != "T")
+        hashes = await asyncio.gather(*backlog)
     finally:
         sign_in.close()
-        enrollment.close()
-    assert hashed_meanwhile < len(backlog) // 2
-    # A full enrollment queue refuses newcomers fast; it never spills into the sign-in queue.
-    assert any(isinstance(r, Unavailable) and r.reason == "SERVER_BUSY" for r in refused)
+    assert still_signing_in
+    checker = PasswordHashing(OWASP, workers=1, max_pending=1)
+    try:
+        assert all([(await checker.verify(h, f"newcomer {n}")).ok for n, h in enumerate(hashes)])
+    finally:
+        checker.close()
+
+
+async def test_a_full_new_password_queue_refuses_fast_and_sign_ins_never_wait_for_it(enrollment):
+    sign_in = PasswordHashing(OWASP, workers=1, max_pending=4, pauses=enrollment)
+    try:
+        stored = await sign_in.hash("the members password")
+        results = await asyncio.gather(*[enrollment.hash(f"n{n}") for n in range(40)],
+                                       return_exceptions=True)
+        started = time.monotonic()
+        assert (await sign_in.verify(stored, "the members password")).ok
+    finally:
+        sign_in.close()
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert len(refused) == 8 and {r.reason for r in refused} == {"SERVER_BUSY"}
+    assert sum(isinstance(r, str) for r in results) == 32
+    assert time.monotonic() - started < 5
+
+
+async def test_a_dead_new_password_process_is_refused_once_then_started_again(enrollment):
+    await enrollment.hash("first")
+    os.kill(enrollment._child_pid, signal.SIGKILL)
+    with pytest.raises(Unavailable) as refused:
+        await enrollment.hash("while it is dead")
+    assert refused.value.reason == "SERVER_BUSY"
+    assert (await enrollment.hash("after the restart")).startswith("$argon2id$")
+
+
+async def test_new_passwords_are_paced_and_beyond_the_queue_refused_at_once():
+    """ENROLLMENT_HASHES_PER_SECOND is what a sign-up flood may cost the sign-ins: hashes start
+    at most that often, and those that would wait beyond the queue are refused without waiting."""
+    paced = EnrollmentHashing(OWASP, max_pending=4, per_second=10)
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*[paced.hash(f"n{n}") for n in range(7)],
+                                       return_exceptions=True)
+        elapsed = time.monotonic() - started
+    finally:
+        paced.close()
+    hashed = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert len(hashed) == 4 and len(refused) == 3
+    assert {r.reason for r in refused} == {"SERVER_BUSY"}
+    assert elapsed >= 3 * 0.1  # four starts, a tenth of a second apart
