@@ -97,7 +97,7 @@ async def seed(edge_url: str, ca_file: Path, data_dir: Path) -> tuple[str, list[
             switched = _check(await client.post(
                 "/api/v1/auth/switch-restaurant",
                 headers={"authorization": f"Bearer {session['access_token']}"},
-                json={"restaurant_id": restaurant_id, "refresh_token": session["refresh_token"]}),
+                json={"restaurant_id": restaurant_id}),
                 "switch to the demo restaurant")
             headers = {"authorization": f"Bearer {switched['access_token']}"}
             for login, (_, full_name, role, job_title) in zip(logins[1:], PEOPLE[1:]):

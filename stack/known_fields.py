@@ -10,7 +10,8 @@ For every google.api.http binding of a routed service (additional bindings inclu
   its json_name (the transcoder takes both), and where the key's value leads: a message whose
   keys are checked in turn (for a repeated field, each element), a map (free keys, values
   checked), or a value that is not walked (scalars, enums, and the well-known types whose JSON
-  is a string, a scalar or free-form);
+  is a string, a scalar or free-form); and its reserved names, retired fields that older clients
+  may still send (accepted and dropped, as while they existed);
 - the query parameters: every dotted field path the transcoder binds from a query string
   (proto or json names; through non-repeated message fields; path-bound fields excluded).
 """
@@ -111,6 +112,11 @@ def path_fields(template: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\{([^}=]+)", template))
 
 
+def json_name(name: str) -> str:
+    """protoc's default json_name: lowerCamelCase of the proto name."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+
+
 def _under(name: str, paths: tuple[str, ...]) -> tuple[str, ...]:
     """The rest of each path in `paths` that goes through field `name`."""
     return tuple(p.split(".", 1)[1] for p in paths if p.startswith(name + "."))
@@ -163,6 +169,11 @@ class _Deriver:
                 lead = self.lead(f)
             keys[f.name] = lead
             keys[f.json_name or f.name] = lead
+        # A retired field (`reserved "name"`): clients built before it was removed still send
+        # it; it is accepted and dropped, as it was while it existed, not refused as a typo.
+        for retired in self.messages[message].reserved_name:
+            keys.setdefault(retired, VALUE)
+            keys.setdefault(json_name(retired), VALUE)
         return name
 
     def query_names(self, message: str, excluded: tuple[str, ...],

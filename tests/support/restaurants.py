@@ -100,7 +100,7 @@ async def login(client: httpx.AsyncClient, email: str, restaurant_id: str = "", 
 
 async def switch_restaurant(client: httpx.AsyncClient, session: Session, restaurant_id: str) -> Session:
     body = ok(await client.post("/api/v1/auth/switch-restaurant", headers=session.headers, json={
-        "restaurant_id": restaurant_id, "refresh_token": session.refresh_token}))
+        "restaurant_id": restaurant_id}))
     return replace(session, access_token=body["access_token"], refresh_token=body["refresh_token"],
                    restaurant_id=body["restaurant_id"], role=body["role"])
 

@@ -147,6 +147,8 @@ message Thing {
   Thing parent = 6;
   repeated Part part_list = 7;
   string display_name = 8 [json_name = "title"];
+  reserved 9;
+  reserved "old_name";
 }
 message Part { int32 size = 1; }
 message UploadRequest { string parent = 1; google.api.HttpBody data = 2; }
@@ -199,6 +201,13 @@ def test_a_nested_path_binding_is_left_out_of_the_named_body_only_at_its_path(sh
     assert "name" not in root and {"parts", "parent"} <= set(root)
     assert shapes.keys(root["parent"].node)["name"] == VALUE  # the parent keeps its name
     assert "thing.name" not in update.query and "thing.title" in update.query
+
+
+def test_a_retired_field_is_accepted_by_proto_and_json_name_and_not_walked(shapes):
+    thing = shapes.keys("shapes.v1.Thing")
+
+    assert thing["old_name"] == VALUE and thing["oldName"] == VALUE
+    assert "old_name" not in shapes.binding("GET", "/v1/things/{name}").query
 
 
 def test_a_recursive_message_refers_back_to_its_own_node(shapes):
