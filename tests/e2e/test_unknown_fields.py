@@ -12,6 +12,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tests.fuzz.routes import Route, mobile_routes
 from tests.support.orders import Party, add_menu_item, line, open_restaurant, order_body
 from tests.support.restaurants import create_restaurant_as_owner
 
@@ -230,3 +231,15 @@ async def test_an_absurdly_long_unknown_key_is_named_in_short(client, party):
     reason, field, _ = refusal(reply)
     assert reason == "UNKNOWN_FIELD"
     assert field.startswith("kkkk") and field.endswith("...") and len(field) < 300
+
+
+@pytest.mark.parametrize("route", mobile_routes(), ids=lambda r: r.name)
+async def test_every_json_route_refuses_an_unknown_body_key_and_query_parameter(edge, party, route: Route):
+    path = route.path({name: str(uuid.uuid4()) for name in route.path_params})
+    in_body = await edge.request(route.verb, path, headers=party.owner.headers,
+                                 json={"zz_not_a_field": 1})
+    in_query = await edge.request(route.verb, path, headers=party.owner.headers,
+                                  params={"zz_not_a_field.x": "1"})
+
+    assert refusal(in_body)[:2] == ("UNKNOWN_FIELD", "zz_not_a_field")
+    assert refusal(in_query)[:2] == ("UNKNOWN_FIELD", "zz_not_a_field.x")
