@@ -148,7 +148,7 @@ local function skip_space(s, i)
   return i, c
 end
 
-local STRING_STOP = '["\\%z\1-\31]' -- a string's end, an escape, or a forbidden control character
+-- Strings are scanned byte by byte: LuaJIT compiles such loops, not pattern searches.
 local SHORT_ESCAPES = {[34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f",
                        [110] = "\n", [114] = "\r", [116] = "\t"}
 local LITERALS = {[116] = "true", [102] = "false", [110] = "null"}
@@ -163,13 +163,42 @@ local function utf8(cp)
               0x80 + floor(cp / 0x40) % 0x40, 0x80 + cp % 0x40)
 end
 
-local function hex4(s, at)
-  local digits = sub(s, at, at + 3)
-  if not find(digits, "^%x%x%x%x$") then malformed("invalid \\u escape", at - 2) end
-  return tonumber(digits, 16)
+-- The index of the first byte from j on that ends a run of plain string bytes: a quote, a
+-- backslash, a control character (not allowed unescaped) or the end (a nil byte).
+local function plain_run(s, j)
+  local c = byte(s, j)
+  while c ~= nil and (c > 34 and c ~= 92 or c == 32 or c == 33) do
+    j = j + 1
+    c = byte(s, j)
+  end
+  return j, c
 end
 
--- `\uXXXX` at s[j] (the backslash), with a surrogate pair as one code point; returns it as UTF-8
+local function is_hex(h)
+  return h ~= nil and (h >= 48 and h <= 57 or h >= 65 and h <= 70 or h >= 97 and h <= 102)
+end
+
+-- The four hex digits of a \u escape at s[at]; the backslash is at s[at - 2].
+local function hex4(s, at)
+  if not (is_hex(byte(s, at)) and is_hex(byte(s, at + 1)) and is_hex(byte(s, at + 2))
+          and is_hex(byte(s, at + 3))) then
+    malformed("invalid \\u escape", at - 2)
+  end
+  return tonumber(sub(s, at, at + 3), 16)
+end
+
+-- The escape at s[j] (the backslash) in a string value: checked; returns the index after it.
+local function skip_escape(s, j)
+  local e = byte(s, j + 1)
+  if e == 117 then
+    hex4(s, j + 2)
+    return j + 6
+  end
+  if SHORT_ESCAPES[e] == nil then malformed("invalid escape", j) end
+  return j + 2
+end
+
+-- `\uXXXX` at s[j] (the backslash), with a surrogate pair as one code point: returns it as UTF-8
 -- and the index after it.
 local function unicode_escape(s, j)
   local cp = hex4(s, j + 2)
@@ -186,51 +215,43 @@ end
 
 -- A string value at s[i] (the opening quote): checked, not decoded. Returns the index after it.
 local function skip_string(s, i)
-  local j = i + 1
-  while true do
-    j = find(s, STRING_STOP, j)
-    if j == nil then malformed("unterminated string", i) end
-    local c = byte(s, j)
-    if c == 34 then return j + 1 end
-    if c ~= 92 then malformed("control character in a string", j) end
-    local e = byte(s, j + 1)
-    if e == 117 then
-      if not find(s, "^%x%x%x%x", j + 2) then malformed("invalid \\u escape", j) end
-      j = j + 6
-    elseif SHORT_ESCAPES[e] then
-      j = j + 2
+  local j, c = plain_run(s, i + 1)
+  while c ~= 34 do
+    if c == 92 then
+      j, c = plain_run(s, skip_escape(s, j))
+    elseif c == nil then
+      malformed("unterminated string", i)
     else
-      malformed("invalid escape", j)
+      malformed("control character in a string", j)
     end
   end
+  return j + 1
 end
 
 -- A key at s[i] (the opening quote), decoded: "it\u0065mz" is the key itemz. Returns the key and
 -- the index after it.
 local function read_key(s, i)
-  local j = find(s, STRING_STOP, i + 1)
-  if j == nil then malformed("unterminated string", i) end
-  if byte(s, j) == 34 then return sub(s, i + 1, j - 1), j + 1 end
+  local j, c = plain_run(s, i + 1)
+  if c == 34 then return sub(s, i + 1, j - 1), j + 1 end
   local parts, n, start = {}, 0, i + 1
   while true do
-    local c = byte(s, j)
     n = n + 1
     parts[n] = sub(s, start, j - 1)
     if c == 34 then return concat(parts, "", 1, n), j + 1 end
+    if c == nil then malformed("unterminated string", i) end
     if c ~= 92 then malformed("control character in a string", j) end
-    local e, decoded = byte(s, j + 1), nil
-    if e == 117 then
+    local decoded
+    if byte(s, j + 1) == 117 then
       decoded, j = unicode_escape(s, j)
     else
-      decoded = SHORT_ESCAPES[e]
+      decoded = SHORT_ESCAPES[byte(s, j + 1)]
       if decoded == nil then malformed("invalid escape", j) end
       j = j + 2
     end
     n = n + 1
     parts[n] = decoded
     start = j
-    j = find(s, STRING_STOP, j)
-    if j == nil then malformed("unterminated string", i) end
+    j, c = plain_run(s, j)
   end
 end
 
