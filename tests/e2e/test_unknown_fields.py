@@ -11,12 +11,36 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
+
+from posmesh.common.settings import Settings
+from stack import codegen, envoy_config
 
 from tests.fuzz.routes import Route, mobile_routes
 from tests.support.orders import Party, add_menu_item, line, open_restaurant, order_body
 from tests.support.restaurants import create_restaurant_as_owner
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+
+def test_the_check_runs_on_the_json_routes_only(tmp_path):
+    path = envoy_config.render(Settings(POSMESH_DATA_DIR=str(tmp_path)), tmp_path / "envoy")
+    envoy_config.validate(path)
+    (listener,) = [item for item in yaml.safe_load(path.read_text())["static_resources"]["listeners"]
+                   if item["name"] == "edge"]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in manager["http_filters"]]
+    (check,) = [f for f in manager["http_filters"] if f["name"] == "posmesh.unknown_fields"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    checked = {r["name"] for r in routes if "posmesh.unknown_fields" in r.get("typed_per_filter_config", {})}
+    json_routes = {r["name"] for r in routes if "safe_regex" in r["match"]}
+
+    assert check["disabled"] is True  # off unless a route turns it on
+    assert names.index("envoy.filters.http.jwt_authn") < names.index("posmesh.unknown_fields") \
+        < names.index("envoy.filters.http.grpc_json_transcoder")
+    assert checked == json_routes
+    assert len(json_routes) == len(envoy_config.edge_routes(codegen.DESCRIPTOR_SET).http)
+    assert not any(r["name"].startswith(("websocket", "grpc")) for r in routes if r["name"] in checked)
 
 
 @pytest_asyncio.fixture(scope="module")
