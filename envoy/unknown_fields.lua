@@ -1,4 +1,4 @@
--- The edge's unknown-field check (docs/platform.md, "Unknown fields"). A JSON body key or a query
+-- The edge's unknown-field check (docs/platform.md, "Unknown fields are refused"). A JSON body key or a query
 -- parameter that the request message does not define is refused with 400 UNKNOWN_FIELD before
 -- the transcoder, which would drop it silently. A body that is not strict JSON (RFC 8259) is
 -- refused here with 400 BAD_REQUEST: the transcoder's own parser takes unquoted keys, single
@@ -15,9 +15,10 @@
 --             in which the transcoder prefers them); each binding with its body root (a lead;
 --             absent when the body is not JSON) and its query parameter names.
 --
--- Cheap on purpose: a request with neither a body nor a query string returns at once; the walk
--- allocates nothing for a valid body but the key strings, which already exist in the tables
--- (Lua interns strings), so only a refusal builds anything.
+-- Cheap on purpose: a request with neither a body nor a query string returns at once; strings
+-- are scanned byte by byte (LuaJIT compiles such loops, not pattern searches); a valid body's
+-- keys are equal to strings already in the tables, which Lua interns, so they are found rather
+-- than built: beyond what Envoy hands over (the path, the body), only a refusal allocates.
 
 local byte, sub, find, gsub, char, format = string.byte, string.sub, string.find, string.gsub,
   string.char, string.format

@@ -78,18 +78,9 @@ class EdgeRoutes:
 def template_regex(template: str) -> str:
     """RE2 for a google.api.http path template: `{var}` / `{var=*}` is one segment,
     `{var=**}` any rest; literals (including a `:verb` suffix) are matched as they are."""
-
-    def variable(match: re.Match[str]) -> str:
-        pattern = match.group(2) or "*"
-        return "".join(".+" if part == "**" else "[^/]+" if part == "*" else re.escape(part)
-                       for part in re.split(r"(\*\*|\*)", pattern) if part)
-
-    pieces = re.split(r"(\{[^}]*\})", template)
-    regex = ""
-    for piece in pieces:
-        match = re.fullmatch(r"\{([^=}]+)(?:=([^}]*))?\}", piece)
-        regex += variable(match) if match else re.escape(piece)
-    return regex
+    wildcard = {"segment": "[^/]+", "rest": ".+"}
+    return "".join(re.escape(text) if kind == "literal" else wildcard[kind]
+                   for kind, text in known_fields.template_pieces(template))
 
 
 def edge_routes(descriptor_set: Path) -> EdgeRoutes:

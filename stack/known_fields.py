@@ -242,23 +242,27 @@ def derive(descriptor_set: Path, services: list[str] | None = None) -> Schema:
 
 # --- the Lua table of envoy/unknown_fields.lua -------------------------------------------------
 
-def lua_pattern(template: str) -> str:
-    """Anchored Lua pattern for a path template, with the segment semantics of
-    stack.envoy_config.template_regex: `{var}` / `{var=*}` one segment, `{var=**}` any rest."""
-
-    def literal(text: str) -> str:
-        return re.sub(r"([\^$()%.\[\]*+\-?])", r"%\1", text)
-
-    def variable(match: re.Match[str]) -> str:
-        pattern = match.group(2) or "*"
-        return "".join(".+" if part == "**" else "[^/]+" if part == "*" else literal(part)
-                       for part in re.split(r"(\*\*|\*)", pattern) if part)
-
-    out = ""
+def template_pieces(template: str) -> Iterator[tuple[str, str]]:
+    """A google.api.http path template as ("literal", text), ("segment", "") or ("rest", "")
+    pieces: `{var}` / `{var=*}` is one path segment, `{var=**}` any rest; literals (a `:verb`
+    suffix included) are matched as they are."""
     for piece in re.split(r"(\{[^}]*\})", template):
         match = re.fullmatch(r"\{([^=}]+)(?:=([^}]*))?\}", piece)
-        out += variable(match) if match else literal(piece)
-    return f"^{out}$"
+        if match is None:
+            if piece:
+                yield "literal", piece
+            continue
+        for part in re.split(r"(\*\*|\*)", match.group(2) or "*"):
+            if part:
+                yield ("rest", "") if part == "**" else ("segment", "") if part == "*" \
+                    else ("literal", part)
+
+
+def lua_pattern(template: str) -> str:
+    """Anchored Lua pattern for a path template (the same pieces as the edge's route regexes)."""
+    wildcard = {"segment": "[^/]+", "rest": ".+"}
+    return "^" + "".join(re.sub(r"([\^$()%.\[\]*+\-?])", r"%\1", text) if kind == "literal"
+                         else wildcard[kind] for kind, text in template_pieces(template)) + "$"
 
 
 def precedence(template: str) -> tuple:
