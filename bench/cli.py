@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, machine, report, signup_flood, targets
+from bench import ceiling, edge_check, machine, report, signup_flood, targets
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -72,6 +72,12 @@ class Profile:
     day_small_warmup: float = 0
     flood: signup_flood.FloodSpec = signup_flood.FloodSpec(login_rate=25, rounds=3, seconds=10,
                                                           warmup=2)
+    # The unknown-field check's cost (bench/edge_check.py): rounds per scenario, each this long.
+    edge_check_rounds: int = 2
+    edge_check_s: float = 3
+    edge_check_rate: float = 100
+    # Phases left out unless `--only` names them.
+    only_when_asked: frozenset[str] = frozenset()
 
 
 FULL = Profile(
@@ -84,6 +90,7 @@ FULL = Profile(
     day_small_people=(8, 2, 2), day_small_s=20, day_small_warmup=5,
     sockets_small=1000, sockets_large=10_000, fanout_events_small=40, fanout_events_large=15,
     burst_events=20, verification_samples=5000, holders=4,
+    edge_check_rounds=6, edge_check_s=5,
 )
 QUICK = Profile(
     name="quick", ceiling_s=2, single_s=3, single_warmup=1,
@@ -95,6 +102,10 @@ QUICK = Profile(
     sockets_small=1000, sockets_large=0, fanout_events_small=15, fanout_events_large=0,
     burst_events=10, verification_samples=2000, holders=2,
     flood=signup_flood.FloodSpec(login_rate=25, rounds=1, seconds=4, warmup=1),
+    edge_check_rounds=3, edge_check_s=3,
+    # Differences of a few µs per request need the full run's rounds; and the quick run must
+    # stay near 2 minutes.
+    only_when_asked=frozenset({"edge_check"}),
 )
 
 
@@ -302,6 +313,65 @@ class Bench:
             self.results["workloads"][name] = summary
             if name == "create_order":
                 await self.close_orders()
+
+    async def run_edge_check(self) -> None:
+        """The unknown-field check's cost: the same requests through two Envoys from the edge's
+        template, with and without the check, at the same moments (bench/edge_check.py)."""
+        if self.system.stack is None:
+            self.results["notes"].append("The unknown-field check's cost needs a local stack "
+                                         "(a second Envoy in front of its services): not measured.")
+            return
+        p = self.profile
+        envoys = [edge_check.BenchEdge(self.system.settings, self.system.data_dir,
+                                       reject_unknown_fields=check) for check in (True, False)]
+        targets = tuple(Target("127.0.0.1", envoy.port, self.system.ca_file) for envoy in envoys)
+        results = {}
+        try:
+            await asyncio.gather(*(envoy.start() for envoy in envoys))
+            pids = tuple(envoy.pid for envoy in envoys)
+            for scenario in edge_check.SCENARIOS:
+                # Unmeasured: connections, Lua traces and caches warm on both sides.
+                await self._edge_check_round(scenario, targets, pids, 1.0, 0)
+                rounds = [await self._edge_check_round(scenario, targets, pids, p.edge_check_s, n)
+                          for n in range(p.edge_check_rounds)]
+                results[scenario] = summary = edge_check.summarise(scenario, rounds)
+                log(f"  {scenario}: Envoy {summary['envoy_us_with_check']} µs/request with the "
+                    f"check, {summary['envoy_us_without_check']} without: +{summary['delta_us']} µs "
+                    f"({summary['delta_percent_of_edge']} % of the edge, "
+                    f"{summary['delta_percent_of_request']} % of the request; rounds "
+                    f"{summary['delta_us_per_round']})")
+        finally:
+            await asyncio.gather(*(envoy.stop() for envoy in envoys))
+            await self.close_orders()
+        self.results["edge_check"] = results
+
+    async def _edge_check_round(self, scenario: str, targets: tuple[Target, Target],
+                                pids: tuple[int, int], seconds: float, number: int
+                                ) -> edge_check.Round:
+        rate = self.profile.edge_check_rate
+        start_at = time.monotonic() + 1.0
+        # The same seed: both generators send the same sequence of requests. Which generator
+        # process serves which Envoy alternates, so neither Envoy is always the first served.
+        specs = [HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=1,
+                          world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF,
+                          start_at=start_at)
+                 for target in targets]
+        order = [0, 1] if number % 2 == 0 else [1, 0]
+        envoys_before = [edge_check.process_cpu_seconds(pid) for pid in pids]
+        parts_before = self.cpu_seconds()
+        outcomes = await self._pool(run_http, *(specs[k] for k in order))
+        checked, unchecked = (outcomes[order.index(0)], outcomes[order.index(1)])
+        envoys_after = [edge_check.process_cpu_seconds(pid) for pid in pids]
+        parts_after = self.cpu_seconds()
+        services = sum(parts_after[name] - parts_before.get(name, 0.0) for name in parts_after
+                       if name not in ("envoy", "bench supervisor", "bench generators"))
+        return edge_check.Round(
+            checked_requests=len(checked.recorder.latencies),
+            unchecked_requests=len(unchecked.recorder.latencies),
+            checked_cpu_s=envoys_after[0] - envoys_before[0],
+            unchecked_cpu_s=envoys_after[1] - envoys_before[1],
+            services_cpu_s=services,
+            errors=sum(checked.recorder.errors.values()) + sum(unchecked.recorder.errors.values()))
 
     async def close_orders(self) -> None:
         """Cancels every open order but the seeded ones (outside any measurement), so each
@@ -716,12 +786,18 @@ async def run(args: argparse.Namespace) -> int:
         phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("signup_flood", bench.run_signup_flood),
-                  ("orders", bench.run_orders), ("mix", bench.run_mix),
+                  ("orders", bench.run_orders), ("edge_check", bench.run_edge_check),
+                  ("mix", bench.run_mix),
                   # Sockets before the POS day: the realtime process's memory is measured from
                   # a baseline no earlier workload has grown.
                   ("websockets", bench.run_websockets), ("pos_day", bench.run_pos_day)]
         for name, phase in phases:
             if only and name not in only and name != "seed":
+                continue
+            if not only and name in profile.only_when_asked:
+                bench.results["notes"].append(
+                    f"Phase {name} does not run in a {profile.name} run: `make bench` runs it, or "
+                    f"alone `make bench ARGS=\"--{profile.name} --only {name}\"`.")
                 continue
             await bench.phase(name, phase())
             if name == "seed" and bench.world is None:
@@ -765,7 +841,8 @@ def main(argv: list[str] | None = None) -> None:
                                            "seed reads its verification links (default: "
                                            "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
-                                       "signup_flood, orders, mix, pos_day, websockets")
+                                       "signup_flood, orders, edge_check, mix, pos_day, "
+                                       "websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")

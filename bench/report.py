@@ -72,6 +72,28 @@ def cpu_table(results: dict) -> list[str]:
             "|---|" + "---:|" * len(CPU_COLUMNS)] + rows
 
 
+def edge_check_table(results: dict) -> list[str]:
+    """The unknown-field check's cost: Envoy CPU per request with and without it."""
+    check = results.get("edge_check")
+    if not check:
+        return []
+    out = ["", "## The unknown-field check at the edge", "",
+           "The same requests, at the same moments, through two Envoys rendered from the edge's "
+           "template and settings, with and without the check (bench/edge_check.py). CPU per "
+           "request: a process's CPU time over a round divided by the requests it answered; "
+           "services: auth, staff, orders, realtime, PostgreSQL and Redis over the round divided "
+           "by every request of the round. Medians over the rounds.", "",
+           "| request | rounds × requests | Envoy µs/request with check | without | check µs | "
+           "% of the edge | services µs/request | % of the whole request | per-round check µs |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in check.values():
+        out.append(f"| {s['request']} | {s['rounds']} × {s['requests_per_envoy'] // max(1, s['rounds'])} | "
+                   f"{s['envoy_us_with_check']} | {s['envoy_us_without_check']} | {s['delta_us']} | "
+                   f"{s['delta_percent_of_edge']} | {s['services_us']} | "
+                   f"{s['delta_percent_of_request']} | {', '.join(map(str, s['delta_us_per_round']))} |")
+    return out
+
+
 def markdown(results: dict, checks: list[Check]) -> str:
     machine = results["machine"]
     out = [f"# posmesh bench — {results['date']} ({results['mode']} run)", "",
@@ -96,6 +118,7 @@ def markdown(results: dict, checks: list[Check]) -> str:
                     f"{h.get('failed', '—')} failed. Ratios above use the Python generator's "
                     f"ceiling, the same client as every workload."]
     out += cpu_table(results)
+    out += edge_check_table(results)
     steps = results.get("workloads", {}).get("orders_mix_steps") or []
     if steps:
         out += ["", "## Orders mix: step search", "",

@@ -44,6 +44,21 @@ def order_body(rng: random.Random, item_ids: list[str]) -> bytes:
                        "lines": lines}).encode()
 
 
+def till_order_body(rng: random.Random, item_ids: list[str]) -> bytes:
+    """A till's full order: four lines, some with notes and modifiers, for a table (~750 bytes)."""
+    notes = ["no onions", "sauce on the side", "", ""]
+    modifiers = [["extra cheese", "gluten free"], ["large"], [], ["no ice"]]
+    lines = [{"menu_item_id": rng.choice(item_ids), "quantity": rng.randint(1, 3),
+              "notes": notes[k], "modifiers": modifiers[k]} for k in range(4)]
+    return json.dumps({"request_id": str(uuid.uuid4()), "order_type": "DINE_IN",
+                       "table_number": str(rng.randint(1, 40)), "lines": lines,
+                       "notes": "birthday: bring the cake out last"}).encode()
+
+
+# A manager's phone looking at today's open and preparing orders (query parameters).
+ORDER_HISTORY_PATH = "/api/v1/orders?page_size=10&statuses=OPEN&statuses=PREPARING"
+
+
 class Scenarios:
     """Builds the fire function of a named scenario for one generator process."""
 
@@ -159,6 +174,19 @@ class Scenarios:
                 return None
             return await self._call("POST", "/api/v1/orders", headers,
                                     order_body(self.rng, restaurant.menu_item_ids), on_ok=keep)
+        return fire
+
+    def _till_order(self) -> Fire:
+        async def fire(i: int) -> Outcome:
+            restaurant, headers = self._staff_headers(self.rng.randrange(1 << 20))
+            return await self._call("POST", "/api/v1/orders", headers,
+                                    till_order_body(self.rng, restaurant.menu_item_ids))
+        return fire
+
+    def _order_history(self) -> Fire:
+        async def fire(i: int) -> Outcome:
+            _, headers = self._staff_headers(self.rng.randrange(1 << 20))
+            return await self._call("GET", ORDER_HISTORY_PATH, headers)
         return fire
 
     def _orders_mix(self) -> Fire:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 OWASP_ARGON2 = {"memory_kib": 19456, "time_cost": 2, "parallelism": 1}
+EDGE_CHECK_PERCENT = 5.0  # the unknown-field check's share of the edge's CPU (issue 10)
 
 
 @dataclass
@@ -41,6 +42,7 @@ def _check(area: str, target: str, value: Any, passes: Callable[[Any], bool],
 
 def evaluate(results: dict) -> list[Check]:
     w = results.get("workloads", {})
+    quick = str(results.get("mode", "")).startswith("quick")
     checks: list[Check] = []
     add = checks.append
 
@@ -79,7 +81,6 @@ def evaluate(results: dict) -> list[Check]:
 
     # --- orders (issue 5) -------------------------------------------------------------------
     mix = w.get("orders_mix")
-    quick = str(results.get("mode", "")).startswith("quick")
     add(_check("orders", "mix at 800 req/s for 60 s: p95 < 50 ms", mix,
                lambda s: s["p95_ms"] < 50 and s["offered_rps"] >= 800 and (quick or s["duration_s"] >= 60),
                lambda s: f"p95 {s['p95_ms']} ms at {s['offered_rps']}/s for {s['duration_s']} s"
@@ -94,6 +95,18 @@ def evaluate(results: dict) -> list[Check]:
                best, lambda b: b.get("rate", 0) > 0,
                lambda b: f"{b['rate']} req/s" + (f" (next step {b['failed_at']}/s failed: {b['why']})"
                                                   if b.get("failed_at") else " (highest step tried)")))
+
+    # --- edge (issue 10) ----------------------------------------------------------------------
+    check = results.get("edge_check")
+    add(_check("edge", f"unknown-field check < {EDGE_CHECK_PERCENT:g} % of the edge's CPU per "
+                       "transcoded request (same requests, with and without)", check,
+               lambda c: all(s["errors"] == 0 and s["delta_percent_of_edge"] < EDGE_CHECK_PERCENT
+                             for s in c.values()),
+               lambda c: "; ".join(
+                   f"{name}: +{s['delta_us']} µs of {s['envoy_us_without_check']} µs = "
+                   f"{s['delta_percent_of_edge']} % (of the whole request "
+                   f"{s['delta_percent_of_request']} %)" + (f", {s['errors']} errors" if s["errors"] else "")
+                   for name, s in c.items()) + (" (quick run: indicative)" if quick else "")))
 
     # --- realtime (issue 6) -----------------------------------------------------------------
     ws = results.get("websockets", {})

@@ -8,10 +8,13 @@ The routes and the authentication rules are derived, not hand-written:
 Services that are not in EDGE_SERVICES (AuthAdminService, reflection) get no route at all.
 The API documents (stack.api_docs) are generated beside the rendered config and served by the
 edge itself, open to anyone.
+The unknown-field check on the transcoded routes (envoy/unknown_fields.lua) gets its schema from
+stack.known_fields, derived from the same descriptor set.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -24,11 +27,14 @@ import jinja2
 
 from posmesh.common import permissions
 from posmesh.common.settings import Settings
-from stack import api_docs, codegen
+from stack import api_docs, codegen, known_fields
 from stack.certs import ensure_dev_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.j2"
+UNKNOWN_FIELDS_LUA = ROOT / "envoy" / "unknown_fields.lua"
+# Dynamic metadata in which the check names the refused field (read by the local reply).
+UNKNOWN_FIELDS_NAMESPACE = "posmesh.unknown_fields"
 
 # Public gRPC services -> the cluster that serves them. Anything not listed is not routable.
 EDGE_SERVICES: dict[str, str] = {
@@ -92,18 +98,9 @@ class EdgeRoutes:
 def template_regex(template: str) -> str:
     """RE2 for a google.api.http path template: `{var}` / `{var=*}` is one segment,
     `{var=**}` any rest; literals (including a `:verb` suffix) are matched as they are."""
-
-    def variable(match: re.Match[str]) -> str:
-        pattern = match.group(2) or "*"
-        return "".join(".+" if part == "**" else "[^/]+" if part == "*" else re.escape(part)
-                       for part in re.split(r"(\*\*|\*)", pattern) if part)
-
-    pieces = re.split(r"(\{[^}]*\})", template)
-    regex = ""
-    for piece in pieces:
-        match = re.fullmatch(r"\{([^=}]+)(?:=([^}]*))?\}", piece)
-        regex += variable(match) if match else re.escape(piece)
-    return regex
+    wildcard = {"segment": "[^/]+", "rest": ".+"}
+    return "".join(re.escape(text) if kind == "literal" else wildcard[kind]
+                   for kind, text in known_fields.template_pieces(template))
 
 
 def edge_routes(descriptor_set: Path) -> EdgeRoutes:
@@ -208,8 +205,10 @@ def jwks_socket(settings: Settings) -> str:
     return f"@posmesh-edge-{settings.edge_port}-jwks"
 
 
-def render(settings: Settings, out_dir: Path) -> Path:
-    """Write out_dir/envoy.yaml (and a copy of the descriptor set beside it); return its path."""
+def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = True) -> Path:
+    """Write out_dir/envoy.yaml (and a copy of the descriptor set beside it); return its path.
+    `reject_unknown_fields=False` leaves the unknown-field check out: only the bench does, to
+    measure what the check costs."""
     codegen.ensure_generated()
     out_dir.mkdir(parents=True, exist_ok=True)
     descriptor = out_dir / "posmesh.pb"
@@ -253,10 +252,20 @@ def render(settings: Settings, out_dir: Path) -> Path:
                  permissions.SIGNUP_BUDGET: settings.signup_rate_limit_per_minute,
                  permissions.HEALTH_BUDGET: settings.health_rate_limit_per_minute},
         published=published,
+        reject_unknown_fields=reject_unknown_fields,
+        unknown_fields_lua=unknown_fields_lua(descriptor),
+        unknown_fields_namespace=UNKNOWN_FIELDS_NAMESPACE,
     )
     path = out_dir / "envoy.yaml"
     path.write_text(text)
     return path
+
+
+def unknown_fields_lua(descriptor_set: Path) -> str:
+    """The unknown-field check: the schema of every routed binding, then the walker."""
+    schema = known_fields.derive(descriptor_set, list(EDGE_SERVICES))
+    return (f"local NAMESPACE = {json.dumps(UNKNOWN_FIELDS_NAMESPACE)}\n"
+            + known_fields.to_lua(schema) + UNKNOWN_FIELDS_LUA.read_text())
 
 
 def envoy_binary() -> Path:
