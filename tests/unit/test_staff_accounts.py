@@ -24,7 +24,7 @@ def rpc_error(code: grpc.StatusCode, error: errors.ApiError | None = None) -> gr
 
 def test_auth_reasons_pass_through_with_their_status_and_metadata():
     translated = translate(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument(
-        "WEAK_PASSWORD", "the password must be at least 10 characters long", min_length=10)), "EnsureUser")
+        "WEAK_PASSWORD", "the password must be at least 10 characters long", min_length=10)), "ClaimAccount")
     assert isinstance(translated, errors.InvalidArgument)
     assert (translated.reason, translated.metadata) == ("WEAK_PASSWORD", {"min_length": "10"})
     assert "10 characters" in translated.message
@@ -42,7 +42,7 @@ def test_a_timeout_is_unavailable_with_an_unknown_outcome():
 
 
 def test_an_unexpected_code_is_internal_not_a_leak_of_the_peer_message():
-    translated = translate(rpc_error(grpc.StatusCode.DATA_LOSS), "EnsureUser")
+    translated = translate(rpc_error(grpc.StatusCode.DATA_LOSS), "ClaimAccount")
     assert translated.reason == "INTERNAL" and "peer" not in translated.message
 
 
