@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     password_reset_ttl_minutes: float = Field(30.0, alias="PASSWORD_RESET_TTL_MINUTES")
     verification_emails_per_hour: int = Field(5, alias="VERIFICATION_EMAILS_PER_HOUR")
     register_per_ip_per_hour: int = Field(20, alias="REGISTER_PER_IP_PER_HOUR")
+    register_per_address_per_hour: int = Field(3, alias="REGISTER_PER_ADDRESS_PER_HOUR")
     password_reset_per_address_per_hour: int = Field(3, alias="PASSWORD_RESET_PER_ADDRESS_PER_HOUR")
     password_reset_per_ip_per_hour: int = Field(20, alias="PASSWORD_RESET_PER_IP_PER_HOUR")
     # Invitations (staff): how long a link works, and how often it may be mailed.

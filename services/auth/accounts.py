@@ -13,7 +13,9 @@ Why each step is as it is (OWASP ASVS 5.0, V6 authentication):
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from posmesh.common import opaque_tokens, security_events
@@ -60,6 +62,9 @@ from services.auth.store import AuthStore, EmailTaken, UserRecord
 log = logging.getLogger(__name__)
 
 VERIFICATION_RESEND_GAP = timedelta(seconds=60)
+# A reset request for a known address writes a link and a mail; for an unknown one it only looks.
+# Both answer no sooner than this, so the time taken does not tell them apart (ASVS 5.0 V6.3.8).
+RESET_REQUEST_MIN_SECONDS = 0.25
 VERIFICATION_RESEND_WINDOW = timedelta(hours=1)
 
 
@@ -80,6 +85,8 @@ class Accounts:
         self._verification_ttl = timedelta(hours=settings.email_verification_ttl_hours)
         self._reset_ttl = timedelta(minutes=settings.password_reset_ttl_minutes)
         self._register_per_ip = Limit("register:ip", settings.register_per_ip_per_hour, 3600)
+        self._register_per_address = Limit("register:address",
+                                           settings.register_per_address_per_hour, 3600)
         self._reset_per_address = Limit("reset:address",
                                         settings.password_reset_per_address_per_hour, 3600)
         self._reset_per_ip = Limit("reset:ip", settings.password_reset_per_ip_per_hour, 3600)
@@ -87,11 +94,15 @@ class Accounts:
     # --- registration and verification -------------------------------------------------------
 
     async def register(self, *, email: str, password: str, full_name: str,
-                       client_ip: str) -> UserRecord:
+                       client_ip: str) -> None:
+        """A new unverified account and its verification mail; for an address that has an
+        account, a notice to it instead. The caller cannot tell which: the same checks, limits,
+        hash and answer either way (ASVS 5.0 V6.3.8)."""
         email = valid_email(email)
         full_name = valid_name(full_name, "full_name", required=True)
         check_password_policy(password, email=email, min_length=self._settings.password_min_length)
-        await self._limits.check(self._limits.for_client(self._register_per_ip, client_ip))
+        await self._limits.check(self._limits.for_client(self._register_per_ip, client_ip),
+                                 (self._register_per_address, address_subject(email)))
         password_hash = await self._enrollment_hashing.hash(password)
         token = opaque_tokens.issue(EMAIL_TOKEN_PREFIX)
         now = utcnow()
@@ -104,10 +115,19 @@ class Accounts:
                     to=email, full_name=full_name, token=token.token,
                     valid_for=self._verification_ttl))
         except EmailTaken:
-            raise email_taken() from None
+            await self._tell_existing_account(email, client_ip, now)
+            return
         security_events.record("ACCOUNT_REGISTERED", severity=security_events.INFO, ip=client_ip,
                                user_id=user.id)
-        return user
+
+    async def _tell_existing_account(self, email: str, client_ip: str, now: datetime) -> None:
+        existing = await self._identities.user_by_email(email)
+        await self._identities.send(self._templates.account_exists(
+            to=email, full_name=existing.full_name if existing else email.split("@", 1)[0],
+            attempted_at=now))
+        security_events.record("REGISTRATION_OF_EXISTING_ADDRESS", severity=security_events.INFO,
+                               ip=client_ip, user_id=existing.id if existing else "",
+                               account=account_id(email))
 
     async def send_verification(self, caller: Caller) -> bool:
         """A new verification link for the caller's address; False when it is verified."""
@@ -200,8 +220,15 @@ class Accounts:
     # --- password reset ------------------------------------------------------------------------
 
     async def request_password_reset(self, *, email: str, client_ip: str) -> None:
-        """Mails a reset link when the address has an account. Answers the same either way, and
-        spends the same limits either way."""
+        """Mails a reset link when the address has an account. Answers the same either way, as
+        late either way, and spends the same limits either way."""
+        started = time.monotonic()
+        try:
+            await self._request_password_reset(email=email, client_ip=client_ip)
+        finally:
+            await asyncio.sleep(max(0.0, started + RESET_REQUEST_MIN_SECONDS - time.monotonic()))
+
+    async def _request_password_reset(self, *, email: str, client_ip: str) -> None:
         email = valid_email(email)
         await self._limits.check((self._reset_per_address, address_subject(email)),
                                  self._limits.for_client(self._reset_per_ip, client_ip))
@@ -303,6 +330,9 @@ class Accounts:
             security_events.record("CURRENT_PASSWORD_WRONG", ip=client_ip, user_id=user.id)
             lockout = await self._limiter.failed(attempt)
             if lockout is not None:
+                security_events.record("LOGIN_LOCKOUT", ip=client_ip, user_id=user.id,
+                                       locked=lockout.subject_kind, seconds=lockout.seconds,
+                                       account=account_id(user.email), during="password check")
                 raise too_many_attempts(lockout.seconds)
             raise wrong_password()
         await self._limiter.succeeded(attempt)

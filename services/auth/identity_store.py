@@ -80,6 +80,11 @@ class IdentityStore:
             await enqueue(conn, mail(user.id))
         return user
 
+    async def send(self, mail: Mail) -> None:
+        """A mail that goes with no change (a notice)."""
+        async with self.engine.begin() as conn:
+            await enqueue(conn, mail)
+
     async def user_by_email(self, email: str) -> UserRecord | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(text(f"SELECT {USER_COLUMNS} FROM users WHERE email = :email"),

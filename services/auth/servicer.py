@@ -64,10 +64,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._accounts = accounts
 
     async def Register(self, request, ctx) -> auth_pb2.RegisterResponse:
-        user = await self._accounts.register(email=request.email, password=request.password,
-                                             full_name=request.full_name,
-                                             client_ip=context.request_info().client_ip)
-        return auth_pb2.RegisterResponse(user=_user(user))
+        await self._accounts.register(email=request.email, password=request.password,
+                                      full_name=request.full_name,
+                                      client_ip=context.request_info().client_ip)
+        return auth_pb2.RegisterResponse()
 
     async def Login(self, request, ctx) -> auth_pb2.LoginResponse:
         info = context.request_info()

@@ -434,7 +434,8 @@ class AuthStore:
 
     async def purge(self, *, now: datetime, keep_ended_sessions_until: datetime) -> dict[str, int]:
         """Wipes sealed pairs past their window; deletes sessions (and their tokens) that ended
-        before `keep_ended_sessions_until`. Only one replica does it at a time."""
+        before `keep_ended_sessions_until`, and the email links (verification, email change,
+        reset) used, replaced or expired before then. Only one replica does it at a time."""
         async with self.engine.begin() as conn:
             got_lock = (await conn.execute(text(
                 "SELECT pg_try_advisory_xact_lock(hashtext('posmesh-auth-purge'))"))).scalar_one()
@@ -449,7 +450,12 @@ class AuthStore:
                 WHERE (revoked_at IS NOT NULL AND revoked_at < :cutoff)
                    OR expires_at < :cutoff OR absolute_expires_at < :cutoff
             """), {"cutoff": keep_ended_sessions_until})
-        return {"sealed_wiped": wiped.rowcount, "sessions_deleted": deleted.rowcount}
+            links = await conn.execute(text("""
+                DELETE FROM email_tokens
+                WHERE used_at < :cutoff OR superseded_at < :cutoff OR expires_at < :cutoff
+            """), {"cutoff": keep_ended_sessions_until})
+        return {"sealed_wiped": wiped.rowcount, "sessions_deleted": deleted.rowcount,
+                "email_links_deleted": links.rowcount}
 
 
 class RefreshUnit:

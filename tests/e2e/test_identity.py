@@ -8,11 +8,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
+
+from posmesh.common import db as db_engine
+from services.auth.store import AuthStore
 
 from tests.support.accounts import auth_db, staff_db
 from tests.support.mail import default_mailbox, token_from
 from tests.support.orders import open_restaurant
 from tests.support.restaurants import (
+    ACCOUNT_EXISTS_SUBJECT,
     INVITATION_SUBJECT,
     PASSWORD,
     VERIFY_SUBJECT,
@@ -93,6 +98,42 @@ async def test_a_stranger_who_registered_the_hires_address_first_gets_nothing(st
     assert hire.role == "manager"
     expected = {"ACCOUNT_CLAIMED", "INVITATION_ACCEPTED"}
     assert expected <= await security_events(stack, hire.user_id, expected=expected)
+
+
+async def test_registering_an_address_that_has_an_account_answers_like_a_new_one(stack, edge):
+    """ASVS 5.0 V6.3.8 (no user enumeration through registration): the same answer as for a
+    new address; the account is untouched and its address is told by mail instead."""
+    member = await register(edge, "known")
+    fresh = await edge.post("/api/v1/auth/register", json={
+        "email": unique_email("unknown"), "password": "a password of my own", "full_name": "X"})
+    again = await edge.post("/api/v1/auth/register", json={
+        "email": member.email.upper(), "password": "a password of my own", "full_name": "X"})
+
+    assert (fresh.status_code, fresh.json()) == (again.status_code, again.json()) == (200, {})
+    notice = await default_mailbox().wait_for(to=member.email,
+                                              subject_contains=ACCOUNT_EXISTS_SUBJECT)
+    assert "nothing was created and nothing changed" in notice.text
+    taken = await edge.post("/api/v1/auth/login", json={"email": member.email,
+                                                        "password": "a password of my own"})
+    assert taken.status_code == 401 and error_reason(taken) == "INVALID_CREDENTIALS"
+    await login(edge, member.email)  # still the owner's own password
+    expected = {"REGISTRATION_OF_EXISTING_ADDRESS"}
+    assert expected <= await security_events(stack, member.user_id, expected=expected)
+
+
+async def test_registrations_of_one_address_are_limited_whether_or_not_it_has_an_account(edge):
+    """ASVS 5.0 V2.4.1 and V6.3.8: a mailbox cannot be flooded through registration, and the
+    limit answers the same for a known and an unknown address."""
+    member = await register(edge, "limited")
+    unknown = unique_email("limited-new")
+    statuses = {}
+    for email in (member.email, unknown):
+        replies = [await edge.post("/api/v1/auth/register", json={
+            "email": email, "password": PASSWORD, "full_name": "Again"}) for _ in range(4)]
+        statuses[email] = [(r.status_code, error_reason(r)) for r in replies]
+    # The member's own registration spent one of the three.
+    assert statuses[member.email] == [(200, "")] * 2 + [(429, "RATE_LIMITED")] * 2
+    assert statuses[unknown] == [(200, "")] * 3 + [(429, "RATE_LIMITED")]
 
 
 # --- verified email -----------------------------------------------------------------------------
@@ -237,6 +278,19 @@ async def test_a_password_change_needs_the_current_one_and_ends_every_other_sess
     assert expected <= await security_events(stack, user.user_id, expected=expected)
 
 
+async def test_guessing_the_current_password_locks_out_like_a_sign_in(stack, edge):
+    """ASVS 5.0 V6.3.1 (brute force): the current-password check of a change counts against the
+    account's sign-in budget, locks it out and records the lockout."""
+    user = await register(edge, "guessed")
+    replies = [await edge.post("/api/v1/auth/password:change", headers=user.headers, json={
+        "current_password": f"guess number {n}", "new_password": "a brand new password"})
+        for n in range(stack.settings.login_max_failures)]
+    assert [error_reason(r) for r in replies[:-1]] == ["WRONG_PASSWORD"] * (len(replies) - 1)
+    assert replies[-1].status_code == 429 and error_reason(replies[-1]) == "TOO_MANY_ATTEMPTS"
+    expected = {"CURRENT_PASSWORD_WRONG", "LOGIN_LOCKOUT"}
+    assert expected <= await security_events(stack, user.user_id, expected=expected)
+
+
 async def test_a_password_reset_answers_the_same_for_unknown_addresses_and_works_once(stack, edge):
     """ASVS 5.0 V6.4.3 (a secure reset process), V6.3.8 (accounts cannot be deduced from the
     answer) and V7.4.3 (every session ends)."""
@@ -246,6 +300,8 @@ async def test_a_password_reset_answers_the_same_for_unknown_addresses_and_works
     unknown_reply = await edge.post("/api/v1/auth/password:requestReset", json={"email": unknown})
     assert (known_reply.status_code, known_reply.json()) == (unknown_reply.status_code,
                                                              unknown_reply.json()) == (200, {})
+    # Neither answers before the floor that hides the known address's extra writes.
+    assert min(known_reply.elapsed.total_seconds(), unknown_reply.elapsed.total_seconds()) >= 0.25
 
     token = await mail_token(user.email, RESET_SUBJECT)
     weak = await edge.post("/api/v1/auth/password:reset", json={"token": token,
@@ -376,3 +432,34 @@ async def test_sign_ins_keep_answering_through_a_registration_flood(edge):
                for r in registrations}
     assert answers <= {(200, ""), (503, "SERVER_BUSY"), (429, "RATE_LIMITED")}, answers
     assert (200, "") in answers
+
+
+# --- housekeeping -------------------------------------------------------------------------------
+
+async def test_the_purge_deletes_email_links_a_week_after_they_stopped_working(stack, edge):
+    """Used, replaced and expired links are deleted with ended sessions (7 days on); a link
+    that still works is kept."""
+    user = await register(edge, "tidy")  # its verification link is used
+    ok(await edge.post("/api/v1/auth/password:requestReset", json={"email": user.email}))
+    await mail_token(user.email, RESET_SUBJECT)  # a reset link that still works
+    uid = uuid.UUID(user.user_id)
+    async with auth_db(stack) as db:
+        await db.execute("UPDATE email_tokens SET used_at = now() - interval '8 days' "
+                         "WHERE user_id = $1 AND used_at IS NOT NULL", uid)
+    engine = db_engine.create_engine(stack.settings, "auth")
+    try:
+        counts: dict[str, int] = {}
+        for _ in range(50):  # {}: the auth service's own purge held the lock; it is brief
+            now = datetime.now(timezone.utc)
+            counts = await AuthStore(engine).purge(
+                now=now, keep_ended_sessions_until=now - timedelta(days=7))
+            if counts:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await engine.dispose()
+
+    assert counts["email_links_deleted"] >= 1
+    async with auth_db(stack) as db:
+        left = await db.fetch("SELECT purpose FROM email_tokens WHERE user_id = $1", uid)
+    assert [row["purpose"] for row in left] == ["reset_password"]

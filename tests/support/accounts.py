@@ -90,10 +90,16 @@ async def _json(response: httpx.Response) -> dict[str, Any]:
 
 async def register(client: httpx.AsyncClient, *, email: str | None = None,
                    password: str = PASSWORD, full_name: str = "Test User") -> dict[str, Any]:
-    """POST /api/v1/auth/register; the new user as JSON."""
-    body = await _json(await client.post("/api/v1/auth/register", json={
-        "email": email or unique_email(), "password": password, "full_name": full_name}))
-    return body["user"]
+    """POST /api/v1/auth/register (which answers nothing about the account); the new user as
+    JSON, read with a sign-in that is ended again (tests count sessions)."""
+    email = email or unique_email()
+    assert await _json(await client.post("/api/v1/auth/register", json={
+        "email": email, "password": password, "full_name": full_name})) == {}
+    token = (await _json(await login(client, email, password)))["access_token"]
+    headers = {"authorization": f"Bearer {token}"}
+    me = await _json(await client.get("/api/v1/auth/me", headers=headers))
+    await _json(await client.post("/api/v1/auth/logout", headers=headers, json={}))
+    return me["user"]
 
 
 async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD,

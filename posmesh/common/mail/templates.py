@@ -79,6 +79,11 @@ class MailTemplates:
                            link=self.link(PASSWORD_RESET_PATH, token=token), code=code,
                            valid_for=describe_duration(valid_for))
 
+    def account_exists(self, *, to: str, full_name: str, attempted_at: datetime) -> Mail:
+        """To an address someone tried to register again (registration answers the same)."""
+        return self.render("account_exists", to=to, full_name=full_name,
+                           attempted_at=describe_time(attempted_at))
+
     def password_changed(self, *, to: str, full_name: str, changed_at: datetime) -> Mail:
         return self.render("password_changed", to=to, full_name=full_name,
                            changed_at=describe_time(changed_at))
