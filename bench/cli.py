@@ -70,7 +70,7 @@ class Profile:
     day_small_people: tuple[int, int, int] | None = None
     day_small_s: float = 0
     day_small_warmup: float = 0
-    flood: signup_flood.FloodSpec = signup_flood.FloodSpec(login_rate=25, rounds=3, seconds=10,
+    flood: signup_flood.FloodSpec = signup_flood.FloodSpec(login_rate=25, rounds=5, seconds=12,
                                                           warmup=2)
     # The unknown-field check's cost (bench/edge_check.py): rounds per scenario, each this long.
     edge_check_rounds: int = 2
@@ -811,8 +811,9 @@ async def run(args: argparse.Namespace) -> int:
     results["elapsed_s"] = round(time.monotonic() - started)
     results["generator"]["processes"] = "1–4"
     checks = targets.evaluate(results)
+    # A run of some phases is named by them, so one phase's run does not replace another's.
     name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}") + \
-        ("-partial" if args.only else "")
+        ("-" + "-".join(sorted(args.only.split(","))) if args.only else "")
     out_dir = Path(args.out) if args.out else RESULTS_DIR
     paths = report.write(results, checks, out_dir, name=name,
                          update_latest=profile.name == "full" and not args.only)

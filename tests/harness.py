@@ -70,7 +70,7 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "EDGE_HEALTH_RATE_LIMIT_PER_MINUTE": 100_000,
         "EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE": 100_000,
         # Every test registers its own people: new passwords must not be paced at production's
-        # 5 per second (the pacing itself is tested in tests/unit/test_auth_passwords.py).
+        # 2 per second (the pacing itself is tested in tests/unit/test_auth_passwords.py).
         "ENROLLMENT_HASHES_PER_SECOND": 1000,
         "ENROLLMENT_HASH_MAX_PENDING": 64,
         # Realtime: the auth-timeout test waits this long (the app itself waits 10 s).

@@ -109,8 +109,8 @@ class Settings(BaseSettings):
     # New passwords (registrations, resets, changes, invitations) hash one at a time in a
     # process of their own, paused while sign-ins hash, paced and with a bounded queue, so a
     # flood of them cannot slow sign-ins (services/auth/enrollment_hashing.py).
-    enrollment_hash_max_pending: int = Field(10, alias="ENROLLMENT_HASH_MAX_PENDING", ge=1)
-    enrollment_hashes_per_second: float = Field(5.0, alias="ENROLLMENT_HASHES_PER_SECOND", gt=0)
+    enrollment_hash_max_pending: int = Field(6, alias="ENROLLMENT_HASH_MAX_PENDING", ge=1)
+    enrollment_hashes_per_second: float = Field(2.0, alias="ENROLLMENT_HASHES_PER_SECOND", gt=0)
     # Verified email and password reset: link lifetimes and how many may be asked for.
     email_verification_ttl_hours: float = Field(24.0, alias="EMAIL_VERIFICATION_TTL_HOURS")
     password_reset_ttl_minutes: float = Field(30.0, alias="PASSWORD_RESET_TTL_MINUTES")

@@ -101,6 +101,7 @@ class Accounts:
         email = valid_email(email)
         full_name = valid_name(full_name, "full_name", required=True)
         check_password_policy(password, email=email, min_length=self._settings.password_min_length)
+        self._enrollment_hashing.refuse_if_full()  # a flood's overflow costs no limits or Redis
         await self._limits.check(self._limits.for_client(self._register_per_ip, client_ip),
                                  (self._register_per_address, address_subject(email)))
         password_hash = await self._enrollment_hashing.hash(password)

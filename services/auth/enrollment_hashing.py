@@ -86,9 +86,13 @@ class EnrollmentHashing:
                    max_pending=settings.enrollment_hash_max_pending,
                    per_second=settings.enrollment_hashes_per_second)
 
-    async def hash(self, password: str) -> str:
+    def refuse_if_full(self) -> None:
+        """SERVER_BUSY now when a hash would be refused: before a request spends its limits."""
         if self._pending >= self._max_pending:
             raise _busy()
+
+    async def hash(self, password: str) -> str:
+        self.refuse_if_full()
         self._pending += 1
         try:
             executor = await self._running_executor()
