@@ -10,9 +10,11 @@ Accepting, two ways:
   takes over an unverified one of that address (its registrant never received its mail), and the
   address counts as verified.
 
-No network call is made under a row lock: the account and the membership are settled with auth
-first, then one transaction re-checks the invitation under its lock and activates the employee;
-if that transaction refuses, the membership is put back as it was.
+No network call is made under a row lock, but for one rare case: the account and the membership
+are settled with auth first, then one transaction re-checks the invitation under its lock and
+activates the employee; if that transaction refuses, the membership is put back as it was. The
+rare case: a manager changed the invited employee's role after that grant, so the record's role
+is granted again while its row is locked (the role granted is then the role recorded).
 """
 
 from __future__ import annotations
@@ -273,8 +275,9 @@ class Invitations:
         """The membership first (auth), then the employee under the invitation's lock; the
         membership is put back if that transaction refuses."""
         rid = str(invitation.restaurant_id)
+        granted_role = invitation.access_role  # the record's role when the invitation was read
         granted = await self.accounts.grant_membership(user_id, rid, invitation.restaurant_name,
-                                                       invitation.access_role)
+                                                       granted_role)
         try:
             async with self.store.transaction() as tx:
                 current = await tx.invitation_for_update(invitation.restaurant_id,
@@ -291,10 +294,12 @@ class Invitations:
                 if await tx.employee_of_user(invitation.restaurant_id, uuid.UUID(user_id)):
                     raise AlreadyExists("EMPLOYEE_EXISTS", "your account already has an employee "
                                         "record in this restaurant")
-                if employee.access_role != current.access_role:
-                    # The role changed since the grant: grant the current one (idempotent).
-                    granted = await self.accounts.grant_membership(
-                        user_id, rid, invitation.restaurant_name, employee.access_role)
+                if employee.access_role != granted_role:
+                    # A manager changed the role since the grant. The employee row is locked now,
+                    # so the role cannot change again before the commit: grant the recorded one.
+                    # (What to put back on failure stays the role from before the first grant.)
+                    await self.accounts.grant_membership(user_id, rid, invitation.restaurant_name,
+                                                         employee.access_role)
                 employee = await tx.activate_employee(employee.id, uuid.UUID(user_id))
                 await tx.record_change(employee, user_id, "invitation_accepted",
                                        {"access_role": employee.access_role})

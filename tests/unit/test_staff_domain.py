@@ -257,6 +257,8 @@ class FakeAccounts:
         self.memberships: dict[tuple[str, str], str] = {}
         self.calls: list[tuple] = []
         self.fail: dict[str, ApiError] = {}
+        # Runs once, after the next grant is applied (what happens meanwhile elsewhere).
+        self.after_next_grant = None
 
     def add_user(self, email: str, full_name: str = "Ada Lovelace", *,
                  verified: bool = True) -> str:
@@ -295,6 +297,9 @@ class FakeAccounts:
         self._maybe_fail("grant")
         previous = self.memberships.get((user_id, restaurant_id), "")
         self.memberships[(user_id, restaurant_id)] = role
+        if (meanwhile := self.after_next_grant) is not None:
+            self.after_next_grant = None
+            await meanwhile()
         return MembershipChange(previous, 1 if previous and previous != role else 0)
 
     async def revoke_membership(self, user_id, restaurant_id):
@@ -549,6 +554,46 @@ async def test_when_auth_cannot_grant_the_acceptance_fails_and_the_invitation_st
     assert invited.state == INVITED and invited.user_id is None
     (row,) = store.data["invitations"].values()
     assert row["accept_time"] is None and row["revoke_time"] is None
+
+
+async def test_a_role_changed_while_the_invitation_is_accepted_is_the_role_granted(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+
+    async def promote() -> None:  # an owner edits the record between the grant and the commit
+        await domain.update_employee(owner, str(invited.id), {"access_role": "manager"},
+                                     invited.version)
+
+    accounts.after_next_grant = promote
+    accepted = await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                               invitation_id="", password="correct horse battery",
+                                               full_name="", client_ip="198.51.100.8")
+    assert accepted.employee.access_role == accepted.invitation.access_role == "manager"
+    assert accounts.memberships[(accepted.user_id, rid)] == "manager"
+    assert [call[3] for call in accounts.calls if call[0] == "grant"][-2:] == ["staff", "manager"]
+
+
+async def test_when_an_acceptance_that_granted_a_changed_role_fails_no_membership_is_left(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+
+    async def promote_then_lose_the_commit() -> None:
+        await domain.update_employee(owner, str(invited.id), {"access_role": "manager"},
+                                     invited.version)
+        store.fail_commit = True
+
+    accounts.after_next_grant = promote_then_lose_the_commit
+    with pytest.raises(ConnectionResetError):
+        await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="correct horse battery",
+                                        full_name="", client_ip="198.51.100.8")
+    (user_id,) = [user.id for user in accounts.users.values() if user.email == "sam@example.com"]
+    assert (user_id, rid) not in accounts.memberships  # not the first grant's role either
+    assert store.data["employees"][invited.id].state == INVITED
 
 
 async def test_managers_cannot_create_owners_or_managers_and_the_denial_is_a_security_event(world, monkeypatch):
