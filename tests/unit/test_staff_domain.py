@@ -755,6 +755,36 @@ async def test_rehiring_a_deactivated_employee_points_to_reactivation(world):
     assert ":undelete" in caught.value.message and caught.value.metadata["active"] == "false"
 
 
+async def test_inviting_an_address_again_points_to_resending_its_invitation_not_to_reactivation(
+        world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    (invitation_id,) = store.data["invitations"]
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email="sam@example.com"))
+    assert caught.value.reason == "EMPLOYEE_EXISTS"
+    assert f"/api/v1/invitations/{invitation_id}:resend" in caught.value.message
+    assert "deactivated" not in caught.value.message and ":undelete" not in caught.value.message
+    assert caught.value.metadata == {"employee_id": str(invited.id), "active": "false",
+                                     "state": "invited", "invitation_id": str(invitation_id)}
+    assert len(store.data["mails"]) == 1  # nothing was sent again
+
+
+async def test_an_active_employee_hired_again_gets_no_hint_to_reactivate_or_resend(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email="staff@example.com"))
+    assert caught.value.message == (f"this user is already employee {staff.id} of this "
+                                    "restaurant")
+    assert caught.value.metadata["state"] == "active"
+
+
 async def test_employees_of_another_restaurant_are_not_found(world):
     store, accounts, domain = world
     rid, owner = await open_restaurant(world)
