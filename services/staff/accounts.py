@@ -2,8 +2,9 @@
 
 Retries are the channel's (posmesh.common.clients: UNAVAILABLE, a few times within half a
 second), in one place, never stacked here. Errors become ApiErrors: auth's own reasons (an
-invalid email, a weak password, an unverified address) pass through; an unreachable auth is
-UNAVAILABLE `AUTH_UNAVAILABLE`.
+invalid email, a weak password, an unverified address) pass through, and so does its
+`SERVER_BUSY` (its new-password hasher is full: retry after `retry_after_seconds`); any other
+UNAVAILABLE, and a timeout, is UNAVAILABLE `AUTH_UNAVAILABLE`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.ApiError]] = {
         errors.PermissionDenied, errors.ResourceExhausted, errors.Aborted,
     )
 }
+# UNAVAILABLE answers of auth that reach the client as they are: auth refused before changing
+# anything and says when to retry (SERVER_BUSY: the new-password hasher's queue is full).
+PASSED_THROUGH_UNAVAILABLE = frozenset({"SERVER_BUSY"})
 
 
 def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
@@ -45,6 +49,11 @@ def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
 
 def translate(error: grpc.aio.AioRpcError, operation: str) -> errors.ApiError:
     code = error.code()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        reason, metadata = _reason(error)
+        if reason in PASSED_THROUGH_UNAVAILABLE:
+            return errors.Unavailable(reason, error.details() or f"{operation} was refused",
+                                      **metadata)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                 grpc.StatusCode.CANCELLED):
         return errors.Unavailable(

@@ -1,6 +1,6 @@
-"""How the staff service reads the auth service's answers: reasons pass through, an unreachable
-auth is a retryable AUTH_UNAVAILABLE (the channel retried already), a timeout is an unknown
-outcome."""
+"""How the staff service reads the auth service's answers: reasons pass through (SERVER_BUSY too,
+with when to retry), an unreachable auth is a retryable AUTH_UNAVAILABLE (the channel retried
+already), a timeout is an unknown outcome."""
 
 from __future__ import annotations
 
@@ -33,6 +33,22 @@ def test_auth_reasons_pass_through_with_their_status_and_metadata():
 def test_an_unreachable_auth_is_unavailable_and_known_not_applied():
     translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE), "GrantMembership")
     assert isinstance(translated, errors.Unavailable) and translated.reason == "AUTH_UNAVAILABLE"
+    assert translated.metadata["auth_outcome"] == "not_applied"
+
+
+def test_auths_server_busy_reaches_the_client_as_it_is_with_when_to_retry():
+    busy = errors.Unavailable("SERVER_BUSY", "too many new passwords are being processed; retry "
+                              "shortly", retryable="true", retry_after_seconds=1)
+    translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE, busy), "ClaimAccount")
+    assert isinstance(translated, errors.Unavailable) and translated.reason == "SERVER_BUSY"
+    assert translated.metadata == {"retryable": "true", "retry_after_seconds": "1"}
+    assert translated.message == busy.message
+
+
+def test_auths_other_unavailable_answers_are_auth_unavailable_and_known_not_applied():
+    limiter_down = errors.Unavailable("RATE_LIMITER_UNAVAILABLE", "the limiter is down")
+    translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE, limiter_down), "ClaimAccount")
+    assert translated.reason == "AUTH_UNAVAILABLE"
     assert translated.metadata["auth_outcome"] == "not_applied"
 
 

@@ -4,11 +4,18 @@ with the employee record when auth or the commit fails.
 
 The store fake keeps the real store's contract (transactions roll back on any error, the commit
 can be made to fail); SQL itself is covered over the wire in tests/e2e/test_staff_*.py.
+
+Every error a test sees an entry point answer with must be declared by that RPC's
+`method_errors` (or implied by its access kind): the domain's entry points are wrapped with that
+check, so an unhappy path tested here cannot drift from the contract. (The static scan in
+test_error_catalogue.py sees only reasons written in the code, not the ones relayed from auth.)
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 import dataclasses
 import itertools
 import uuid
@@ -46,6 +53,9 @@ from services.staff.models import (
 )
 from services.staff.models import Employee as EmployeeRecord
 from services.staff.store import RESTAURANT_ADDRESS_COLUMNS
+from stack import codegen, contract
+from stack.error_reasons import Catalogue
+from tests.unit.reason_scan import ROOT
 
 _clock = itertools.count()
 
@@ -296,6 +306,8 @@ class FakeAccounts:
         self.calls.append(("grant", user_id, restaurant_id, role))
         self._maybe_fail("grant")
         previous = self.memberships.get((user_id, restaurant_id), "")
+        if not previous and not self.users[user_id].email_verified:
+            raise FailedPrecondition("EMAIL_NOT_VERIFIED", "verify first", action="VERIFY_EMAIL")
         self.memberships[(user_id, restaurant_id)] = role
         if (meanwhile := self.after_next_grant) is not None:
             self.after_next_grant = None
@@ -342,11 +354,70 @@ class RecordedTemplates:
                 "role": role, "token": token}
 
 
+SERVICE = "posmesh.staff.v1.StaffService"
+
+
+@functools.lru_cache(maxsize=1)
+def entry_points() -> dict[str, tuple[str, str]]:
+    """RPC -> (servicer attribute, method) it delegates to, as servicer.py is written:
+    `self.domain.create_restaurant(...)` in CreateRestaurant -> ("domain", "create_restaurant")."""
+    tree = ast.parse((ROOT / "services" / "staff" / "servicer.py").read_text())
+    (servicer,) = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    found = {}
+    for method in servicer.body:
+        if not isinstance(method, ast.AsyncFunctionDef):
+            continue
+        for call in ast.walk(method):
+            func = getattr(call, "func", None)
+            if (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Attribute)
+                    and isinstance(func.value.value, ast.Name) and func.value.value.id == "self"):
+                found[method.name] = (func.value.attr, func.attr)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def declared_reasons() -> dict[str, frozenset[str]]:
+    catalogue = Catalogue(contract.load(codegen.DESCRIPTOR_SET))
+    return {rpc: frozenset(reason.name for reason in catalogue.rpc_reasons(SERVICE, rpc))
+            for rpc in entry_points()}
+
+
+def answering_only_declared_reasons(targets: dict[str, object]) -> None:
+    """Wraps every entry point of `targets` ({"domain": ..., "invitations": ...}) so that an
+    ApiError its RPC does not declare fails the test."""
+    for rpc, (attribute, method) in entry_points().items():
+        target = targets[attribute]
+        original = getattr(target, method)
+
+        @functools.wraps(original)
+        async def checked(*args, _original=original, _rpc=rpc, **kwargs):
+            try:
+                return await _original(*args, **kwargs)
+            except ApiError as error:
+                assert error.reason in declared_reasons()[_rpc], (
+                    f"{_rpc} answered {error.reason}, which is not in its method_errors "
+                    f"(protos/posmesh/staff/v1/staff.proto)")
+                raise
+
+        setattr(target, method, checked)
+
+
+def test_every_rpc_of_the_servicer_delegates_to_a_checked_entry_point():
+    from posmesh.staff.v1 import staff_pb2
+
+    rpcs = {method.name for method in staff_pb2.DESCRIPTOR.services_by_name["StaffService"].methods}
+    assert set(entry_points()) == rpcs
+    assert {attribute for attribute, _ in entry_points().values()} == {"domain", "invitations"}
+
+
 @pytest.fixture
 def world(user_events):
     store, accounts = MemoryStore(), FakeAccounts()
     invitations = Invitations(store, accounts, RecordedTemplates(), user_events, Settings())
-    return store, accounts, StaffDomain(store, accounts, user_events, invitations)
+    domain = StaffDomain(store, accounts, user_events, invitations)
+    answering_only_declared_reasons({"domain": domain, "invitations": invitations})
+    return store, accounts, domain
 
 
 async def open_restaurant(world):
@@ -420,6 +491,16 @@ async def test_when_the_commit_fails_after_the_grant_the_membership_is_revoked_a
     assert store.data["restaurants"] == {}
     assert accounts.memberships == {}
     assert accounts.calls[-1][0] == "revoke"
+
+
+async def test_an_account_with_an_unverified_address_cannot_create_a_restaurant(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com", verified=False)
+    with pytest.raises(FailedPrecondition) as caught:
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert (caught.value.reason, caught.value.metadata) == ("EMAIL_NOT_VERIFIED",
+                                                            {"action": "VERIFY_EMAIL"})
+    assert store.data["restaurants"] == {} and accounts.memberships == {}
 
 
 async def test_a_grant_that_timed_out_is_reverted_because_auth_may_have_applied_it(world):
@@ -554,6 +635,44 @@ async def test_when_auth_cannot_grant_the_acceptance_fails_and_the_invitation_st
     assert invited.state == INVITED and invited.user_id is None
     (row,) = store.data["invitations"].values()
     assert row["accept_time"] is None and row["revoke_time"] is None
+
+
+async def test_when_auths_new_password_hasher_is_full_the_acceptance_says_when_to_retry(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    await domain.create_employee(owner, EmployeeDraft(first_name="Sam", email="sam@example.com"))
+    accounts.fail["claim"] = Unavailable("SERVER_BUSY", "too many new passwords; retry shortly",
+                                         retryable="true", retry_after_seconds="1")
+    calls = len(accounts.calls)
+    with pytest.raises(Unavailable) as caught:
+        await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="correct horse battery",
+                                        full_name="", client_ip="198.51.100.8")
+    assert (caught.value.reason, caught.value.metadata["retry_after_seconds"]) == ("SERVER_BUSY",
+                                                                                   "1")
+    (row,) = store.data["invitations"].values()
+    assert row["accept_time"] is None
+    assert accounts.calls[calls:] == [("claim", "sam@example.com")]  # no membership was granted
+
+
+async def test_an_account_that_already_works_here_under_another_address_cannot_accept(world):
+    """Its owner changed the account's address since they were hired; the new address was invited
+    too. One person, one record: the acceptance is refused and the membership stays as it was."""
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, staff_caller = await hire(world, owner, "old@example.com")
+    user_id = str(staff.user_id)
+    accounts.users[user_id] = dataclasses.replace(accounts.users[user_id], email="new@example.com")
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="new@example.com",
+                                                                access_role="manager"))
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.invitations.accept(caller(user_id), token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="", full_name="",
+                                        client_ip="198.51.100.8")
+    assert caught.value.reason == "EMPLOYEE_EXISTS"
+    assert accounts.memberships[(user_id, rid)] == "staff"  # the manager grant was put back
+    assert store.data["employees"][invited.id].state == INVITED
 
 
 async def test_a_role_changed_while_the_invitation_is_accepted_is_the_role_granted(world):
