@@ -478,7 +478,9 @@ class StaffDomain:
             if target.state != DEACTIVATED:
                 return target  # active or invited already: nothing to do
             if target.user_id is None:
-                # Never accepted: invited again, with a new link.
+                # Never accepted: invited again, with a new link. The mails sent to the address
+                # before still count against the send limits.
+                await self.invitations.refuse_if_sent_too_often(tx, rid, target.email or "")
                 updated = await tx.reactivate_employee(target.id, invited=True)
                 await tx.record_change(updated, caller.user_id, "reinvited", {})
                 actor = await self._actor(tx, caller, rid)

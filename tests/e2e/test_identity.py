@@ -154,6 +154,8 @@ async def test_an_expired_invitation_is_refused_until_resent_and_a_used_one_cann
         await db.execute("UPDATE invitations SET expire_time = now() - interval '1 second', "
                          "send_time = now() - interval '2 minutes' WHERE employee_id = $1",
                          uuid.UUID(employee["id"]))
+        await db.execute("UPDATE invitation_sends SET send_time = now() - interval '2 minutes' "
+                         "WHERE email = $1", email)
     expired = await edge.post("/api/v1/invitations:accept", json={"token": first,
                                                                   "password": PASSWORD})
     assert expired.status_code == 409 and error_reason(expired) == "INVITATION_EXPIRED"
@@ -171,6 +173,68 @@ async def test_an_expired_invitation_is_refused_until_resent_and_a_used_one_cann
     reused = await edge.post("/api/v1/invitations:accept", json={"token": second,
                                                                  "password": PASSWORD})
     assert reused.status_code == 409 and error_reason(reused) == "INVITATION_USED"
+
+
+async def age_invitation_mails(stack, email: str, by: str) -> None:
+    """Moves every invitation mail to `email` (and its invitation) `by` into the past."""
+    async with staff_db(stack) as db:
+        await db.execute(f"UPDATE invitation_sends SET send_time = send_time - interval '{by}' "
+                         "WHERE email = $1", email)
+        await db.execute(f"UPDATE invitations SET send_time = send_time - interval '{by}', "
+                         f"create_time = create_time - interval '{by}' WHERE email = $1", email)
+
+
+async def test_invitation_mails_stay_limited_per_day_after_the_invitations_first_day(stack, edge):
+    """ASVS 5.0 V2.4.1 (anti-automation): a restaurant cannot flood an address with invitations:
+    at most INVITATION_SENDS_PER_DAY mails to it in any 24 hours, however old the invitation."""
+    limit = stack.settings.invitation_sends_per_day
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("flooded")
+    ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                       json={"first_name": "Flooded", "email": email}))
+    (invitation,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers))["invitations"]
+    resend = f"/api/v1/invitations/{invitation['id']}:resend"
+    await age_invitation_mails(stack, email, "2 days")  # past its first day, still pending
+    for _ in range(limit):
+        await age_invitation_mails(stack, email, "2 minutes")  # past the one-minute gap
+        ok(await edge.post(resend, headers=owner.headers, json={}))
+    await age_invitation_mails(stack, email, "2 minutes")
+
+    refused = await edge.post(resend, headers=owner.headers, json={})
+    assert refused.status_code == 429 and error_reason(refused) == "TOO_MANY_EMAILS"
+    # The oldest of the day's mails leaves the window in a bit under 24 hours.
+    assert 23 * 3600 < int(error_metadata(refused)["retry_after_seconds"]) < 24 * 3600
+    (listed,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers))["invitations"]
+    assert listed["send_count"] == limit + 1
+
+
+async def test_deactivating_and_undeleting_an_invited_employee_keeps_counting_their_mails(
+        stack, edge):
+    """ASVS 5.0 V2.4.1: each undelete mails a new invitation; the mails before still count."""
+    limit = stack.settings.invitation_sends_per_day
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("reinvited")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Again", "email": email}))
+    path = f"/api/v1/employees/{employee['id']}"
+    ok(await edge.delete(path, headers=owner.headers))
+    too_soon = await edge.post(path + ":undelete", headers=owner.headers, json={})
+    assert too_soon.status_code == 429 and error_reason(too_soon) == "TOO_MANY_EMAILS"
+    assert 0 < int(error_metadata(too_soon)["retry_after_seconds"]) <= 60
+    for _ in range(limit - 1):  # each undelete mails a new invitation (its send_count is 1)
+        await age_invitation_mails(stack, email, "2 minutes")
+        assert ok(await edge.post(path + ":undelete", headers=owner.headers,
+                                  json={}))["state"] == "INVITED"
+        ok(await edge.delete(path, headers=owner.headers))
+    await age_invitation_mails(stack, email, "2 minutes")
+
+    refused = await edge.post(path + ":undelete", headers=owner.headers, json={})
+    assert refused.status_code == 429 and error_reason(refused) == "TOO_MANY_EMAILS"
+    assert int(error_metadata(refused)["retry_after_seconds"]) > 23 * 3600
+    assert ok(await edge.get(path, headers=owner.headers))["state"] == "DEACTIVATED"
+    async with staff_db(stack) as db:
+        assert await db.fetchval("SELECT count(*) FROM invitation_sends WHERE email = $1",
+                                 email) == limit
 
 
 async def test_a_revoked_invitation_deactivates_the_invited_employee(edge):

@@ -34,11 +34,13 @@ from posmesh.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from posmesh.common.settings import Settings
 from services.staff.domain import MembershipChange, StaffDomain, UserAccount
-from services.staff.invitations import Invitations
+from services.staff import invitations as invitations_module
+from services.staff.invitations import Invitations, send_refusal
 from services.staff.models import (
     ACTIVE,
     DEACTIVATED,
@@ -58,10 +60,18 @@ from stack.error_reasons import Catalogue
 from tests.unit.reason_scan import ROOT
 
 _clock = itertools.count()
+_elapsed = [timedelta(0)]  # moved on by `advance`
 
 
 def _now() -> datetime:
-    return datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=next(_clock))
+    """The one clock of these tests (the invitations' rules read it too); every reading is
+    later than the one before."""
+    return (datetime(2025, 1, 1, tzinfo=timezone.utc) + _elapsed[0]
+            + timedelta(microseconds=next(_clock)))
+
+
+def advance(delta: timedelta) -> None:
+    _elapsed[0] += delta
 
 
 class _Now:
@@ -146,7 +156,12 @@ class MemoryTransaction:
                "expire_time": new.expire_time, "send_time": now, "send_count": 1,
                "accept_time": None, "revoke_time": None, "accepted_by": None}
         self.data["invitations"][row["id"]] = row
+        self.data["sends"].append((rid, new.email, now))
         return self._invitation_view(row)
+
+    async def invitation_send_times(self, rid, email, *, since):
+        return sorted(time for r, e, time in self.data["sends"]
+                      if r == rid and e == email and time > since)
 
     async def invitation_for_update(self, rid, *, invitation_id=None, token_digest=None):
         for row in self.data["invitations"].values():
@@ -167,6 +182,7 @@ class MemoryTransaction:
         row = self.data["invitations"][invitation_id]
         row.update(token_digest=token_digest, expire_time=expire_time, send_time=_now(),
                    send_count=row["send_count"] + 1)
+        self.data["sends"].append((row["restaurant_id"], row["email"], row["send_time"]))
         return self._invitation_view(row)
 
     async def close_invitation(self, invitation_id, *, accepted_by=None):
@@ -205,7 +221,7 @@ class MemoryTransaction:
 class MemoryStore:
     def __init__(self) -> None:
         self.data = {"restaurants": {}, "employees": {}, "changes": [], "invitations": {},
-                     "mails": []}
+                     "mails": [], "sends": []}
         self.fail_commit = False
 
     @asynccontextmanager
@@ -412,7 +428,8 @@ def test_every_rpc_of_the_servicer_delegates_to_a_checked_entry_point():
 
 
 @pytest.fixture
-def world(user_events):
+def world(user_events, monkeypatch):
+    monkeypatch.setattr(invitations_module, "_now", _now)
     store, accounts = MemoryStore(), FakeAccounts()
     invitations = Invitations(store, accounts, RecordedTemplates(), user_events, Settings())
     domain = StaffDomain(store, accounts, user_events, invitations)
@@ -983,3 +1000,99 @@ async def test_unknown_filters_are_refused(world):
     with pytest.raises(InvalidArgument) as caught:
         await world[2].list_employees(owner, 0, "", "admin", "")
     assert caught.value.reason == "INVALID_ROLE"
+
+
+# --- invitation mails: the send limits ---------------------------------------------------------
+
+LIMIT = Settings().invitation_sends_per_day
+
+
+def open_invitation_id(store, employee_id) -> str:
+    (found,) = [row["id"] for row in store.data["invitations"].values()
+                if row["employee_id"] == employee_id and not row["accept_time"]
+                and not row["revoke_time"]]
+    return str(found)
+
+
+async def test_resends_stay_limited_per_day_after_the_invitations_first_day(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    invitation_id = open_invitation_id(store, invited.id)
+    advance(timedelta(days=2))  # the first mail is out of the window; the link still works
+    for _ in range(LIMIT):
+        await domain.invitations.resend(owner, invitation_id)
+        advance(timedelta(minutes=2))
+    mails = len(store.data["mails"])
+
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.invitations.resend(owner, invitation_id)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    # The first of those resends leaves the window 24 h after it was sent, 20 minutes ago.
+    retry_after = int(caught.value.metadata["retry_after_seconds"])
+    assert 24 * 3600 - 20 * 60 <= retry_after <= 24 * 3600 - 20 * 60 + 1
+    assert len(store.data["mails"]) == mails
+    advance(timedelta(seconds=retry_after))
+    assert (await domain.invitations.resend(owner, invitation_id)).send_count == LIMIT + 2
+
+
+async def test_deactivating_and_undeleting_an_invited_employee_keeps_counting_their_mails(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                 email="sam@example.com"))
+    for _ in range(LIMIT - 1):  # each undelete mails a new invitation (send_count 1 again)
+        advance(timedelta(minutes=2))
+        gone = await domain.deactivate_employee(owner, str(employee.id), 0)
+        employee = await domain.reactivate_employee(owner, str(employee.id), gone.version)
+        assert employee.state == INVITED
+    assert len(store.data["mails"]) == LIMIT
+    advance(timedelta(minutes=2))
+    gone = await domain.deactivate_employee(owner, str(employee.id), 0)
+
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.reactivate_employee(owner, str(employee.id), gone.version)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    assert int(caught.value.metadata["retry_after_seconds"]) > 23 * 3600
+    assert store.data["employees"][employee.id].state == DEACTIVATED  # nothing changed
+    assert len(store.data["mails"]) == LIMIT
+
+
+async def test_an_undelete_right_after_an_invitation_waits_for_the_one_minute_gap(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    advance(timedelta(seconds=15))
+    gone = await domain.deactivate_employee(owner, str(invited.id), 0)
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.reactivate_employee(owner, str(invited.id), gone.version)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    assert caught.value.metadata["retry_after_seconds"] == "45"
+    advance(timedelta(seconds=45))
+    assert (await domain.reactivate_employee(owner, str(invited.id), gone.version)).state == INVITED
+
+
+async def test_the_limits_count_per_address_not_per_restaurant(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    for index in range(LIMIT + 1):  # many hires at once are fine: one mail each
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email=f"sam{index}@example.com"))
+    assert len(store.data["mails"]) == LIMIT + 1
+
+
+def test_send_refusal_counts_a_rolling_day_of_mails_to_the_address():
+    now = datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+    hours_ago = [now - timedelta(hours=hours) for hours in (30, 23, 5, 4, 3)]
+
+    assert send_refusal(hours_ago, now, per_day=5) is None  # the 30-hour-old one is out
+    refused = send_refusal(hours_ago, now, per_day=4)
+    assert refused.reason == "TOO_MANY_EMAILS"
+    assert refused.metadata["retry_after_seconds"] == str(3600)  # the 23-hour-old one leaves
+    assert send_refusal(hours_ago, now, per_day=2).metadata["retry_after_seconds"] == str(
+        20 * 3600)  # three must leave: the 4-hour-old one is the third
+    just_sent = send_refusal([now - timedelta(seconds=59.5)], now, per_day=5)
+    assert just_sent.metadata["retry_after_seconds"] == "1"
+    assert send_refusal([], now, per_day=1) is None
