@@ -9,7 +9,8 @@ import asyncio
 import time
 import uuid
 
-from tests.support.accounts import auth_db, staff_db
+from posmesh.auth.v1 import auth_pb2
+from tests.support.accounts import admin_call, auth_db, staff_db
 from tests.support.mail import default_mailbox, token_from
 from tests.support.orders import open_restaurant
 from tests.support.restaurants import (
@@ -253,6 +254,29 @@ async def test_a_revoked_invitation_deactivates_the_invited_employee(edge):
     assert refused.status_code == 409 and error_reason(refused) == "INVITATION_REVOKED"
     record = ok(await edge.get(f"/api/v1/employees/{employee['id']}", headers=owner.headers))
     assert record["state"] == "DEACTIVATED"
+
+
+async def test_an_acceptance_retried_after_auth_made_the_account_accepts_for_that_account(
+        stack, edge):
+    """The first attempt's ClaimAccount went through in auth but its answer never reached staff
+    (the deadline ran out: AUTH_UNAVAILABLE, outcome unknown). Sending the same request again
+    accepts for the account it made, not EMAIL_TAKEN; another password gets nothing."""
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("retried")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Retried", "email": email}))
+    token = await mail_token(email, INVITATION_SUBJECT)
+    lost = await admin_call(stack, "ClaimAccount", auth_pb2.ClaimAccountRequest(
+        email=email, full_name="Retried", password=PASSWORD))  # what the first attempt did
+
+    other = await edge.post("/api/v1/invitations:accept", json={
+        "token": token, "password": "not the password chosen first"})
+    assert other.status_code == 409 and error_reason(other) == "EMAIL_TAKEN"
+    accepted = ok(await edge.post("/api/v1/invitations:accept", json={"token": token,
+                                                                      "password": PASSWORD}))
+    assert (accepted["user_id"], accepted["employee"]["id"]) == (lost.user.id, employee["id"])
+    assert accepted["employee"]["state"] == "ACTIVE"
+    assert (await login(edge, email, owner.restaurant_id)).role == "staff"
 
 
 async def test_a_verified_account_accepts_signed_in_and_only_with_its_own_address(edge):

@@ -285,6 +285,9 @@ class FakeAccounts:
         self.fail: dict[str, ApiError] = {}
         # Runs once, after the next grant is applied (what happens meanwhile elsewhere).
         self.after_next_grant = None
+        self.passwords: dict[str, str] = {}
+        # The next claim is applied, but its answer never arrives (the deadline ran out).
+        self.next_claim_times_out = False
 
     def add_user(self, email: str, full_name: str = "Ada Lovelace", *,
                  verified: bool = True) -> str:
@@ -299,16 +302,26 @@ class FakeAccounts:
     async def claim_account(self, email, full_name, password, client_ip):
         self.calls.append(("claim", email))
         self._maybe_fail("claim")
+        claimed = self._claim(email, full_name, password)
+        if self.next_claim_times_out:
+            self.next_claim_times_out = False
+            raise AUTH_TIMEOUT
+        return claimed
+
+    def _claim(self, email, full_name, password) -> UserAccount:
+        """Auth's ClaimAccount: created, taken over, or (verified, its own password) the same."""
         for user in list(self.users.values()):
             if user.email == email:
                 if user.email_verified:
-                    raise AlreadyExists("EMAIL_TAKEN", "sign in and accept")
+                    if self.passwords.get(user.id) != password:
+                        raise AlreadyExists("EMAIL_TAKEN", "sign in and accept")
+                    return user
                 del self.users[user.id]  # taken over: same id, now verified
                 claimed = UserAccount(user.id, email, full_name, True)
-                self.users[user.id] = claimed
+                self.users[user.id], self.passwords[user.id] = claimed, password
                 return claimed
         user = UserAccount(str(uuid.uuid4()), email, full_name, True)
-        self.users[user.id] = user
+        self.users[user.id], self.passwords[user.id] = user, password
         return user
 
     async def find_user_by_email(self, email):
@@ -670,6 +683,34 @@ async def test_when_auths_new_password_hasher_is_full_the_acceptance_says_when_t
     (row,) = store.data["invitations"].values()
     assert row["accept_time"] is None
     assert accounts.calls[calls:] == [("claim", "sam@example.com")]  # no membership was granted
+
+
+async def test_an_acceptance_whose_claim_timed_out_after_auth_made_the_account_can_be_retried(
+        world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    token = store.data["mails"][-1]["token"]
+    accounts.next_claim_times_out = True
+    with pytest.raises(Unavailable) as caught:
+        await domain.invitations.accept(None, token=token, invitation_id="",
+                                        password="correct horse battery", full_name="",
+                                        client_ip="198.51.100.8")
+    assert caught.value.metadata["auth_outcome"] == "unknown"
+    (made,) = [user for user in accounts.users.values() if user.email == "sam@example.com"]
+
+    with pytest.raises(AlreadyExists) as other_password:  # someone else's password: not theirs
+        await domain.invitations.accept(None, token=token, invitation_id="",
+                                        password="another long password", full_name="",
+                                        client_ip="198.51.100.8")
+    assert other_password.value.reason == "EMAIL_TAKEN"
+    accepted = await domain.invitations.accept(None, token=token, invitation_id="",
+                                               password="correct horse battery", full_name="",
+                                               client_ip="198.51.100.8")
+    assert (accepted.user_id, accepted.employee.id, accepted.employee.state) == (
+        made.id, invited.id, ACTIVE)
+    assert accounts.memberships[(made.id, rid)] == "staff"
 
 
 async def test_an_account_that_already_works_here_under_another_address_cannot_accept(world):
