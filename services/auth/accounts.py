@@ -272,17 +272,33 @@ class Accounts:
 
     async def claim(self, *, email: str, full_name: str, password: str,
                     client_ip: str) -> tuple[UserRecord, bool, bool]:
-        """(user, created, took_over) for someone who proved they receive mail at `email`."""
+        """(user, created, took_over) for someone who proved they receive mail at `email`.
+
+        Idempotent for the same address and password: a verified account is never taken over,
+        but a claim with its own password answers it as it is (created and took_over false).
+        That is what makes a retry safe when the caller never got the answer of a claim that
+        went through (its deadline ran out while the new password waited for the hasher): the
+        retry finds the account that claim made, and its password proves it is the same
+        claimant. Checked like a sign-in (the brute-force limits count it), before any new
+        password is hashed."""
         email = valid_email(email)
         full_name = valid_name(full_name, "full_name", required=False)
         check_password_policy(password, email=email, min_length=self._settings.password_min_length)
+        existing = await self._identities.user_by_email(email)
+        if existing is not None and existing.email_verified:
+            return await self._claimed_already(existing, password, client_ip), False, False
         password_hash = await self._enrollment_hashing.hash(password)
         try:
             claim = await self._identities.claim(
                 email=email, full_name=full_name or email.split("@", 1)[0],
                 password_hash=password_hash, now=utcnow(), reason=ACCOUNT_CLAIMED)
         except EmailTaken:
-            raise email_taken() from None
+            # Verified meanwhile: by a concurrent claim (the same request sent twice?), or by
+            # its owner. The same rule applies.
+            existing = await self._identities.user_by_email(email)
+            if existing is None:  # and moved to another address since (ChangeEmail)
+                raise email_taken() from None
+            return await self._claimed_already(existing, password, client_ip), False, False
         if claim.took_over:
             # Someone registered this address without receiving its mail: they lose it now.
             security_events.record(ACCOUNT_CLAIMED, severity=security_events.CRITICAL,
@@ -293,6 +309,17 @@ class Accounts:
             security_events.record("ACCOUNT_CREATED_BY_INVITATION", severity=security_events.INFO,
                                    ip=client_ip, user_id=claim.user.id)
         return claim.user, claim.created, claim.took_over
+
+    async def _claimed_already(self, user: UserRecord, password: str,
+                               client_ip: str) -> UserRecord:
+        """The verified account of a claimed address, when `password` is its own; else
+        EMAIL_TAKEN (its owner signs in and accepts)."""
+        if not await self._password_matches(user, password, client_ip,
+                                            wrong_event="CLAIM_PASSWORD_WRONG"):
+            raise email_taken()
+        security_events.record("ACCOUNT_CLAIM_REPEATED", severity=security_events.INFO,
+                               ip=client_ip, user_id=user.id)
+        return user
 
     async def find_by_email(self, email: str) -> UserRecord | None:
         return await self._identities.user_by_email(valid_email(email))
@@ -317,9 +344,17 @@ class Accounts:
 
     async def _check_current_password(self, user: UserRecord, password: str,
                                       client_ip: str) -> None:
-        """Like a sign-in: counted against the account's and the address's brute-force limits."""
-        if not password or len(password) > MAX_PASSWORD_LENGTH:
+        if not await self._password_matches(user, password, client_ip,
+                                            wrong_event="CURRENT_PASSWORD_WRONG"):
             raise wrong_password()
+
+    async def _password_matches(self, user: UserRecord, password: str, client_ip: str, *,
+                                wrong_event: str) -> bool:
+        """Like a sign-in: counted against the account's and the address's brute-force limits
+        (TOO_MANY_ATTEMPTS once they lock); a wrong password is the security event
+        `wrong_event`."""
+        if not password or len(password) > MAX_PASSWORD_LENGTH:
+            return False
         attempt = await self._limiter.begin(self._limiter.subjects(normalise_email(user.email),
                                                                    client_ip))
         try:
@@ -328,15 +363,16 @@ class Accounts:
             await self._limiter.abandoned(attempt)
             raise
         if not result.ok:
-            security_events.record("CURRENT_PASSWORD_WRONG", ip=client_ip, user_id=user.id)
+            security_events.record(wrong_event, ip=client_ip, user_id=user.id)
             lockout = await self._limiter.failed(attempt)
             if lockout is not None:
                 security_events.record("LOGIN_LOCKOUT", ip=client_ip, user_id=user.id,
                                        locked=lockout.subject_kind, seconds=lockout.seconds,
                                        account=account_id(user.email), during="password check")
                 raise too_many_attempts(lockout.seconds)
-            raise wrong_password()
+            return False
         await self._limiter.succeeded(attempt)
+        return True
 
     async def _check_resend(self, user_id: str, purpose: str, now: datetime) -> None:
         """At most one link a minute and VERIFICATION_EMAILS_PER_HOUR an hour per account."""

@@ -2,8 +2,10 @@
 
 Retries are the channel's (posmesh.common.clients: UNAVAILABLE, a few times within half a
 second), in one place, never stacked here. Errors become ApiErrors: auth's own reasons (an
-invalid email, a weak password, an unverified address) pass through; an unreachable auth is
-UNAVAILABLE `AUTH_UNAVAILABLE`.
+invalid email, a weak password, an unverified address) pass through, and so does its
+`SERVER_BUSY` (its new-password hasher is full: retry after `retry_after_seconds`); any other
+UNAVAILABLE is UNAVAILABLE `AUTH_UNAVAILABLE` (nothing was applied), and so is a timeout, whose
+outcome is unknown (`auth_outcome`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 3.0
+# ClaimAccount hashes the new password in auth's paced new-password queue: up to
+# ENROLLMENT_HASH_MAX_PENDING (10) waiting at ENROLLMENT_HASHES_PER_SECOND (5), about 2 s before a
+# hash starts, longer while sign-ins pause the hasher; a full queue answers SERVER_BUSY at once.
+# This deadline covers that wait (and stays below the edge's 15 s), so a busy hasher is answered,
+# not timed out. Should it still run out after auth created the account, the retry is safe:
+# ClaimAccount answers a verified account claimed with its own password as the same claim.
+CLAIM_TIMEOUT_SECONDS = 10.0
 _BY_CODE: dict[grpc.StatusCode, type[errors.ApiError]] = {
     cls.code: cls for cls in (
         errors.InvalidArgument, errors.NotFound, errors.AlreadyExists, errors.FailedPrecondition,
         errors.PermissionDenied, errors.ResourceExhausted, errors.Aborted,
     )
 }
+# UNAVAILABLE answers of auth that reach the client as they are: auth refused before changing
+# anything and says when to retry (SERVER_BUSY: the new-password hasher's queue is full).
+PASSED_THROUGH_UNAVAILABLE = frozenset({"SERVER_BUSY"})
 
 
 def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
@@ -45,13 +57,22 @@ def _reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
 
 def translate(error: grpc.aio.AioRpcError, operation: str) -> errors.ApiError:
     code = error.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.CANCELLED):
+    if code is grpc.StatusCode.UNAVAILABLE:
+        reason, metadata = _reason(error)
+        if reason in PASSED_THROUGH_UNAVAILABLE:
+            return errors.Unavailable(reason, error.details() or f"{operation} was refused",
+                                      **metadata)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        # Auth may have applied it all the same: say so. Every auth call of this service is safe
+        # to repeat (grants and revocations are idempotent, ClaimAccount with the same password).
+        return errors.Unavailable(
+            "AUTH_UNAVAILABLE", "the auth service did not answer in time, so whether it made the "
+            "change is unknown; retrying the same request shortly is safe", retryable="true",
+            auth_outcome="unknown")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return errors.Unavailable(
             "AUTH_UNAVAILABLE", "the auth service is unavailable; nothing was changed, retry shortly",
-            retryable="true",
-            # A timeout may have been applied by auth all the same; UNAVAILABLE never was.
-            auth_outcome="unknown" if code is grpc.StatusCode.DEADLINE_EXCEEDED else "not_applied")
+            retryable="true", auth_outcome="not_applied")
     reason, metadata = _reason(error)
     if (cls := _BY_CODE.get(code)) is not None:
         return cls(reason or code.name, error.details() or f"{operation} was refused", **metadata)
@@ -64,9 +85,11 @@ def _account(user: auth_pb2.User) -> UserAccount:
 
 
 class AuthAccounts:
-    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = CALL_TIMEOUT_SECONDS,
+                 claim_timeout: float = CLAIM_TIMEOUT_SECONDS) -> None:
         self._stub = auth_pb2_grpc.AuthAdminServiceStub(channel)
         self._timeout = timeout
+        self._claim_timeout = claim_timeout
 
     @staticmethod
     async def _call(operation: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -80,7 +103,7 @@ class AuthAccounts:
         reply = await self._call("ClaimAccount", lambda: self._stub.ClaimAccount(
             auth_pb2.ClaimAccountRequest(email=email, full_name=full_name, password=password,
                                          client_ip=client_ip),
-            timeout=self._timeout))
+            timeout=self._claim_timeout))
         return _account(reply.user)
 
     async def find_user_by_email(self, email: str) -> UserAccount | None:

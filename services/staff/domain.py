@@ -365,12 +365,13 @@ class StaffDomain:
             actor = await self._actor(tx, caller, rid)
             if denial := rules.role_denial(actor.access_role, name, new_role=new.access_role):
                 self._deny(caller, denial)
-            # A deactivated record of the address is reactivated, not duplicated.
+            # A deactivated record of the address is reactivated, an invited one's invitation
+            # resent: never duplicated.
             if (existing := await tx.employee_with_email(rid, new.email)) is not None:
-                raise _employee_exists(existing)
+                raise await _employee_exists(tx, existing)
             employee = await tx.insert_employee(rid, new)
             if employee is None:  # a concurrent invitation of the same address won
-                raise _employee_exists(await tx.employee_with_email(rid, new.email))
+                raise await _employee_exists(tx, await tx.employee_with_email(rid, new.email))
             await tx.record_change(employee, caller.user_id, "invited",
                                    {field: _json_value(value) for field, value in _fields(new).items()})
             invitation = await self.invitations.send_in(tx, restaurant, employee, actor)
@@ -477,7 +478,9 @@ class StaffDomain:
             if target.state != DEACTIVATED:
                 return target  # active or invited already: nothing to do
             if target.user_id is None:
-                # Never accepted: invited again, with a new link.
+                # Never accepted: invited again, with a new link. The mails sent to the address
+                # before still count against the send limits.
+                await self.invitations.refuse_if_sent_too_often(tx, rid, target.email or "")
                 updated = await tx.reactivate_employee(target.id, invited=True)
                 await tx.record_change(updated, caller.user_id, "reinvited", {})
                 actor = await self._actor(tx, caller, rid)
@@ -603,11 +606,24 @@ def _restaurant_column(restaurant: Restaurant, column: str) -> Any:
     return getattr(restaurant, column)
 
 
-def _employee_exists(existing: Employee | None) -> AlreadyExists:
+async def _employee_exists(tx: StaffTransaction, existing: Employee | None) -> AlreadyExists:
+    """EMPLOYEE_EXISTS, with what to do instead for the state the existing record is in."""
     if existing is None:  # the row that conflicted vanished: cannot happen under the lock
         return AlreadyExists("EMPLOYEE_EXISTS", "this user is already an employee of this restaurant")
-    hint = "" if existing.active else (
-        f"; they are deactivated: reactivate them with POST /api/v1/employees/{existing.id}:undelete")
+    invitation_id = None
+    if existing.state == INVITED:
+        # An invited record always has its open invitation (revoking one deactivates the record).
+        invitation = await tx.open_invitation_of_employee(existing.id)
+        invitation_id = invitation.id if invitation is not None else None
+        hint = (f"; they are invited and have not accepted yet: send the invitation again with "
+                f"POST /api/v1/invitations/{invitation_id}:resend" if invitation_id else
+                "; they are invited and have not accepted yet: resend their invitation")
+    elif existing.state == DEACTIVATED:
+        hint = (f"; they are deactivated: reactivate them with "
+                f"POST /api/v1/employees/{existing.id}:undelete")
+    else:
+        hint = ""
     return AlreadyExists("EMPLOYEE_EXISTS",
                          f"this user is already employee {existing.id} of this restaurant{hint}",
-                         employee_id=existing.id, active=str(existing.active).lower())
+                         employee_id=existing.id, active=str(existing.active).lower(),
+                         state=existing.state, invitation_id=invitation_id)

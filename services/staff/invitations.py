@@ -10,15 +10,19 @@ Accepting, two ways:
   takes over an unverified one of that address (its registrant never received its mail), and the
   address counts as verified.
 
-No network call is made under a row lock: the account and the membership are settled with auth
-first, then one transaction re-checks the invitation under its lock and activates the employee;
-if that transaction refuses, the membership is put back as it was.
+No network call is made under a row lock, but for one rare case: the account and the membership
+are settled with auth first, then one transaction re-checks the invitation under its lock and
+activates the employee; if that transaction refuses, the membership is put back as it was. The
+rare case: a manager changed the invited employee's role after that grant, so the record's role
+is granted again while its row is locked (the role granted is then the role recorded).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -55,7 +59,11 @@ from services.staff.store import StaffStore, StaffTransaction
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pmiv_"
+# The send limits, per address and restaurant: one mail a minute, and INVITATION_SENDS_PER_DAY
+# in any 24 hours (a rolling window). Every mail counts, whichever invitation it belonged to: a
+# resend, and the new invitation an undelete sends, alike.
 RESEND_GAP = timedelta(seconds=60)
+SEND_WINDOW = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,27 @@ def _now() -> datetime:
 
 def _invitation_id(raw: str) -> uuid.UUID:
     return validation.resource_id(raw, "invitation_id")
+
+
+def _whole_seconds(wait: timedelta) -> str:
+    return str(max(1, math.ceil(wait.total_seconds())))
+
+
+def send_refusal(sent: Sequence[datetime], now: datetime, per_day: int) -> ResourceExhausted | None:
+    """Why this restaurant may not mail an invitation to an address now, given when it did in the
+    last 24 hours (oldest first); None when it may."""
+    recent = [time for time in sent if now - time < SEND_WINDOW]
+    if recent and now - recent[-1] < RESEND_GAP:
+        return ResourceExhausted(
+            "TOO_MANY_EMAILS", "an invitation was mailed to this address less than a minute ago",
+            retry_after_seconds=_whole_seconds(recent[-1] + RESEND_GAP - now))
+    if len(recent) >= per_day:
+        # A mail may leave once enough of these are older than a day to leave one slot free.
+        frees = recent[len(recent) - per_day] + SEND_WINDOW
+        return ResourceExhausted(
+            "TOO_MANY_EMAILS", f"{len(recent)} invitations were mailed to this address in the "
+            f"last 24 hours, the most allowed", retry_after_seconds=_whole_seconds(frees - now))
+    return None
 
 
 def invitation_not_found(invitation_id: str) -> NotFound:
@@ -105,6 +134,16 @@ class Invitations:
         self.sends_per_day = settings.invitation_sends_per_day
 
     # --- sending (inside the caller's transaction) ---------------------------------------------
+
+    async def refuse_if_sent_too_often(self, tx: StaffTransaction, restaurant_id: uuid.UUID,
+                                       email: str) -> None:
+        """TOO_MANY_EMAILS when the send limits leave no mail to `email` now. Checked before
+        every mail but the first to an address (CreateEmployee refuses an address that has a
+        record here, and records are never deleted, so its first mail is always the first)."""
+        now = _now()
+        sent = await tx.invitation_send_times(restaurant_id, email, since=now - SEND_WINDOW)
+        if (refusal := send_refusal(sent, now, self.sends_per_day)) is not None:
+            raise refusal
 
     async def send_in(self, tx: StaffTransaction, restaurant: Restaurant, employee: Employee,
                       inviter: Employee) -> Invitation:
@@ -163,13 +202,7 @@ class Invitations:
             state = invitation.state_at(now)
             if state not in (PENDING, EXPIRED):
                 raise closed_invitation_error(invitation, now)
-            if now - invitation.send_time < RESEND_GAP:
-                raise ResourceExhausted("TOO_MANY_EMAILS", "this invitation was sent less than a "
-                                        "minute ago", retry_after_seconds="60")
-            if invitation.send_count >= self.sends_per_day and \
-                    now - invitation.create_time < timedelta(days=1):
-                raise ResourceExhausted("TOO_MANY_EMAILS", "this invitation was sent too often "
-                                        "today", retry_after_seconds="3600")
+            await self.refuse_if_sent_too_often(tx, rid, invitation.email)
             token = opaque_tokens.issue(TOKEN_PREFIX)
             invitation = await tx.resend_invitation(invitation.id, token_digest=token.digest,
                                                     expire_time=now + self.ttl)
@@ -273,8 +306,9 @@ class Invitations:
         """The membership first (auth), then the employee under the invitation's lock; the
         membership is put back if that transaction refuses."""
         rid = str(invitation.restaurant_id)
+        granted_role = invitation.access_role  # the record's role when the invitation was read
         granted = await self.accounts.grant_membership(user_id, rid, invitation.restaurant_name,
-                                                       invitation.access_role)
+                                                       granted_role)
         try:
             async with self.store.transaction() as tx:
                 current = await tx.invitation_for_update(invitation.restaurant_id,
@@ -291,10 +325,12 @@ class Invitations:
                 if await tx.employee_of_user(invitation.restaurant_id, uuid.UUID(user_id)):
                     raise AlreadyExists("EMPLOYEE_EXISTS", "your account already has an employee "
                                         "record in this restaurant")
-                if employee.access_role != current.access_role:
-                    # The role changed since the grant: grant the current one (idempotent).
-                    granted = await self.accounts.grant_membership(
-                        user_id, rid, invitation.restaurant_name, employee.access_role)
+                if employee.access_role != granted_role:
+                    # A manager changed the role since the grant. The employee row is locked now,
+                    # so the role cannot change again before the commit: grant the recorded one.
+                    # (What to put back on failure stays the role from before the first grant.)
+                    await self.accounts.grant_membership(user_id, rid, invitation.restaurant_name,
+                                                         employee.access_role)
                 employee = await tx.activate_employee(employee.id, uuid.UUID(user_id))
                 await tx.record_change(employee, user_id, "invitation_accepted",
                                        {"access_role": employee.access_role})

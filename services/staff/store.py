@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, AsyncIterator
 
 import sqlalchemy as sa
@@ -92,6 +93,20 @@ invitations = sa.Table(
     sa.Column("revoke_time", sa.DateTime(timezone=True)),
 )
 _open_invitation = sa.and_(invitations.c.accept_time.is_(None), invitations.c.revoke_time.is_(None))
+
+# Every invitation mail (the first and each resend), kept across invitations: the send limits
+# count these per address and restaurant.
+invitation_sends = sa.Table(
+    "invitation_sends", metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("restaurant_id", pg.UUID(as_uuid=True), sa.ForeignKey(restaurants.c.id),
+              nullable=False),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("invitation_id", pg.UUID(as_uuid=True), sa.ForeignKey(invitations.c.id),
+              nullable=False),
+    sa.Column("send_time", sa.DateTime(timezone=True), nullable=False,
+              server_default=sa.func.now()),
+)
 
 # Who changed which employee record, how, and when: the history kept across deactivations.
 employee_changes = sa.Table(
@@ -242,12 +257,31 @@ class StaffTransaction:
     # --- invitations ---------------------------------------------------------------------
 
     async def insert_invitation(self, restaurant_id: uuid.UUID, new: NewInvitation) -> Invitation:
+        """A new invitation, counted as a mail to its address."""
         invitation_id = uuid.uuid4()
         await self.conn.execute(invitations.insert().values(
             id=invitation_id, restaurant_id=restaurant_id, employee_id=new.employee_id,
             email=new.email, token_hash=new.token_digest, invited_by=uuid.UUID(new.invited_by),
             create_time=sa.func.now(), expire_time=new.expire_time, send_time=sa.func.now()))
+        await self._count_send(restaurant_id, new.email, invitation_id)
         return await self._invitation_where(invitations.c.id == invitation_id)
+
+    async def invitation_send_times(self, restaurant_id: uuid.UUID, email: str, *,
+                                    since: datetime) -> list[datetime]:
+        """When this restaurant mailed an invitation to `email` since `since`, oldest first."""
+        rows = (await self.conn.execute(
+            sa.select(invitation_sends.c.send_time)
+            .where(invitation_sends.c.restaurant_id == restaurant_id,
+                   invitation_sends.c.email == email, invitation_sends.c.send_time > since)
+            .order_by(invitation_sends.c.send_time)
+        )).all()
+        return [row.send_time for row in rows]
+
+    async def _count_send(self, restaurant_id: uuid.UUID, email: str,
+                          invitation_id: uuid.UUID) -> None:
+        await self.conn.execute(invitation_sends.insert().values(
+            restaurant_id=restaurant_id, email=email, invitation_id=invitation_id,
+            send_time=sa.func.now()))
 
     async def invitation_for_update(self, restaurant_id: uuid.UUID | None, *,
                                     invitation_id: uuid.UUID | None = None,
@@ -269,10 +303,13 @@ class StaffTransaction:
 
     async def resend_invitation(self, invitation_id: uuid.UUID, *, token_digest: bytes,
                                 expire_time: Any) -> Invitation:
-        await self.conn.execute(invitations.update().where(invitations.c.id == invitation_id)
-                                .values(token_hash=token_digest, expire_time=expire_time,
-                                        send_time=sa.func.now(),
-                                        send_count=invitations.c.send_count + 1))
+        """A new link and expiry, counted as a mail to its address."""
+        row = (await self.conn.execute(
+            invitations.update().where(invitations.c.id == invitation_id)
+            .values(token_hash=token_digest, expire_time=expire_time, send_time=sa.func.now(),
+                    send_count=invitations.c.send_count + 1)
+            .returning(invitations.c.restaurant_id, invitations.c.email))).one()
+        await self._count_send(row.restaurant_id, row.email, invitation_id)
         return await self._invitation_where(invitations.c.id == invitation_id)
 
     async def close_invitation(self, invitation_id: uuid.UUID, *,

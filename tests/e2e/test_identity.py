@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from posmesh.common import db as db_engine
 from services.auth.store import AuthStore
 
-from tests.support.accounts import auth_db, staff_db
+from posmesh.auth.v1 import auth_pb2
+from tests.support.accounts import admin_call, auth_db, staff_db
 from tests.support.mail import default_mailbox, token_from
 from tests.support.orders import open_restaurant
 from tests.support.restaurants import (
@@ -195,6 +196,8 @@ async def test_an_expired_invitation_is_refused_until_resent_and_a_used_one_cann
         await db.execute("UPDATE invitations SET expire_time = now() - interval '1 second', "
                          "send_time = now() - interval '2 minutes' WHERE employee_id = $1",
                          uuid.UUID(employee["id"]))
+        await db.execute("UPDATE invitation_sends SET send_time = now() - interval '2 minutes' "
+                         "WHERE email = $1", email)
     expired = await edge.post("/api/v1/invitations:accept", json={"token": first,
                                                                   "password": PASSWORD})
     assert expired.status_code == 409 and error_reason(expired) == "INVITATION_EXPIRED"
@@ -214,6 +217,68 @@ async def test_an_expired_invitation_is_refused_until_resent_and_a_used_one_cann
     assert reused.status_code == 409 and error_reason(reused) == "INVITATION_USED"
 
 
+async def age_invitation_mails(stack, email: str, by: str) -> None:
+    """Moves every invitation mail to `email` (and its invitation) `by` into the past."""
+    async with staff_db(stack) as db:
+        await db.execute(f"UPDATE invitation_sends SET send_time = send_time - interval '{by}' "
+                         "WHERE email = $1", email)
+        await db.execute(f"UPDATE invitations SET send_time = send_time - interval '{by}', "
+                         f"create_time = create_time - interval '{by}' WHERE email = $1", email)
+
+
+async def test_invitation_mails_stay_limited_per_day_after_the_invitations_first_day(stack, edge):
+    """ASVS 5.0 V2.4.1 (anti-automation): a restaurant cannot flood an address with invitations:
+    at most INVITATION_SENDS_PER_DAY mails to it in any 24 hours, however old the invitation."""
+    limit = stack.settings.invitation_sends_per_day
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("flooded")
+    ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                       json={"first_name": "Flooded", "email": email}))
+    (invitation,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers))["invitations"]
+    resend = f"/api/v1/invitations/{invitation['id']}:resend"
+    await age_invitation_mails(stack, email, "2 days")  # past its first day, still pending
+    for _ in range(limit):
+        await age_invitation_mails(stack, email, "2 minutes")  # past the one-minute gap
+        ok(await edge.post(resend, headers=owner.headers, json={}))
+    await age_invitation_mails(stack, email, "2 minutes")
+
+    refused = await edge.post(resend, headers=owner.headers, json={})
+    assert refused.status_code == 429 and error_reason(refused) == "TOO_MANY_EMAILS"
+    # The oldest of the day's mails leaves the window in a bit under 24 hours.
+    assert 23 * 3600 < int(error_metadata(refused)["retry_after_seconds"]) < 24 * 3600
+    (listed,) = ok(await edge.get("/api/v1/invitations", headers=owner.headers))["invitations"]
+    assert listed["send_count"] == limit + 1
+
+
+async def test_deactivating_and_undeleting_an_invited_employee_keeps_counting_their_mails(
+        stack, edge):
+    """ASVS 5.0 V2.4.1: each undelete mails a new invitation; the mails before still count."""
+    limit = stack.settings.invitation_sends_per_day
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("reinvited")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Again", "email": email}))
+    path = f"/api/v1/employees/{employee['id']}"
+    ok(await edge.delete(path, headers=owner.headers))
+    too_soon = await edge.post(path + ":undelete", headers=owner.headers, json={})
+    assert too_soon.status_code == 429 and error_reason(too_soon) == "TOO_MANY_EMAILS"
+    assert 0 < int(error_metadata(too_soon)["retry_after_seconds"]) <= 60
+    for _ in range(limit - 1):  # each undelete mails a new invitation (its send_count is 1)
+        await age_invitation_mails(stack, email, "2 minutes")
+        assert ok(await edge.post(path + ":undelete", headers=owner.headers,
+                                  json={}))["state"] == "INVITED"
+        ok(await edge.delete(path, headers=owner.headers))
+    await age_invitation_mails(stack, email, "2 minutes")
+
+    refused = await edge.post(path + ":undelete", headers=owner.headers, json={})
+    assert refused.status_code == 429 and error_reason(refused) == "TOO_MANY_EMAILS"
+    assert int(error_metadata(refused)["retry_after_seconds"]) > 23 * 3600
+    assert ok(await edge.get(path, headers=owner.headers))["state"] == "DEACTIVATED"
+    async with staff_db(stack) as db:
+        assert await db.fetchval("SELECT count(*) FROM invitation_sends WHERE email = $1",
+                                 email) == limit
+
+
 async def test_a_revoked_invitation_deactivates_the_invited_employee(edge):
     owner, _ = await create_restaurant_as_owner(edge)
     email = unique_email("withdrawn")
@@ -230,6 +295,29 @@ async def test_a_revoked_invitation_deactivates_the_invited_employee(edge):
     assert refused.status_code == 409 and error_reason(refused) == "INVITATION_REVOKED"
     record = ok(await edge.get(f"/api/v1/employees/{employee['id']}", headers=owner.headers))
     assert record["state"] == "DEACTIVATED"
+
+
+async def test_an_acceptance_retried_after_auth_made_the_account_accepts_for_that_account(
+        stack, edge):
+    """The first attempt's ClaimAccount went through in auth but its answer never reached staff
+    (the deadline ran out: AUTH_UNAVAILABLE, outcome unknown). Sending the same request again
+    accepts for the account it made, not EMAIL_TAKEN; another password gets nothing."""
+    owner, _ = await create_restaurant_as_owner(edge)
+    email = unique_email("retried")
+    employee = ok(await edge.post("/api/v1/employees", headers=owner.headers,
+                                  json={"first_name": "Retried", "email": email}))
+    token = await mail_token(email, INVITATION_SUBJECT)
+    lost = await admin_call(stack, "ClaimAccount", auth_pb2.ClaimAccountRequest(
+        email=email, full_name="Retried", password=PASSWORD))  # what the first attempt did
+
+    other = await edge.post("/api/v1/invitations:accept", json={
+        "token": token, "password": "not the password chosen first"})
+    assert other.status_code == 409 and error_reason(other) == "EMAIL_TAKEN"
+    accepted = ok(await edge.post("/api/v1/invitations:accept", json={"token": token,
+                                                                      "password": PASSWORD}))
+    assert (accepted["user_id"], accepted["employee"]["id"]) == (lost.user.id, employee["id"])
+    assert accepted["employee"]["state"] == "ACTIVE"
+    assert (await login(edge, email, owner.restaurant_id)).role == "staff"
 
 
 async def test_a_verified_account_accepts_signed_in_and_only_with_its_own_address(edge):

@@ -116,12 +116,18 @@ _ID_BASED_OTHER = {"GetRestaurant", "GetEmployee", "UpdateEmployee", "DeleteEmpl
 # --- requests --------------------------------------------------------------------------------
 
 
-async def fresh_staff_employee(edge, world: World, *, deactivated: bool = False) -> str:
+async def fresh_staff_employee(edge, stack, world: World, *, deactivated: bool = False) -> str:
+    """An invited staff-role employee of A; deactivated, with its invitation mail aged past the
+    one-minute gap (undeleting it mails a new one)."""
     owner = world.a["owner"]
+    email = unique_email("target")
     employee = ok(await edge.post("/api/v1/employees", headers=owner.headers, json={
-        "first_name": "Target", "email": unique_email("target")}))
+        "first_name": "Target", "email": email}))
     if deactivated:
         ok(await edge.delete(f"/api/v1/employees/{employee['id']}", headers=owner.headers))
+        async with staff_db(stack) as connection:
+            await connection.execute("UPDATE invitation_sends SET send_time = now() - "
+                                     "interval '2 minutes' WHERE email = $1", email)
     return employee["id"]
 
 
@@ -137,6 +143,9 @@ async def fresh_invitation(edge, stack, world: World) -> str:
     async with staff_db(stack) as connection:
         await connection.execute("UPDATE invitations SET send_time = now() - interval '2 minutes' "
                                  "WHERE id = $1", uuid.UUID(invitation["id"]))
+        await connection.execute("UPDATE invitation_sends SET send_time = now() - "
+                                 "interval '2 minutes' WHERE invitation_id = $1",
+                                 uuid.UUID(invitation["id"]))
     return invitation["id"]
 
 
@@ -183,7 +192,7 @@ async def build_request(edge, stack, world: World, rpc: str, target: str) -> dic
         employee_id = world.b_employee_id if other else world.a["staff"].employee_id
         return dict(method="GET", url=f"/api/v1/employees/{employee_id}")
     employee_id = world.b_employee_id if other else await fresh_staff_employee(
-        edge, world, deactivated=rpc == "UndeleteEmployee")
+        edge, stack, world, deactivated=rpc == "UndeleteEmployee")
     if rpc == "UpdateEmployee":
         return dict(method="PATCH", url=f"/api/v1/employees/{employee_id}",
                     json={"job_title": "server", "version": 1})

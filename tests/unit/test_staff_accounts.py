@@ -1,6 +1,6 @@
-"""How the staff service reads the auth service's answers: reasons pass through, an unreachable
-auth is a retryable AUTH_UNAVAILABLE (the channel retried already), a timeout is an unknown
-outcome."""
+"""How the staff service reads the auth service's answers: reasons pass through (SERVER_BUSY too,
+with when to retry), an unreachable auth is a retryable AUTH_UNAVAILABLE (the channel retried
+already), a timeout is an unknown outcome."""
 
 from __future__ import annotations
 
@@ -36,9 +36,57 @@ def test_an_unreachable_auth_is_unavailable_and_known_not_applied():
     assert translated.metadata["auth_outcome"] == "not_applied"
 
 
-def test_a_timeout_is_unavailable_with_an_unknown_outcome():
+def test_auths_server_busy_reaches_the_client_as_it_is_with_when_to_retry():
+    busy = errors.Unavailable("SERVER_BUSY", "too many new passwords are being processed; retry "
+                              "shortly", retryable="true", retry_after_seconds=1)
+    translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE, busy), "ClaimAccount")
+    assert isinstance(translated, errors.Unavailable) and translated.reason == "SERVER_BUSY"
+    assert translated.metadata == {"retryable": "true", "retry_after_seconds": "1"}
+    assert translated.message == busy.message
+
+
+def test_auths_other_unavailable_answers_are_auth_unavailable_and_known_not_applied():
+    limiter_down = errors.Unavailable("RATE_LIMITER_UNAVAILABLE", "the limiter is down")
+    translated = translate(rpc_error(grpc.StatusCode.UNAVAILABLE, limiter_down), "ClaimAccount")
+    assert translated.reason == "AUTH_UNAVAILABLE"
+    assert translated.metadata["auth_outcome"] == "not_applied"
+
+
+def test_a_timeout_is_unavailable_with_an_unknown_outcome_and_says_so():
     translated = translate(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), "GrantMembership")
     assert translated.reason == "AUTH_UNAVAILABLE" and translated.metadata["auth_outcome"] == "unknown"
+    assert "nothing was changed" not in translated.message
+    assert "unknown" in translated.message and "retrying the same request" in translated.message
+
+
+class RecordingStub:
+    def __init__(self) -> None:
+        self.timeouts: dict[str, float] = {}
+
+    async def ClaimAccount(self, request, timeout):
+        self.timeouts["ClaimAccount"] = timeout
+        return auth_pb2.ClaimAccountResponse(user=auth_pb2.User(id="u", email=request.email))
+
+    async def GrantMembership(self, request, timeout):
+        self.timeouts["GrantMembership"] = timeout
+        return auth_pb2.GrantMembershipResponse()
+
+
+async def test_claim_account_waits_longer_than_other_calls_for_auths_new_password_queue():
+    from posmesh.common.settings import Settings
+
+    settings = Settings()
+    queue_seconds = (settings.enrollment_hash_max_pending
+                     / settings.enrollment_hashes_per_second)
+    accounts = AuthAccounts(grpc.aio.insecure_channel("127.0.0.1:9"))
+    accounts._stub = RecordingStub()
+    await accounts.claim_account("sam@example.com", "Sam", "correct horse battery", "")
+    await accounts.grant_membership("u", "r", "Name", "staff")
+
+    timeouts = accounts._stub.timeouts
+    claim, grant = timeouts["ClaimAccount"], timeouts["GrantMembership"]
+    assert claim >= queue_seconds + grant  # a full queue, then an ordinary call's time
+    assert claim < settings.edge_request_timeout_seconds  # answered before the edge gives up
 
 
 def test_an_unexpected_code_is_internal_not_a_leak_of_the_peer_message():

@@ -4,11 +4,18 @@ with the employee record when auth or the commit fails.
 
 The store fake keeps the real store's contract (transactions roll back on any error, the commit
 can be made to fail); SQL itself is covered over the wire in tests/e2e/test_staff_*.py.
+
+Every error a test sees an entry point answer with must be declared by that RPC's
+`method_errors` (or implied by its access kind): the domain's entry points are wrapped with that
+check, so an unhappy path tested here cannot drift from the contract. (The static scan in
+test_error_catalogue.py sees only reasons written in the code, not the ones relayed from auth.)
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 import dataclasses
 import itertools
 import uuid
@@ -27,11 +34,13 @@ from posmesh.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from posmesh.common.settings import Settings
 from services.staff.domain import MembershipChange, StaffDomain, UserAccount
-from services.staff.invitations import Invitations
+from services.staff import invitations as invitations_module
+from services.staff.invitations import Invitations, send_refusal
 from services.staff.models import (
     ACTIVE,
     DEACTIVATED,
@@ -46,12 +55,23 @@ from services.staff.models import (
 )
 from services.staff.models import Employee as EmployeeRecord
 from services.staff.store import RESTAURANT_ADDRESS_COLUMNS
+from stack import codegen, contract
+from stack.error_reasons import Catalogue
+from tests.unit.reason_scan import ROOT
 
 _clock = itertools.count()
+_elapsed = [timedelta(0)]  # moved on by `advance`
 
 
 def _now() -> datetime:
-    return datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=next(_clock))
+    """The one clock of these tests (the invitations' rules read it too); every reading is
+    later than the one before."""
+    return (datetime(2025, 1, 1, tzinfo=timezone.utc) + _elapsed[0]
+            + timedelta(microseconds=next(_clock)))
+
+
+def advance(delta: timedelta) -> None:
+    _elapsed[0] += delta
 
 
 class _Now:
@@ -136,7 +156,12 @@ class MemoryTransaction:
                "expire_time": new.expire_time, "send_time": now, "send_count": 1,
                "accept_time": None, "revoke_time": None, "accepted_by": None}
         self.data["invitations"][row["id"]] = row
+        self.data["sends"].append((rid, new.email, now))
         return self._invitation_view(row)
+
+    async def invitation_send_times(self, rid, email, *, since):
+        return sorted(time for r, e, time in self.data["sends"]
+                      if r == rid and e == email and time > since)
 
     async def invitation_for_update(self, rid, *, invitation_id=None, token_digest=None):
         for row in self.data["invitations"].values():
@@ -157,6 +182,7 @@ class MemoryTransaction:
         row = self.data["invitations"][invitation_id]
         row.update(token_digest=token_digest, expire_time=expire_time, send_time=_now(),
                    send_count=row["send_count"] + 1)
+        self.data["sends"].append((row["restaurant_id"], row["email"], row["send_time"]))
         return self._invitation_view(row)
 
     async def close_invitation(self, invitation_id, *, accepted_by=None):
@@ -195,7 +221,7 @@ class MemoryTransaction:
 class MemoryStore:
     def __init__(self) -> None:
         self.data = {"restaurants": {}, "employees": {}, "changes": [], "invitations": {},
-                     "mails": []}
+                     "mails": [], "sends": []}
         self.fail_commit = False
 
     @asynccontextmanager
@@ -257,6 +283,11 @@ class FakeAccounts:
         self.memberships: dict[tuple[str, str], str] = {}
         self.calls: list[tuple] = []
         self.fail: dict[str, ApiError] = {}
+        # Runs once, after the next grant is applied (what happens meanwhile elsewhere).
+        self.after_next_grant = None
+        self.passwords: dict[str, str] = {}
+        # The next claim is applied, but its answer never arrives (the deadline ran out).
+        self.next_claim_times_out = False
 
     def add_user(self, email: str, full_name: str = "Ada Lovelace", *,
                  verified: bool = True) -> str:
@@ -271,16 +302,26 @@ class FakeAccounts:
     async def claim_account(self, email, full_name, password, client_ip):
         self.calls.append(("claim", email))
         self._maybe_fail("claim")
+        claimed = self._claim(email, full_name, password)
+        if self.next_claim_times_out:
+            self.next_claim_times_out = False
+            raise AUTH_TIMEOUT
+        return claimed
+
+    def _claim(self, email, full_name, password) -> UserAccount:
+        """Auth's ClaimAccount: created, taken over, or (verified, its own password) the same."""
         for user in list(self.users.values()):
             if user.email == email:
                 if user.email_verified:
-                    raise AlreadyExists("EMAIL_TAKEN", "sign in and accept")
+                    if self.passwords.get(user.id) != password:
+                        raise AlreadyExists("EMAIL_TAKEN", "sign in and accept")
+                    return user
                 del self.users[user.id]  # taken over: same id, now verified
                 claimed = UserAccount(user.id, email, full_name, True)
-                self.users[user.id] = claimed
+                self.users[user.id], self.passwords[user.id] = claimed, password
                 return claimed
         user = UserAccount(str(uuid.uuid4()), email, full_name, True)
-        self.users[user.id] = user
+        self.users[user.id], self.passwords[user.id] = user, password
         return user
 
     async def find_user_by_email(self, email):
@@ -294,7 +335,12 @@ class FakeAccounts:
         self.calls.append(("grant", user_id, restaurant_id, role))
         self._maybe_fail("grant")
         previous = self.memberships.get((user_id, restaurant_id), "")
+        if not previous and not self.users[user_id].email_verified:
+            raise FailedPrecondition("EMAIL_NOT_VERIFIED", "verify first", action="VERIFY_EMAIL")
         self.memberships[(user_id, restaurant_id)] = role
+        if (meanwhile := self.after_next_grant) is not None:
+            self.after_next_grant = None
+            await meanwhile()
         return MembershipChange(previous, 1 if previous and previous != role else 0)
 
     async def revoke_membership(self, user_id, restaurant_id):
@@ -337,11 +383,71 @@ class RecordedTemplates:
                 "role": role, "token": token}
 
 
+SERVICE = "posmesh.staff.v1.StaffService"
+
+
+@functools.lru_cache(maxsize=1)
+def entry_points() -> dict[str, tuple[str, str]]:
+    """RPC -> (servicer attribute, method) it delegates to, as servicer.py is written:
+    `self.domain.create_restaurant(...)` in CreateRestaurant -> ("domain", "create_restaurant")."""
+    tree = ast.parse((ROOT / "services" / "staff" / "servicer.py").read_text())
+    (servicer,) = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    found = {}
+    for method in servicer.body:
+        if not isinstance(method, ast.AsyncFunctionDef):
+            continue
+        for call in ast.walk(method):
+            func = getattr(call, "func", None)
+            if (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)
+                    and isinstance(func.value, ast.Attribute)
+                    and isinstance(func.value.value, ast.Name) and func.value.value.id == "self"):
+                found[method.name] = (func.value.attr, func.attr)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def declared_reasons() -> dict[str, frozenset[str]]:
+    catalogue = Catalogue(contract.load(codegen.DESCRIPTOR_SET))
+    return {rpc: frozenset(reason.name for reason in catalogue.rpc_reasons(SERVICE, rpc))
+            for rpc in entry_points()}
+
+
+def answering_only_declared_reasons(targets: dict[str, object]) -> None:
+    """Wraps every entry point of `targets` ({"domain": ..., "invitations": ...}) so that an
+    ApiError its RPC does not declare fails the test."""
+    for rpc, (attribute, method) in entry_points().items():
+        target = targets[attribute]
+        original = getattr(target, method)
+
+        @functools.wraps(original)
+        async def checked(*args, _original=original, _rpc=rpc, **kwargs):
+            try:
+                return await _original(*args, **kwargs)
+            except ApiError as error:
+                assert error.reason in declared_reasons()[_rpc], (
+                    f"{_rpc} answered {error.reason}, which is not in its method_errors "
+                    f"(protos/posmesh/staff/v1/staff.proto)")
+                raise
+
+        setattr(target, method, checked)
+
+
+def test_every_rpc_of_the_servicer_delegates_to_a_checked_entry_point():
+    from posmesh.staff.v1 import staff_pb2
+
+    rpcs = {method.name for method in staff_pb2.DESCRIPTOR.services_by_name["StaffService"].methods}
+    assert set(entry_points()) == rpcs
+    assert {attribute for attribute, _ in entry_points().values()} == {"domain", "invitations"}
+
+
 @pytest.fixture
-def world(user_events):
+def world(user_events, monkeypatch):
+    monkeypatch.setattr(invitations_module, "_now", _now)
     store, accounts = MemoryStore(), FakeAccounts()
     invitations = Invitations(store, accounts, RecordedTemplates(), user_events, Settings())
-    return store, accounts, StaffDomain(store, accounts, user_events, invitations)
+    domain = StaffDomain(store, accounts, user_events, invitations)
+    answering_only_declared_reasons({"domain": domain, "invitations": invitations})
+    return store, accounts, domain
 
 
 async def open_restaurant(world):
@@ -415,6 +521,16 @@ async def test_when_the_commit_fails_after_the_grant_the_membership_is_revoked_a
     assert store.data["restaurants"] == {}
     assert accounts.memberships == {}
     assert accounts.calls[-1][0] == "revoke"
+
+
+async def test_an_account_with_an_unverified_address_cannot_create_a_restaurant(world):
+    store, accounts, domain = world
+    owner_id = accounts.add_user("owner@example.com", verified=False)
+    with pytest.raises(FailedPrecondition) as caught:
+        await domain.create_restaurant(caller(owner_id), DRAFT)
+    assert (caught.value.reason, caught.value.metadata) == ("EMAIL_NOT_VERIFIED",
+                                                            {"action": "VERIFY_EMAIL"})
+    assert store.data["restaurants"] == {} and accounts.memberships == {}
 
 
 async def test_a_grant_that_timed_out_is_reverted_because_auth_may_have_applied_it(world):
@@ -549,6 +665,112 @@ async def test_when_auth_cannot_grant_the_acceptance_fails_and_the_invitation_st
     assert invited.state == INVITED and invited.user_id is None
     (row,) = store.data["invitations"].values()
     assert row["accept_time"] is None and row["revoke_time"] is None
+
+
+async def test_when_auths_new_password_hasher_is_full_the_acceptance_says_when_to_retry(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    await domain.create_employee(owner, EmployeeDraft(first_name="Sam", email="sam@example.com"))
+    accounts.fail["claim"] = Unavailable("SERVER_BUSY", "too many new passwords; retry shortly",
+                                         retryable="true", retry_after_seconds="1")
+    calls = len(accounts.calls)
+    with pytest.raises(Unavailable) as caught:
+        await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="correct horse battery",
+                                        full_name="", client_ip="198.51.100.8")
+    assert (caught.value.reason, caught.value.metadata["retry_after_seconds"]) == ("SERVER_BUSY",
+                                                                                   "1")
+    (row,) = store.data["invitations"].values()
+    assert row["accept_time"] is None
+    assert accounts.calls[calls:] == [("claim", "sam@example.com")]  # no membership was granted
+
+
+async def test_an_acceptance_whose_claim_timed_out_after_auth_made_the_account_can_be_retried(
+        world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    token = store.data["mails"][-1]["token"]
+    accounts.next_claim_times_out = True
+    with pytest.raises(Unavailable) as caught:
+        await domain.invitations.accept(None, token=token, invitation_id="",
+                                        password="correct horse battery", full_name="",
+                                        client_ip="198.51.100.8")
+    assert caught.value.metadata["auth_outcome"] == "unknown"
+    (made,) = [user for user in accounts.users.values() if user.email == "sam@example.com"]
+
+    with pytest.raises(AlreadyExists) as other_password:  # someone else's password: not theirs
+        await domain.invitations.accept(None, token=token, invitation_id="",
+                                        password="another long password", full_name="",
+                                        client_ip="198.51.100.8")
+    assert other_password.value.reason == "EMAIL_TAKEN"
+    accepted = await domain.invitations.accept(None, token=token, invitation_id="",
+                                               password="correct horse battery", full_name="",
+                                               client_ip="198.51.100.8")
+    assert (accepted.user_id, accepted.employee.id, accepted.employee.state) == (
+        made.id, invited.id, ACTIVE)
+    assert accounts.memberships[(made.id, rid)] == "staff"
+
+
+async def test_an_account_that_already_works_here_under_another_address_cannot_accept(world):
+    """Its owner changed the account's address since they were hired; the new address was invited
+    too. One person, one record: the acceptance is refused and the membership stays as it was."""
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, staff_caller = await hire(world, owner, "old@example.com")
+    user_id = str(staff.user_id)
+    accounts.users[user_id] = dataclasses.replace(accounts.users[user_id], email="new@example.com")
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="new@example.com",
+                                                                access_role="manager"))
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.invitations.accept(caller(user_id), token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="", full_name="",
+                                        client_ip="198.51.100.8")
+    assert caught.value.reason == "EMPLOYEE_EXISTS"
+    assert accounts.memberships[(user_id, rid)] == "staff"  # the manager grant was put back
+    assert store.data["employees"][invited.id].state == INVITED
+
+
+async def test_a_role_changed_while_the_invitation_is_accepted_is_the_role_granted(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+
+    async def promote() -> None:  # an owner edits the record between the grant and the commit
+        await domain.update_employee(owner, str(invited.id), {"access_role": "manager"},
+                                     invited.version)
+
+    accounts.after_next_grant = promote
+    accepted = await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                               invitation_id="", password="correct horse battery",
+                                               full_name="", client_ip="198.51.100.8")
+    assert accepted.employee.access_role == accepted.invitation.access_role == "manager"
+    assert accounts.memberships[(accepted.user_id, rid)] == "manager"
+    assert [call[3] for call in accounts.calls if call[0] == "grant"][-2:] == ["staff", "manager"]
+
+
+async def test_when_an_acceptance_that_granted_a_changed_role_fails_no_membership_is_left(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+
+    async def promote_then_lose_the_commit() -> None:
+        await domain.update_employee(owner, str(invited.id), {"access_role": "manager"},
+                                     invited.version)
+        store.fail_commit = True
+
+    accounts.after_next_grant = promote_then_lose_the_commit
+    with pytest.raises(ConnectionResetError):
+        await domain.invitations.accept(None, token=store.data["mails"][-1]["token"],
+                                        invitation_id="", password="correct horse battery",
+                                        full_name="", client_ip="198.51.100.8")
+    (user_id,) = [user.id for user in accounts.users.values() if user.email == "sam@example.com"]
+    assert (user_id, rid) not in accounts.memberships  # not the first grant's role either
+    assert store.data["employees"][invited.id].state == INVITED
 
 
 async def test_managers_cannot_create_owners_or_managers_and_the_denial_is_a_security_event(world, monkeypatch):
@@ -710,6 +932,36 @@ async def test_rehiring_a_deactivated_employee_points_to_reactivation(world):
     assert ":undelete" in caught.value.message and caught.value.metadata["active"] == "false"
 
 
+async def test_inviting_an_address_again_points_to_resending_its_invitation_not_to_reactivation(
+        world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    (invitation_id,) = store.data["invitations"]
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email="sam@example.com"))
+    assert caught.value.reason == "EMPLOYEE_EXISTS"
+    assert f"/api/v1/invitations/{invitation_id}:resend" in caught.value.message
+    assert "deactivated" not in caught.value.message and ":undelete" not in caught.value.message
+    assert caught.value.metadata == {"employee_id": str(invited.id), "active": "false",
+                                     "state": "invited", "invitation_id": str(invitation_id)}
+    assert len(store.data["mails"]) == 1  # nothing was sent again
+
+
+async def test_an_active_employee_hired_again_gets_no_hint_to_reactivate_or_resend(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    staff, _ = await hire(world, owner, "staff@example.com")
+    with pytest.raises(AlreadyExists) as caught:
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email="staff@example.com"))
+    assert caught.value.message == (f"this user is already employee {staff.id} of this "
+                                    "restaurant")
+    assert caught.value.metadata["state"] == "active"
+
+
 async def test_employees_of_another_restaurant_are_not_found(world):
     store, accounts, domain = world
     rid, owner = await open_restaurant(world)
@@ -789,3 +1041,99 @@ async def test_unknown_filters_are_refused(world):
     with pytest.raises(InvalidArgument) as caught:
         await world[2].list_employees(owner, 0, "", "admin", "")
     assert caught.value.reason == "INVALID_ROLE"
+
+
+# --- invitation mails: the send limits ---------------------------------------------------------
+
+LIMIT = Settings().invitation_sends_per_day
+
+
+def open_invitation_id(store, employee_id) -> str:
+    (found,) = [row["id"] for row in store.data["invitations"].values()
+                if row["employee_id"] == employee_id and not row["accept_time"]
+                and not row["revoke_time"]]
+    return str(found)
+
+
+async def test_resends_stay_limited_per_day_after_the_invitations_first_day(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    invitation_id = open_invitation_id(store, invited.id)
+    advance(timedelta(days=2))  # the first mail is out of the window; the link still works
+    for _ in range(LIMIT):
+        await domain.invitations.resend(owner, invitation_id)
+        advance(timedelta(minutes=2))
+    mails = len(store.data["mails"])
+
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.invitations.resend(owner, invitation_id)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    # The first of those resends leaves the window 24 h after it was sent, 20 minutes ago.
+    retry_after = int(caught.value.metadata["retry_after_seconds"])
+    assert 24 * 3600 - 20 * 60 <= retry_after <= 24 * 3600 - 20 * 60 + 1
+    assert len(store.data["mails"]) == mails
+    advance(timedelta(seconds=retry_after))
+    assert (await domain.invitations.resend(owner, invitation_id)).send_count == LIMIT + 2
+
+
+async def test_deactivating_and_undeleting_an_invited_employee_keeps_counting_their_mails(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    employee = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                 email="sam@example.com"))
+    for _ in range(LIMIT - 1):  # each undelete mails a new invitation (send_count 1 again)
+        advance(timedelta(minutes=2))
+        gone = await domain.deactivate_employee(owner, str(employee.id), 0)
+        employee = await domain.reactivate_employee(owner, str(employee.id), gone.version)
+        assert employee.state == INVITED
+    assert len(store.data["mails"]) == LIMIT
+    advance(timedelta(minutes=2))
+    gone = await domain.deactivate_employee(owner, str(employee.id), 0)
+
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.reactivate_employee(owner, str(employee.id), gone.version)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    assert int(caught.value.metadata["retry_after_seconds"]) > 23 * 3600
+    assert store.data["employees"][employee.id].state == DEACTIVATED  # nothing changed
+    assert len(store.data["mails"]) == LIMIT
+
+
+async def test_an_undelete_right_after_an_invitation_waits_for_the_one_minute_gap(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    invited = await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                                email="sam@example.com"))
+    advance(timedelta(seconds=15))
+    gone = await domain.deactivate_employee(owner, str(invited.id), 0)
+    with pytest.raises(ResourceExhausted) as caught:
+        await domain.reactivate_employee(owner, str(invited.id), gone.version)
+    assert caught.value.reason == "TOO_MANY_EMAILS"
+    assert caught.value.metadata["retry_after_seconds"] == "45"
+    advance(timedelta(seconds=45))
+    assert (await domain.reactivate_employee(owner, str(invited.id), gone.version)).state == INVITED
+
+
+async def test_the_limits_count_per_address_not_per_restaurant(world):
+    store, accounts, domain = world
+    rid, owner = await open_restaurant(world)
+    for index in range(LIMIT + 1):  # many hires at once are fine: one mail each
+        await domain.create_employee(owner, EmployeeDraft(first_name="Sam",
+                                                          email=f"sam{index}@example.com"))
+    assert len(store.data["mails"]) == LIMIT + 1
+
+
+def test_send_refusal_counts_a_rolling_day_of_mails_to_the_address():
+    now = datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+    hours_ago = [now - timedelta(hours=hours) for hours in (30, 23, 5, 4, 3)]
+
+    assert send_refusal(hours_ago, now, per_day=5) is None  # the 30-hour-old one is out
+    refused = send_refusal(hours_ago, now, per_day=4)
+    assert refused.reason == "TOO_MANY_EMAILS"
+    assert refused.metadata["retry_after_seconds"] == str(3600)  # the 23-hour-old one leaves
+    assert send_refusal(hours_ago, now, per_day=2).metadata["retry_after_seconds"] == str(
+        20 * 3600)  # three must leave: the 4-hour-old one is the third
+    just_sent = send_refusal([now - timedelta(seconds=59.5)], now, per_day=5)
+    assert just_sent.metadata["retry_after_seconds"] == "1"
+    assert send_refusal([], now, per_day=1) is None
