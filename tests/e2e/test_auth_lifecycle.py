@@ -23,7 +23,7 @@ from tests.support.tokens import bearer
 
 async def test_whole_lifecycle_register_login_me_refresh_reuse_revokes_then_logout(edge, stack):
     email = unique_email("life")
-    user = await register(edge, email=f"  {email.upper()} ", full_name="Lena Life")
+    user = await register(edge, stack, email=f"  {email.upper()} ", full_name="Lena Life")
     assert user["email"] == email and user["full_name"] == "Lena Life" and user["id"]
     assert user["email_verified"] is False
     await verify_email(edge, email)  # only a verified address can be given a membership

@@ -5,6 +5,8 @@ header (HTTP/2), odd Authorization schemes, two Authorization headers, the query
 
 from __future__ import annotations
 
+import uuid
+
 import asyncio
 import json
 import ssl
@@ -32,7 +34,9 @@ def catalogue(stack, world) -> list[MalformedToken]:
 def path_for(route: Route, world) -> str:
     values = {"restaurant_id": world.a.restaurant_id, "order_id": world.a_order["id"],
               "item_id": world.a_dish["id"], "line_id": world.a_order["lines"][0]["id"],
-              "category_id": world.a_dish["id"], "employee_id": world.a.staff.user_id}
+              "category_id": world.a_dish["id"], "employee_id": world.a.staff.user_id,
+              # The token is refused before the id is looked at: any well-formed id will do.
+              "session_id": str(uuid.uuid4()), "invitation_id": str(uuid.uuid4())}
     return route.path(values)
 
 
