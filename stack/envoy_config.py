@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from posmesh.common import permissions
+from posmesh.common.admission import Priority
 from posmesh.common.settings import Settings
 from stack import api_docs, codegen, known_fields
 from stack.certs import ensure_dev_certs
@@ -74,6 +75,13 @@ class HttpRoute:
     template: str
     streaming: bool = False
     edge_budget: str = ""  # the per-address budget its RPCs spend (permissions.EDGE_BUDGETS)
+    # HTTP methods bound here to RPCs shed last (permissions.SHED_LAST): their own route with
+    # the circuit breakers' HIGH priority, so a storm of reads on the path cannot starve them.
+    critical_methods: set[str] = field(default_factory=set)
+
+    @property
+    def critical_methods_regex(self) -> str:
+        return "|".join(sorted(self.critical_methods))
 
 
 @dataclass
@@ -92,7 +100,15 @@ class EdgeRoutes:
     grpc_streaming: list[tuple[str, str]] = field(default_factory=list)  # (RPC path, cluster)
     # Native gRPC methods with a per-address budget: (RPC path, cluster, budget).
     grpc_budgeted: list[tuple[str, str, str]] = field(default_factory=list)
+    # Native gRPC unary methods shed last (HIGH priority at the circuit breakers).
+    grpc_critical: list[tuple[str, str]] = field(default_factory=list)
     open: list[OpenRule] = field(default_factory=list)
+
+
+def streams_cluster(cluster: str) -> str:
+    """The twin of `cluster` for long-lived streams: its own circuit breakers, so streams held
+    open by screens and phones never count against the unary calls' admission budget."""
+    return f"{cluster}_streams"
 
 
 def template_regex(template: str) -> str:
@@ -127,10 +143,13 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
                     raise ValueError(f"{grpc_path} is internal but its service is routed by the edge")
                 public = rule is not None and rule.access is permissions.Access.PUBLIC
                 budget = rule.edge_budget if rule is not None else ""
+                critical = rule is not None and rule.priority is Priority.CRITICAL
                 if method.server_streaming:
-                    routes.grpc_streaming.append((grpc_path, cluster))
+                    routes.grpc_streaming.append((grpc_path, streams_cluster(cluster)))
                 elif budget:
                     routes.grpc_budgeted.append((grpc_path, cluster, budget))
+                elif critical:
+                    routes.grpc_critical.append((grpc_path, cluster))
                 if public:
                     routes.open.append(OpenRule(path=grpc_path))
                 if not method.options.HasExtension(annotations_pb2.http):
@@ -141,11 +160,15 @@ def edge_routes(descriptor_set: Path) -> EdgeRoutes:
                     template = binding.custom.path if verb == "custom" else getattr(binding, verb)
                     regex = template_regex(template)
                     existing = seen.get(regex)
+                    target = streams_cluster(cluster) if method.server_streaming else cluster
                     if existing is None:
-                        existing = seen[regex] = HttpRoute(regex, cluster, template)
+                        existing = seen[regex] = HttpRoute(regex, target, template)
                         routes.http.append(existing)
-                    elif existing.cluster != cluster:
-                        raise ValueError(f"{template} is bound by two services")
+                    elif existing.cluster != target:
+                        raise ValueError(f"{template} is bound by two services, or by a stream "
+                                         "and a unary RPC")
+                    if critical and not method.server_streaming and verb != "custom":
+                        existing.critical_methods.add(verb.upper())
                     if existing.edge_budget and budget and existing.edge_budget != budget:
                         raise ValueError(f"{template} is bound by RPCs with different budgets")
                     existing.edge_budget = existing.edge_budget or budget
@@ -189,7 +212,10 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _cluster(name: str, addrs: list[str], *, http2: bool) -> dict:
+def _cluster(name: str, addrs: list[str], *, http2: bool, max_in_flight: int = 0) -> dict:
+    """`max_in_flight`: unary calls one upstream process admits per lane (ADMISSION_MAX_IN_FLIGHT);
+    the cluster's circuit breakers allow that times its upstreams per priority. 0: no admission
+    limit (streams, WebSockets, health probes)."""
     upstreams = [_upstream(addr) for addr in addrs]
     return {
         "name": name,
@@ -197,6 +223,7 @@ def _cluster(name: str, addrs: list[str], *, http2: bool) -> dict:
         # Containers name each other by DNS; local runs use IP literals.
         "type": "STATIC" if all(_is_ip(u.host) for u in upstreams) else "STRICT_DNS",
         "http2": http2,
+        "max_requests": max_in_flight * len(upstreams),
     }
 
 
@@ -217,15 +244,20 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     routes = edge_routes(descriptor)
     published = api_docs.write(out_dir / "api", descriptor)
     ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
+    admitted = settings.admission_max_in_flight
     clusters = [
-        _cluster("auth", [settings.auth_addr], http2=True),
-        _cluster("staff", [settings.staff_addr], http2=True),
-        _cluster("orders", [settings.orders_addr], http2=True),
-        _cluster("realtime", [settings.realtime_addr], http2=True),
+        _cluster("auth", [settings.auth_addr], http2=True, max_in_flight=admitted),
+        _cluster("staff", [settings.staff_addr], http2=True, max_in_flight=admitted),
+        _cluster("orders", [settings.orders_addr], http2=True, max_in_flight=admitted),
+        _cluster("realtime", [settings.realtime_addr], http2=True, max_in_flight=admitted),
         _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
                  http2=True),
         _cluster("realtime_ws", ws_addrs, http2=False),
     ]
+    streamed = {cluster for _, cluster in routes.grpc_streaming} | {
+        route.cluster for route in routes.http if route.streaming}
+    clusters += [_cluster(streams_cluster(c["name"]), [f"{u.host}:{u.port}" for u in c["upstreams"]],
+                          http2=True) for c in list(clusters) if streams_cluster(c["name"]) in streamed]
     otel = None
     if settings.otel_exporter_otlp_endpoint:
         parts = urlsplit(settings.otel_exporter_otlp_endpoint)

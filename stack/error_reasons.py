@@ -36,6 +36,9 @@ HTTP_STATUS_OF_CODE: dict[str, int] = {
 # it cannot decode, a bug, a failing database or Redis.
 EVERY_RPC = ("INVALID_ENCODING", "INTERNAL", "DATABASE_UNAVAILABLE", "DATABASE_BUSY",
              "REDIS_UNAVAILABLE", "DEPENDENCY_UNAVAILABLE")
+# What admission control and deadlines (posmesh/common/admission.py) add to every unary RPC that
+# has a priority: a refusal at capacity, a deadline that passed, a request the service abandoned.
+ADMITTED_UNARY = ("OVERLOADED", "DEADLINE_EXCEEDED", "SERVICE_UNAVAILABLE")
 _TOKEN = ("TOKEN_INVALID", "TOKEN_EXPIRED", "SESSION_REVOKED")
 BY_ACCESS: dict[Access, tuple[str, ...]] = {
     Access.PUBLIC: (),
@@ -49,7 +52,8 @@ TENANT_CHECKED = ("TENANT_MISMATCH", "NO_RESTAURANT_CONTEXT")
 # What the edge (envoy/envoy.yaml.j2) answers itself on a route, by what the route has.
 EDGE_EVERY_ROUTE = ("BAD_REQUEST", "HEADERS_TOO_LARGE", "REQUEST_TIMEOUT", "SERVICE_UNAVAILABLE",
                     "INTERNAL")
-EDGE_UNARY = ("UPSTREAM_TIMEOUT",)  # streaming routes have no timeout
+# Streaming routes have no timeout; unary ones pass the edge's circuit breakers.
+EDGE_UNARY = ("UPSTREAM_TIMEOUT", "OVERLOADED")
 EDGE_WITH_BODY = ("PAYLOAD_TOO_LARGE", "UNKNOWN_FIELD")
 EDGE_WITH_QUERY = ("UNKNOWN_FIELD",)
 # A path whose parameter is empty or a dot segment resolves to no route at all.
@@ -104,7 +108,7 @@ class Catalogue:
         (rpc,) = [item for item in found.proto.method if item.name == method]
         if not rpc.options.HasExtension(errors_pb2.method_errors):
             raise ValueError(f"{service}.{method} has no (posmesh.api.v1.method_errors)")
-        names = [*implied_by_access(f"/{service}/{method}")]
+        names = [*implied_by_access(f"/{service}/{method}", streaming=rpc.server_streaming)]
         names += self._names(found.proto.options.Extensions[errors_pb2.service_errors].reasons)
         names += self._names(rpc.options.Extensions[errors_pb2.method_errors].reasons)
         return self._ordered(names)
@@ -129,12 +133,13 @@ class Catalogue:
         return [reason for name, reason in self.reasons.items() if name in names]
 
 
-def implied_by_access(grpc_path: str) -> tuple[str, ...]:
+def implied_by_access(grpc_path: str, *, streaming: bool = False) -> tuple[str, ...]:
     rule = permissions.rule_for(grpc_path)
     if rule is None:
         raise ValueError(f"{grpc_path} has no row in posmesh/common/permissions.py")
     tenant = TENANT_CHECKED if rule.tenant_checked and rule.access is not Access.PUBLIC else ()
-    return (*EVERY_RPC, *BY_ACCESS[rule.access], *tenant)
+    admitted = ADMITTED_UNARY if rule.priority is not None and not streaming else ()
+    return (*EVERY_RPC, *BY_ACCESS[rule.access], *tenant, *admitted)
 
 
 def implied_by_edge(traits: RouteTraits) -> tuple[str, ...]:

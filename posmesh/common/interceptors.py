@@ -5,6 +5,7 @@ google.rpc.Status with an ErrorInfo reason. Unexpected exceptions become INTERNA
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable
 
@@ -14,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from posmesh.common import context, permissions, security_events
+from posmesh.common.admission import REQUEST_START_HEADER, Admission, deadline_exceeded, queued_seconds
 from posmesh.common.authn import Authenticator
 from posmesh.common.errors import (
     ERROR_DOMAIN,
@@ -32,8 +34,11 @@ log = logging.getLogger(__name__)
 _EDGE_HEADERS = ("x-envoy-external-address", "x-forwarded-for", "x-envoy-original-path")
 
 
-def server_interceptors(authenticator: Authenticator) -> list[grpc.aio.ServerInterceptor]:
-    return [AuthorizationInterceptor(authenticator)]
+def server_interceptors(authenticator: Authenticator,
+                        admission: Admission | None = None) -> list[grpc.aio.ServerInterceptor]:
+    """`admission`: the process's admission control and deadlines (posmesh/common/admission.py);
+    None only in tests of the interceptor's other duties."""
+    return [AuthorizationInterceptor(authenticator, admission)]
 
 
 def to_status(error: ApiError) -> grpc.Status:
@@ -47,7 +52,11 @@ def to_status(error: ApiError) -> grpc.Status:
 
 async def abort(ctx: grpc.aio.ServicerContext, error: ApiError) -> None:
     status = to_status(error)
-    await ctx.abort(status.code, status.details, status.trailing_metadata)
+    trailing = status.trailing_metadata
+    if "retry_after_seconds" in error.metadata:
+        # The edge passes it to HTTP clients as the standard header.
+        trailing = (*trailing, ("retry-after", str(error.metadata["retry_after_seconds"])))
+    await ctx.abort(status.code, status.details, trailing)
 
 
 def infrastructure_error(exc: BaseException) -> ApiError | None:
@@ -143,8 +152,9 @@ def _shown(value: str, limit: int = 64) -> str:
 
 
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, admission: Admission | None = None) -> None:
         self._authenticator = authenticator
+        self._admission = admission
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -174,16 +184,49 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         return refuse
 
     def _wrap_unary(self, behaviour, method, rule, metadata):
+        admission = self._admission
+        if admission is None or rule is None or rule.priority is None:
+            admission = None  # infrastructure (health, reflection) is never refused or timed
+        queued = queued_seconds(metadata.get(REQUEST_START_HEADER)) if admission else 0.0
+
         async def wrapped(request, ctx):
+            lane = deadline = timeout = None
             try:
+                if admission is not None:
+                    lane = admission.admit(rule.priority, queued_seconds=queued)
+                    budget = admission.budget(ctx.time_remaining())
+                    deadline = admission.start_deadline(budget)
+                    timeout = asyncio.timeout(budget)
+                    async with timeout:
+                        await self._admit(request, ctx, method, rule, metadata)
+                        return await behaviour(request, ctx)
                 await self._admit(request, ctx, method, rule, metadata)
                 return await behaviour(request, ctx)
             except grpc.aio.AbortError:
                 raise  # the servicer aborted the call itself
             except ApiError as error:
                 await abort(ctx, error)
+            except TimeoutError as exc:
+                if timeout is not None and timeout.expired():
+                    await abort(ctx, deadline_exceeded(budget))
+                await abort(ctx, self._unexpected(method, exc))
+            except asyncio.CancelledError:
+                # gRPC cancels the handler when the caller has gone or its deadline passed:
+                # nobody waits for an answer. A cancellation from anywhere else would leave the
+                # caller waiting for nothing (gRPC sends no status): answer it.
+                remaining = ctx.time_remaining()
+                if ctx.cancelled() or (remaining is not None and remaining <= 0):
+                    raise
+                await abort(ctx, Unavailable("SERVICE_UNAVAILABLE",
+                                             "the service abandoned the request; retry",
+                                             retryable="true"))
             except Exception as exc:
                 await abort(ctx, self._unexpected(method, exc))
+            finally:
+                if lane is not None:
+                    admission.release(lane)
+                if deadline is not None:
+                    admission.end_deadline(deadline)
         return wrapped
 
     def _wrap_stream(self, behaviour, method, rule, metadata):

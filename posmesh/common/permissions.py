@@ -7,8 +7,10 @@ domain and raise the same ROLE_FORBIDDEN reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+
+from posmesh.common.admission import Priority
 
 OWNER, MANAGER, STAFF = "owner", "manager", "staff"
 ROLES = (OWNER, MANAGER, STAFF)
@@ -37,6 +39,10 @@ class Rule:
     # The per-client-address budget the edge spends on each call ("" for none): one of
     # EDGE_BUDGETS. A call that costs a password hash or a mail is limited before it arrives.
     edge_budget: str = ""
+    # Under load (posmesh/common/admission.py and the edge's circuit breakers): shed first,
+    # normally, or last. None: infrastructure (health probes, reflection), never refused.
+    # Set from SHED_LAST and SHED_FIRST below, not per row.
+    priority: Priority | None = Priority.NORMAL
 
     @property
     def permission(self) -> str:
@@ -151,6 +157,30 @@ PERMISSIONS: dict[str, Rule] = {
     # Realtime.
     _REALTIME + "GetPresence": restaurant(*MANAGERS),
 }
+
+
+# Shed last: what a restaurant cannot trade without in a rush — taking and changing orders, the
+# event flow to kitchen screens, and signing in (a read storm must not lock staff out).
+SHED_LAST = frozenset({
+    _ORDERS + "CreateOrder", _ORDERS + "UpdateOrderStatus", _ORDERS + "AddOrderItems",
+    _ORDERS + "RemoveOrderItem", _ORDERS + "WatchOrders",
+    "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders",
+    _AUTH + "Login", _AUTH + "RefreshToken", _AUTH + "SwitchRestaurant", _AUTH + "VerifyToken",
+})
+# Shed first: reads and lists, which an app repeats on its next refresh anyway.
+SHED_FIRST = frozenset({
+    _ORDERS + "ListOrders", _ORDERS + "ListActiveOrders", _ORDERS + "GetOrder",
+    _MENU + "GetMenu", _STAFF + "ListRestaurants", _STAFF + "GetRestaurant",
+    _STAFF + "ListEmployees", _STAFF + "GetEmployee", _STAFF + "ListInvitations",
+    _STAFF + "ListMyInvitations", _AUTH + "GetMe", _AUTH + "ListSessions",
+    _REALTIME + "GetPresence", "/posmesh.health.v1.SystemHealthService/GetSystemHealth",
+})
+NEVER_SHED = frozenset(method for method in PERMISSIONS if not method.startswith("/posmesh."))
+PERMISSIONS = {
+    method: replace(rule, priority=None if method in NEVER_SHED else
+                    Priority.CRITICAL if method in SHED_LAST else
+                    Priority.SHEDDABLE if method in SHED_FIRST else Priority.NORMAL)
+    for method, rule in PERMISSIONS.items()}
 
 
 def rule_for(method: str) -> Rule | None:

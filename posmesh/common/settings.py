@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     edge_max_request_bytes: int = Field(1024 * 1024, alias="EDGE_MAX_REQUEST_BYTES")
     # Deadline of a unary call through the edge (streams and WebSockets have none).
     edge_request_timeout_seconds: float = Field(15.0, alias="EDGE_REQUEST_TIMEOUT_SECONDS")
+    # Admission control (posmesh/common/admission.py): unary calls in flight per service process
+    # in each lane (critical; everything else), and the edge's circuit breakers per cluster
+    # (this times the replicas). From Little's law and the bench (docs/platform.md).
+    admission_max_in_flight: int = Field(32, alias="ADMISSION_MAX_IN_FLIGHT", ge=1)
+    # A call whose caller sent no deadline runs for at most this long.
+    request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---
 
     # Tokens.

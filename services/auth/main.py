@@ -15,6 +15,7 @@ from posmesh.common.authn import (
     follow_revocations,
     local_revocations,
 )
+from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.mail import MailSender, MailTemplates
 from posmesh.common.migrations import run_migrations
@@ -142,7 +143,7 @@ async def serve(settings: Settings) -> None:
         enrollment_hashing.close()
 
     await run_grpc_service("auth", settings, register=register,
-                           interceptors=server_interceptors(authenticator), engine=engine,
+                           interceptors=server_interceptors(authenticator, Admission.from_settings(settings)), engine=engine,
                            redis=redis, revocations=revocation_follower,
                            on_shutdown=on_shutdown)
 

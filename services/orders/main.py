@@ -8,6 +8,7 @@ from pathlib import Path
 
 from posmesh.common import clients, security_events
 from posmesh.common.authn import remote_authenticator
+from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.migrations import run_migrations
 from posmesh.common.redis import create_redis
@@ -73,7 +74,7 @@ async def serve(settings: Settings) -> None:
         "orders",
         settings,
         register=register,
-        interceptors=server_interceptors(auth.authenticator),
+        interceptors=server_interceptors(auth.authenticator, Admission.from_settings(settings)),
         database=store,  # health reports the asyncpg pool the store really uses
         redis=redis,
         revocations=auth.revocations,

@@ -11,6 +11,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from posmesh.common import clients, security_events, telemetry
 from posmesh.common.authn import remote_authenticator
+from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.pubsub import ChannelListener
 from posmesh.common.redis import create_redis
@@ -94,7 +95,7 @@ async def serve(settings: Settings) -> None:
         return [realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
 
     await run_grpc_service("realtime", settings, register=register,
-                           interceptors=server_interceptors(authenticator), redis=redis,
+                           interceptors=server_interceptors(authenticator, Admission.from_settings(settings)), redis=redis,
                            revocations=auth.revocations, on_shutdown=shutdown)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from posmesh.common import clients, db, security_events
 from posmesh.common.authn import remote_authenticator
+from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
 from posmesh.common.mail import MailSender, MailTemplates
 from posmesh.common.migrations import run_migrations
@@ -53,7 +54,7 @@ async def serve(settings: Settings) -> None:
         "staff",
         settings,
         register=register,
-        interceptors=server_interceptors(auth.authenticator),
+        interceptors=server_interceptors(auth.authenticator, Admission.from_settings(settings)),
         engine=engine,
         redis=redis,
         revocations=auth.revocations,

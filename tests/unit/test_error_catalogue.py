@@ -16,7 +16,7 @@ from tests.unit.reason_scan import ROOT, scan
 
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.j2"
 # The modules whose errors every RPC can meet (the generator implies them from the access kind).
-SHARED_MODULES = ("interceptors.py", "tokens.py", "authn.py", "context.py")
+SHARED_MODULES = ("interceptors.py", "tokens.py", "authn.py", "context.py", "admission.py")
 # gRPC code numbers as the edge template writes them.
 CODE_NUMBERS = {"UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
                 "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
@@ -78,6 +78,7 @@ def test_every_reason_the_edge_answers_with_is_catalogued_with_its_code_and_http
 
 def test_what_the_generator_implies_for_every_rpc_covers_the_shared_interceptor():
     implied = {*error_reasons.EVERY_RPC, *error_reasons.TENANT_CHECKED,
+               *error_reasons.ADMITTED_UNARY,
                *(name for names in error_reasons.BY_ACCESS.values() for name in names)}
     raised, _ = raised_in_code()
     shared = {item.reason for item in raised if item.where.startswith("posmesh/common/")
