@@ -3,7 +3,8 @@
     stub = auth_pb2_grpc.AuthAdminServiceStub(clients.channel("auth"))
 
 Every call carries the current trace (OTel client interceptor: W3C traceparent), gets a default
-deadline unless it passes its own `timeout=`, and is retried on UNAVAILABLE a couple of times.
+deadline unless it passes its own `timeout=`, never more than what remains of the request being
+served (posmesh/common/admission.py), and is retried on UNAVAILABLE a couple of times.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 
 import grpc
 
-from posmesh.common import telemetry
+from posmesh.common import admission, telemetry
 from posmesh.common.settings import Settings, get_settings
 
 SERVICES = ("auth", "staff", "orders", "realtime")
@@ -70,11 +71,29 @@ def channel(service: str, settings: Settings | None = None) -> grpc.aio.Channel:
     return existing
 
 
+class DeadlinePropagation(grpc.aio.UnaryUnaryClientInterceptor):
+    """A unary call gets DEFAULT_TIMEOUT_SECONDS unless it passes its own timeout (the service
+    config's `timeout` does not reach grpc.aio's calls), and, made while serving a request, at
+    most what remains of that request's deadline: work the caller can no longer use is not
+    started downstream either."""
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        timeout = details.timeout if details.timeout is not None else DEFAULT_TIMEOUT_SECONDS
+        remaining = admission.remaining_seconds()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining, 0.001))
+        if timeout != details.timeout:
+            details = grpc.aio.ClientCallDetails(details.method, timeout, details.metadata,
+                                                 details.credentials, details.wait_for_ready)
+        return await continuation(details, request)
+
+
 def insecure_channel(target: str) -> grpc.aio.Channel:
     # Plaintext on purpose: service-to-service traffic stays on loopback or the private network;
     # TLS terminates at the edge.
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS,
-                                     interceptors=telemetry.client_interceptors())
+                                     interceptors=[DeadlinePropagation(),
+                                                   *telemetry.client_interceptors()])
 
 
 async def close_all() -> None:

@@ -3,11 +3,9 @@ hardening. The first tests check the rendered config itself and need no running 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import ssl
 import time
 import urllib.request
 from pathlib import Path
@@ -32,7 +30,7 @@ from posmesh.health.v1 import health_pb2 as system_pb2
 from posmesh.health.v1 import health_pb2_grpc as system_pb2_grpc
 from stack import api_docs, codegen, envoy_config
 from tests.conftest import tls_context
-from tests.harness import data_dir, free_ports
+from tests.support.standin_edge import standin_edge as standin
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 ALLOWED_ORIGIN = "capacitor://localhost"
@@ -165,36 +163,12 @@ SIGNUP_LIMIT = 2
 @pytest_asyncio.fixture(scope="module")
 async def standin_edge() -> AsyncIterator[httpx.AsyncClient]:
     """A real Envoy from the real template, in front of a stand-in auth service only."""
-    edge_port, admin_port, auth_port = free_ports(3)
-    server = grpc.aio.server()
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(_FailingAuth(), server)
-    server.add_insecure_port(f"127.0.0.1:{auth_port}")
-    await server.start()
-    with data_dir() as folder:
-        settings = Settings(POSMESH_DATA_DIR=str(folder), EDGE_HOST="127.0.0.1", EDGE_PORT=edge_port,
-                            ENVOY_ADMIN_PORT=admin_port, AUTH_ADDR=f"127.0.0.1:{auth_port}",
-                            EDGE_LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
-                            EDGE_HEALTH_RATE_LIMIT_PER_MINUTE=HEALTH_LIMIT,
-                            EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE=SIGNUP_LIMIT)
-        config = envoy_config.render(settings, folder / "envoy")
-        envoy = await asyncio.create_subprocess_exec(
-            str(envoy_config.envoy_binary()), "-c", str(config), "--disable-hot-restart",
-            "--log-level", "error", stdout=asyncio.subprocess.DEVNULL)
-        context = ssl.create_default_context(cafile=str(folder / "certs" / "ca.pem"))
-        try:
-            async with httpx.AsyncClient(base_url=f"https://localhost:{edge_port}", verify=context,
-                                         http2=True, timeout=5) as client:
-                for _ in range(200):
-                    try:
-                        await client.get("/health")
-                        break
-                    except httpx.ConnectError:
-                        await asyncio.sleep(0.05)  # Envoy still starting
-                yield client
-        finally:
-            envoy.terminate()
-            await envoy.wait()
-            await server.stop(0)
+    async with standin(lambda server: auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            _FailingAuth(), server),
+            EDGE_LOGIN_RATE_LIMIT_PER_MINUTE=LOGIN_LIMIT,
+            EDGE_HEALTH_RATE_LIMIT_PER_MINUTE=HEALTH_LIMIT,
+            EDGE_SIGNUP_RATE_LIMIT_PER_MINUTE=SIGNUP_LIMIT) as client:
+        yield client
 
 
 async def test_grpc_codes_become_the_documented_http_statuses(standin_edge):

@@ -8,28 +8,29 @@ how unexpected and infrastructure errors reach the client.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 import asyncpg.exceptions
 import grpc
-import jwt
 import pytest
 import sqlalchemy.exc
-from cryptography.hazmat.primitives.asymmetric import ec
-from google.rpc import error_details_pb2, status_pb2
 
 from posmesh.common import context
-from posmesh.common.authn import Authenticator
-from posmesh.common.interceptors import infrastructure_error, server_interceptors
+from posmesh.common.interceptors import infrastructure_error
 from posmesh.common.revocations import RevocationSet, SessionRevocation
-from posmesh.common.server import SERVER_OPTIONS
-from posmesh.common.tokens import KeySet, TokenVerifier
 from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
-
-ISSUER, AUDIENCE, KID = "https://issuer.test", "posmesh-test", "test-key-1"
-RESTAURANT, OTHER_RESTAURANT = str(uuid.uuid4()), str(uuid.uuid4())
+from tests.support.interceptor_rig import (
+    OTHER_RESTAURANT,
+    RESTAURANT,
+    authenticator_for,
+    bearer,
+    call_error,
+    error_reason,
+    make_token,
+    new_signing_key,
+    serving,
+)
 
 
 class FakeMenu(orders_pb2_grpc.MenuServiceServicer):
@@ -57,7 +58,7 @@ class FakeFeed(orders_pb2_grpc.OrderFeedServiceServicer):
 
 @pytest.fixture(scope="module")
 def signing_key():
-    return ec.generate_private_key(ec.SECP256R1())
+    return new_signing_key()
 
 
 @pytest.fixture(scope="module")
@@ -67,49 +68,12 @@ def revocations():
 
 @pytest.fixture(scope="module")
 async def channel(signing_key, revocations):
-    keys = KeySet()
-    public_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(signing_key.public_key()))
-    keys.load_jwks({"keys": [{**public_jwk, "kid": KID, "alg": "ES256", "use": "sig"}]})
-    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, leeway_seconds=5)
-    server = grpc.aio.server(interceptors=server_interceptors(Authenticator(verifier, revocations)),
-                             options=SERVER_OPTIONS)
-    orders_pb2_grpc.add_MenuServiceServicer_to_server(FakeMenu(), server)
-    orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(FakeFeed(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+    def register(server):
+        orders_pb2_grpc.add_MenuServiceServicer_to_server(FakeMenu(), server)
+        orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(FakeFeed(), server)
+
+    async with serving(authenticator_for(signing_key, revocations), register) as chan:
         yield chan
-    await server.stop(None)
-
-
-def make_token(signing_key, **overrides) -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "sid": str(uuid.uuid4()),
-              "restaurant_id": RESTAURANT, "role": "staff", "jti": str(uuid.uuid4()),
-              "iat": now, "exp": now + 600}
-    claims.update(overrides)
-    claims = {key: value for key, value in claims.items() if value is not None}
-    return jwt.encode(claims, signing_key, algorithm="ES256", headers={"kid": KID})
-
-
-def bearer(token: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"), *extra)
-
-
-def error_reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            info = error_details_pb2.ErrorInfo()
-            assert status.details[0].Unpack(info)
-            return info.reason
-    raise AssertionError(f"no ErrorInfo in {error!r}")
-
-
-async def call_error(coro) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await coro
-    return caught.value
 
 
 async def test_a_valid_token_exposes_its_caller_to_the_servicer(channel, signing_key):
