@@ -58,3 +58,54 @@ async def test_a_postgres_restart_fails_in_flight_requests_clearly_and_recovers_
     events = await read_events(stack, party.restaurant_id)
     assert sorted(e["order"]["id"] for e in events if e["type"] == "order.created") == sorted(created)
     assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+
+
+# An overload burst: far more than one orders process admits (the test stack's edge has one
+# replica per service), half of it new orders, with PostgreSQL restarting in the middle.
+BURST_RATE = 300.0
+BURST_SECONDS = 4.0
+
+
+async def test_an_overload_burst_during_a_postgres_restart_loses_no_order(stack, edge, party, dish):
+    """Every answer is a success or a clear refusal with its reason (OVERLOADED at capacity,
+    the database's while it restarts), none hangs; retried with their request ids, the refused
+    creates give exactly one whole order each, and every accepted order is there."""
+    async with SteadyLoad(edge, party.staff, dish, rate=BURST_RATE, create_share=0.5,
+                          timeout=20) as load:
+        await asyncio.sleep(BURST_SECONDS / 2)
+        await stack.restart_postgres()
+        await asyncio.sleep(BURST_SECONDS / 2)
+
+    assert not load.hung(NO_HANG_SECONDS), load.describe(load.hung(NO_HANG_SECONDS))
+    unclear = [r for r in load.failures() if r.status not in (503, 504) or not r.reason]
+    assert not unclear, f"failures without a clear reason: {load.describe(unclear)}"
+    reasons = {r.reason for r in load.failures()}
+    assert "OVERLOADED" in reasons, f"the burst never reached capacity: {reasons}"
+    accepted = {r.request_id: r.order_id for r in load.creates if r.status == 200}
+
+    async def retry_until_created(reply) -> None:
+        for _ in range(100):
+            retry = await edge.post("/api/v1/orders", headers=party.staff.headers,
+                                    json=order_body([line(dish)], request_id=reply.request_id))
+            if retry.status_code == 200:
+                reply.order_id = retry.json()["id"]
+                return
+            assert retry.status_code in (503, 504), retry.text
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"order {reply.request_id} was never created")
+
+    refused_creates = [r for r in load.creates if r.status != 200]
+    for batch in range(0, len(refused_creates), 20):
+        await asyncio.gather(*(retry_until_created(r) for r in refused_creates[batch:batch + 20]))
+    created = [r.order_id for r in load.creates]
+    assert len(created) == len(set(created)), "a request id made two orders"
+    assert all(accepted[request_id] in created for request_id in accepted)
+
+    events = await read_events(stack, party.restaurant_id)
+    created_events = sorted(e["order"]["id"] for e in events if e["type"] == "order.created")
+    assert created_events == sorted(created)  # one event per order, none for an order not made
+    unit = int(dish["price_minor"])
+    for event in (e for e in events if e["type"] == "order.created"):
+        order = event["order"]
+        assert len(order["lines"]) == 1
+        assert money_of(order) == (unit, round(unit * 0.2), unit + round(unit * 0.2))
