@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, edge_check, machine, report, signup_flood, targets
+from bench import ceiling, edge_check, machine, overload, report, signup_flood, targets
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -72,6 +72,8 @@ class Profile:
     day_small_warmup: float = 0
     flood: signup_flood.FloodSpec = signup_flood.FloodSpec(login_rate=25, rounds=5, seconds=12,
                                                           warmup=2)
+    overload: overload.OverloadSpec = overload.OverloadSpec(seconds=15, warmup=3,
+                                                            capacity_if_unknown=300)
     # The unknown-field check's cost (bench/edge_check.py): rounds per scenario, each this long.
     edge_check_rounds: int = 2
     edge_check_s: float = 3
@@ -102,6 +104,7 @@ QUICK = Profile(
     sockets_small=1000, sockets_large=0, fanout_events_small=15, fanout_events_large=0,
     burst_events=10, verification_samples=2000, holders=2,
     flood=signup_flood.FloodSpec(login_rate=25, rounds=1, seconds=4, warmup=1),
+    overload=overload.OverloadSpec(seconds=4, warmup=1, capacity_if_unknown=300),
     edge_check_rounds=3, edge_check_s=3,
     # Differences of a few µs per request need the full run's rounds; and the quick run must
     # stay near 2 minutes.
@@ -288,6 +291,12 @@ class Bench:
         log(f"  login p95 {result['quiet_p95_ms']} ms quiet, {result['flooded_p95_ms']} ms during "
             f"{signup_flood.FLOOD_RATE:g} registrations/s: ×{result['ratio']}; registrations "
             f"{result['registrations']}")
+
+    async def run_overload(self) -> None:
+        self.results["overload"] = result = await overload.run(self, self.profile.overload)
+        log(f"  capacity {result['capacity_rps']:g}/s: goodput at " + ", ".join(
+            f"{s['factor']}× {s['achieved_rps']}/s ({s['goodput_ratio']:.0%})"
+            for s in result["runs"].values()))
 
     async def run_verification(self) -> None:
         from stack.supervisor import settings_env
@@ -787,7 +796,7 @@ async def run(args: argparse.Namespace) -> int:
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("signup_flood", bench.run_signup_flood),
                   ("orders", bench.run_orders), ("edge_check", bench.run_edge_check),
-                  ("mix", bench.run_mix),
+                  ("mix", bench.run_mix), ("overload", bench.run_overload),
                   # Sockets before the POS day: the realtime process's memory is measured from
                   # a baseline no earlier workload has grown.
                   ("websockets", bench.run_websockets), ("pos_day", bench.run_pos_day)]
@@ -842,8 +851,8 @@ def main(argv: list[str] | None = None) -> None:
                                            "seed reads its verification links (default: "
                                            "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
-                                       "signup_flood, orders, edge_check, mix, pos_day, "
-                                       "websockets")
+                                       "signup_flood, orders, edge_check, mix, overload "
+                                       "(after mix: 2× and 4× its capacity), pos_day, websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")

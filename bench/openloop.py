@@ -23,25 +23,46 @@ Outcome = str | None
 Fire = Callable[[int], Awaitable[Outcome]]
 
 
+# Error kinds that are a refusal at capacity (admission control), answered before any work.
+REFUSED_MARK = "OVERLOADED"
+NO_JSON = "non-JSON body"  # bench.scenarios.error_kind's reason for a body it could not read
+
+
 @dataclass
 class Recorder:
-    """Latencies (seconds) of successful and failed requests, and error kinds."""
+    """Latencies (seconds) of every request, of the successful ones and of the refused ones
+    (OVERLOADED), and error kinds."""
 
     latencies: array.array = field(default_factory=lambda: array.array("d"))
+    ok_latencies: array.array = field(default_factory=lambda: array.array("d"))
+    refused_latencies: array.array = field(default_factory=lambda: array.array("d"))
     errors: Counter = field(default_factory=Counter)
     sent: int = 0
     late_sends: int = 0  # requests sent more than 10 ms after their due time (generator lag)
 
     def record(self, latency: float, outcome: Outcome) -> None:
         self.latencies.append(latency)
-        if outcome is not None:
-            self.errors[outcome] += 1
+        if outcome is None:
+            self.ok_latencies.append(latency)
+            return
+        self.errors[outcome] += 1
+        if REFUSED_MARK in outcome:
+            self.refused_latencies.append(latency)
 
     def merge(self, other: "Recorder") -> None:
         self.latencies.extend(other.latencies)
+        self.ok_latencies.extend(other.ok_latencies)
+        self.refused_latencies.extend(other.refused_latencies)
         self.errors.update(other.errors)
         self.sent += other.sent
         self.late_sends += other.late_sends
+
+
+def without_reason(kind: str) -> bool:
+    """An error kind a client cannot act on: no ErrorInfo reason ("503"), a transport failure
+    (an exception's name), a timeout."""
+    status, _, reason = kind.partition(" ")
+    return not status.isdigit() or not reason or reason == NO_JSON
 
 
 def percentile(sorted_values: list[float] | array.array, fraction: float) -> float:
@@ -71,6 +92,17 @@ def summarise(recorder: Recorder, duration: float, offered_rate: float | None = 
         summary[f"{name}_ms"] = round(percentile(values, fraction) * 1000, 2)
     summary["max_ms"] = round(values[-1] * 1000, 2) if values else 0.0
     summary["mean_ms"] = round(sum(values) / count * 1000, 2) if count else 0.0
+    ok = sorted(recorder.ok_latencies)
+    refused = sorted(recorder.refused_latencies)
+    summary.update(
+        ok_p99_ms=round(percentile(ok, .99) * 1000, 2),
+        refused=len(refused),
+        refused_p99_ms=round(percentile(refused, .99) * 1000, 2),
+        refused_max_ms=round(refused[-1] * 1000, 2) if refused else 0.0,
+        over_2s=sum(1 for value in values if value > 2.0),
+        timeouts=recorder.errors.get("timeout", 0),
+        without_reason=sum(n for kind, n in recorder.errors.items() if without_reason(kind)),
+    )
     return summary
 
 

@@ -94,6 +94,28 @@ def edge_check_table(results: dict) -> list[str]:
     return out
 
 
+def overload_table(results: dict) -> list[str]:
+    overload = results.get("overload")
+    if not overload:
+        return []
+    capacity = overload["capacity_rps"]
+    runs = overload["runs"]
+    out = ["", "## Past saturation: the orders mix at 2× and 4× capacity", "",
+           f"Capacity {capacity:g} req/s ("
+           + ("the highest step meeting p95 < 50 ms and p99 < 150 ms" if overload["capacity_measured"]
+              else "assumed: a quick run has no step search") + "). "
+           f"Goodput at 4× is **{runs['4x']['goodput_ratio']:.0%}** of capacity." if "4x" in runs
+           else "", "",
+           "| offered req/s | goodput req/s | of capacity | admitted p99 ms | refused | refused p99 / max ms | over 2 s | timeouts | without reason | error kinds |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for run in runs.values():
+        out.append(f"| {run['offered_rps']:g} | {run['achieved_rps']} | {run['goodput_ratio']:.0%} | "
+                   f"{run['ok_p99_ms']} | {run['refused']} | {run['refused_p99_ms']} / "
+                   f"{run['refused_max_ms']} | {run['over_2s']} | {run['timeouts']} | "
+                   f"{run['without_reason']} | {run['error_kinds']} |")
+    return out
+
+
 def markdown(results: dict, checks: list[Check]) -> str:
     machine = results["machine"]
     out = [f"# posmesh bench — {results['date']} ({results['mode']} run)", "",
@@ -127,6 +149,7 @@ def markdown(results: dict, checks: list[Check]) -> str:
         for s in steps:
             out.append(f"| {s['offered_rps']} | {s['achieved_rps']} | {s['p50_ms']} | {s['p95_ms']} | "
                        f"{s['p99_ms']} | {s['errors']} | {'yes' if s['meets'] else 'no'} |")
+    out += overload_table(results)
     for day in (results.get("workloads", {}).get("pos_day_small"),
                 results.get("workloads", {}).get("pos_day")):
         if not day:
@@ -201,6 +224,38 @@ def markdown(results: dict, checks: list[Check]) -> str:
     return "\n".join(out)
 
 
+def _plot_goodput(ax, results: dict) -> None:
+    """Goodput (successful requests/s) against offered rate for the orders mix: the step
+    search, the target run and the overload runs at 2× and 4× capacity."""
+    workloads = results.get("workloads", {})
+    points = [s for s in (workloads.get("orders_mix_steps") or [])]
+    overload = results.get("overload") or {}
+    points += list((overload.get("runs") or {}).values())
+    if not points:
+        ax.set_visible(False)
+        return
+    points.sort(key=lambda s: s["offered_rps"])
+    offered = [s["offered_rps"] for s in points]
+    ax.plot(offered, [s["achieved_rps"] for s in points], "o-", label="goodput (2xx/s)")
+    ax.plot([0, max(offered)], [0, max(offered)], color="grey", linewidth=0.8, linestyle=":",
+            label="offered = goodput")
+    capacity = overload.get("capacity_rps")
+    if capacity:
+        ax.axhline(capacity, color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(0.9 * capacity, color="red", linestyle=":", linewidth=0.8)
+        ax.text(0, capacity * 1.01, f" capacity {capacity:g}/s", fontsize=8, color="grey")
+        ax.text(0, capacity * 0.91, " 90 % of capacity", fontsize=8, color="red")
+        for run in (overload.get("runs") or {}).values():
+            ax.annotate(f"{run['factor']}×: {run['goodput_ratio']:.0%}",
+                        (run["offered_rps"], run["achieved_rps"]), textcoords="offset points",
+                        xytext=(-10, 8), fontsize=8)
+    ax.set_xlabel("offered rate (orders mix, requests/s)")
+    ax.set_ylabel("goodput (successful requests/s)")
+    ax.set_title("goodput against offered rate", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
 def plot(results: dict, path: Path) -> bool:
     try:
         import matplotlib
@@ -209,7 +264,9 @@ def plot(results: dict, path: Path) -> bool:
     except ImportError:
         return False
     steps = results.get("workloads", {}).get("orders_mix_steps") or []
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fig, (ax, goodput_ax) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=110,
+                                         gridspec_kw={"width_ratios": [3, 2]})
+    _plot_goodput(goodput_ax, results)
     if steps:
         rates = [s["offered_rps"] for s in steps]
         for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):

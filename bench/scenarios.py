@@ -10,7 +10,7 @@ import uuid
 from typing import Callable
 
 from bench.h2client import H2Pool
-from bench.openloop import Fire, Outcome
+from bench.openloop import NO_JSON, Fire, Outcome
 from bench.world import World
 
 JSON = (b"content-type", b"application/json")
@@ -33,7 +33,7 @@ def error_kind(status: int, body: bytes) -> str:
                 reason = detail["reason"]
                 break
     except (ValueError, AttributeError):
-        reason = "non-JSON body"
+        reason = NO_JSON
     return f"{status} {reason}".strip()
 
 

@@ -91,10 +91,33 @@ def evaluate(results: dict) -> list[Check]:
                lambda s: f"{s['errors']} errors of {s['requests']}"
                          + (f" ({s['error_kinds']})" if s["errors"] else "")))
     best = w.get("orders_mix_max_rate")
-    add(_check("orders", "highest mix rate meeting p95 < 50 ms and p99 < 150 ms (reported)",
-               best, lambda b: b.get("rate", 0) > 0,
+    add(_check("orders", "highest mix rate meeting p95 < 50 ms and p99 < 150 ms ≥ 600 req/s",
+               best, lambda b: b.get("rate", 0) >= 600,
                lambda b: f"{b['rate']} req/s" + (f" (next step {b['failed_at']}/s failed: {b['why']})"
                                                   if b.get("failed_at") else " (highest step tried)")))
+
+    # --- overload (issue 12) ----------------------------------------------------------------
+    over = results.get("overload") or {}
+    for factor in (2, 4):
+        run = (over.get("runs") or {}).get(f"{factor}x")
+        measured = over.get("capacity_measured", False)
+        where = f" at {factor}× capacity" + ("" if measured or run is None else
+                                             " (capacity not measured: quick run, indicative)")
+        add(_check("overload", f"goodput ≥ 90 % of capacity{where}", run,
+                   lambda s: s["goodput_ratio"] >= 0.9,
+                   lambda s: f"{s['achieved_rps']}/s of {over['capacity_rps']:g}/s = "
+                             f"{s['goodput_ratio']:.0%} (offered {s['offered_rps']:g}/s)"))
+        add(_check("overload", f"admitted requests p99 < 150 ms{where}", run,
+                   lambda s: s["ok_p99_ms"] < 150, lambda s: f"p99 {s['ok_p99_ms']} ms"))
+        add(_check("overload", f"refused requests answered within 20 ms (p99){where}", run,
+                   lambda s: s["refused_p99_ms"] <= 20,
+                   lambda s: f"{s['refused']} refused: p99 {s['refused_p99_ms']} ms, "
+                             f"max {s['refused_max_ms']} ms"))
+        add(_check("overload", f"no request over 2 s, 0 timeouts, every non-2xx with a reason{where}",
+                   run, lambda s: s["over_2s"] == 0 and s["timeouts"] == 0 and s["without_reason"] == 0,
+                   lambda s: f"{s['over_2s']} over 2 s (max {s['max_ms']} ms), {s['timeouts']} "
+                             f"timeouts, {s['without_reason']} without a reason "
+                             f"({s['error_kinds']})"))
 
     # --- edge (issue 10) ----------------------------------------------------------------------
     check = results.get("edge_check")
@@ -136,6 +159,18 @@ def evaluate(results: dict) -> list[Check]:
                lambda s: s["per_core"] >= 50_000,
                lambda s: f"{s['per_core']:,}/s per core of the realtime process "
                          f"({s['wall_per_second']:,}/s wall, {s['deliveries']:,} deliveries)"))
+
+    # --- the POS day (issue 12: the recovery plan's targets) ----------------------------------
+    day = w.get("pos_day")
+    add(_check("pos day", "1,000 users: 0 errors", day,
+               lambda s: s["users"] >= 1000 and s["errors"] == 0,
+               lambda s: f"{s['users']:,} users, {s['errors']} errors of {s['requests']:,}"
+                         + (f" ({s['error_kinds']})" if s["errors"] else "")))
+    add(_check("pos day", "1,000 users: p95 < 200 ms", day, lambda s: s["p95_ms"] < 200,
+               lambda s: f"p95 {s['p95_ms']} ms at {s['achieved_rps']}/s"))
+    add(_check("pos day", "1,000 users: events to sockets p99 < 500 ms", day,
+               lambda s: s["event_p99_ms"] < 500 and s["missing_events"] == 0,
+               lambda s: f"p99 {s['event_p99_ms']} ms, {s['missing_events']} missing"))
 
     # --- everything ---------------------------------------------------------------------------
     runs = {name: s for name, s in w.items() if isinstance(s, dict) and "errors" in s}

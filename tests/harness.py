@@ -72,6 +72,12 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         # Every test registers its own people: new passwords must not be paced at production's
         # 2 per second (the pacing itself is tested in tests/unit/test_auth_passwords.py).
         "ENROLLMENT_HASHES_PER_SECOND": 1000,
+        # The suite fires bursts (50 concurrent updates, fuzzing) on a shared 2-core machine:
+        # admission control must not refuse them. It is tested on its own with its production
+        # numbers (tests/unit/test_admission*.py, tests/e2e/test_edge_admission.py) and, for the
+        # stack's real limits, by the pool-pressure fault test, which reads these settings.
+        "ADMISSION_MAX_IN_FLIGHT": 256,
+        "ADMISSION_MAX_QUEUE_MS": 5000,
         "ENROLLMENT_HASH_MAX_PENDING": 64,
         # Realtime: the auth-timeout test waits this long (the app itself waits 10 s).
         "WS_AUTH_TIMEOUT_SECONDS": 2,

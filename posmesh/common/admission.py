@@ -12,8 +12,8 @@ Three checks, before the handler touches the database:
   law: a process's measured throughput times the latency we promise (docs/platform.md).
 - **Queue age.** The edge stamps `x-request-start` (its clock, seconds); a request that already
   waited longer than its priority's budget in the edge, the network and the gRPC queue is refused:
-  its answer would come too late to be of use (reads after 100 ms, others after 250 ms, critical
-  calls after 1 s).
+  its answer would come too late to be of use (ADMISSION_MAX_QUEUE_MS, 100 ms, for reads; 2.5
+  times that for other calls, 10 times for critical ones).
 - **Deadline.** The caller's deadline (grpc-timeout; the edge sets it from its route timeout)
   or REQUEST_DEADLINE_SECONDS. The handler runs under it, less a margin, so a request answers
   DEADLINE_EXCEEDED with its reason before the caller gives up, and whatever it was waiting for
@@ -50,9 +50,9 @@ class Priority(enum.Enum):
 
 
 # How long a request may already have waited (edge, network, gRPC queue) and still be worth
-# starting: reads are repeated by the app anyway; a till's order is worth a longer wait.
-QUEUE_AGE_LIMIT_SECONDS = {Priority.SHEDDABLE: 0.1, Priority.NORMAL: 0.25,
-                           Priority.CRITICAL: 1.0}
+# starting, as multiples of ADMISSION_MAX_QUEUE_MS (reads' limit): reads are repeated by the app
+# anyway; a till's order is worth a longer wait.
+QUEUE_AGE_SCALE = {Priority.SHEDDABLE: 1.0, Priority.NORMAL: 2.5, Priority.CRITICAL: 10.0}
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
@@ -84,16 +84,20 @@ class Lane:
 class Admission:
     """One per process. `admit()` before the handler, `release()` after it (always)."""
 
-    def __init__(self, max_in_flight: int, default_deadline_seconds: float) -> None:
+    def __init__(self, max_in_flight: int, default_deadline_seconds: float,
+                 max_queue_seconds: float = 0.1) -> None:
         self.max_in_flight = max(1, max_in_flight)
         self.default_deadline_seconds = default_deadline_seconds
+        self.queue_age_limits = {priority: max_queue_seconds * scale
+                                 for priority, scale in QUEUE_AGE_SCALE.items()}
         self.critical = Lane(self.max_in_flight)
         self.shared = Lane(self.max_in_flight)
         self._sheddable_limit = max(1, int(self.max_in_flight * SHEDDABLE_SHARE))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Admission":
-        return cls(settings.admission_max_in_flight, settings.request_deadline_seconds)
+        return cls(settings.admission_max_in_flight, settings.request_deadline_seconds,
+                   settings.admission_max_queue_ms / 1000)
 
     def _lane(self, priority: Priority) -> Lane:
         return self.critical if priority is Priority.CRITICAL else self.shared
@@ -106,7 +110,7 @@ class Admission:
             lane.refused += 1
             raise overloaded(f"the service is at capacity ({lane.in_flight} {priority.value} "
                              "calls in flight); retry shortly")
-        if queued_seconds > QUEUE_AGE_LIMIT_SECONDS[priority]:
+        if queued_seconds > self.queue_age_limits[priority]:
             lane.refused += 1
             raise overloaded(f"the request waited {queued_seconds * 1000:.0f} ms before the "
                              "service could start it; retry shortly")

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # in each lane (critical; everything else), and the edge's circuit breakers per cluster
     # (this times the replicas). From Little's law and the bench (docs/platform.md).
     admission_max_in_flight: int = Field(32, alias="ADMISSION_MAX_IN_FLIGHT", ge=1)
+    # A read that already waited this long (since the edge received it) is refused; other calls
+    # may wait 2.5 times as long, critical ones 10 times.
+    admission_max_queue_ms: float = Field(100.0, alias="ADMISSION_MAX_QUEUE_MS", gt=0)
     # A call whose caller sent no deadline runs for at most this long.
     request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---

@@ -17,9 +17,12 @@ import time
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 
-from tests.support.orders import line, place_order
+from posmesh.common.settings import Settings
+from tests.support.orders import add_menu_item, line, open_restaurant, place_order
 from tests.support.restaurants import error_reason
+from tests.support.stacks import own_stack
 
 pytestmark = pytest.mark.fault
 
@@ -84,8 +87,25 @@ async def test_requests_within_the_admission_limit_queue_for_the_pool_and_all_su
     assert max(seconds for _, seconds in results) < BOUNDED_SECONDS
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def production_limits():
+    """The session stack raises the admission limits for the suite's bursts; this one keeps
+    the production defaults."""
+    defaults = Settings.model_fields
+    async with own_stack(admission_max_in_flight=defaults["admission_max_in_flight"].default,
+                         admission_max_queue_ms=defaults["admission_max_queue_ms"].default) as own:
+        context = ssl.create_default_context(cafile=str(own.ca_file))
+        async with httpx.AsyncClient(base_url=own.edge_url, verify=context, http2=True,
+                                     timeout=15) as client:
+            yield own, client
+
+
 async def test_a_burst_beyond_capacity_is_refused_at_once_and_gets_through_on_retry(
-        stack, edge, party, dish):
+        production_limits):
+    stack, edge = production_limits
+    assert stack.settings.admission_max_in_flight * 2 < BURST
+    party = await open_restaurant(edge)
+    dish = await add_menu_item(edge, party.manager, price_minor=650, tax_rate_ppm=200_000)
     orders = [await place_order(edge, party.staff, [line(dish)]) for _ in range(5)]
     reads = Reads(stack, party, orders)
     stop, peaks = asyncio.Event(), []

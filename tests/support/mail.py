@@ -14,7 +14,9 @@ import asyncio
 import re
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from stack.mail_store import MailStore, StoredMail
@@ -28,6 +30,17 @@ _default: Mailbox | None = None  # the session stack's, for helpers that get onl
 def use_mailbox(mailbox: "Mailbox") -> None:
     global _default
     _default = mailbox
+
+
+@contextmanager
+def mailbox_in_use(mailbox: "Mailbox") -> Iterator["Mailbox"]:
+    """`mailbox` as the default for the helpers meanwhile (a stack of a test's own)."""
+    global _default
+    previous, _default = _default, mailbox
+    try:
+        yield mailbox
+    finally:
+        _default = previous
 
 
 def default_mailbox() -> "Mailbox":

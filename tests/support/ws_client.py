@@ -109,7 +109,11 @@ class AppSocket:
         message = json.loads(raw)
         self.received.append(message)
         if message.get("type") == "ping":
-            await self.send(self.envelope("pong", {"timestamp": message.get("data", {}).get("timestamp")}))
+            try:
+                await self.send(self.envelope("pong", {"timestamp": message.get("data", {}).get(
+                    "timestamp")}))
+            except ConnectionClosed:
+                pass  # closing: what the server sent before its close frame is still to be read
         return message
 
     async def next(self, *types: str, timeout: float = DEFAULT_TIMEOUT) -> dict:

@@ -55,7 +55,7 @@ def test_critical_calls_have_a_lane_of_their_own_that_a_read_storm_cannot_fill()
 ])
 def test_a_request_that_waited_too_long_to_be_useful_is_refused_before_any_work(
         priority, waited, admitted):
-    admission = Admission(max_in_flight=8, default_deadline_seconds=10)
+    admission = Admission(max_in_flight=8, default_deadline_seconds=10, max_queue_seconds=0.1)
     if admitted:
         admission.admit(priority, queued_seconds=waited)
     else:
