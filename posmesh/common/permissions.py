@@ -196,7 +196,9 @@ def permission_name(method: str) -> str:
 
 def matrix_markdown() -> str:
     """The table as the README prints it (a test keeps the README in step)."""
-    lines = ["| RPC | owner | manager | staff | notes |", "|---|---|---|---|---|"]
+    lines = ["| RPC | owner | manager | staff | under load | notes |", "|---|---|---|---|---|---|"]
+    load = {Priority.CRITICAL: "shed last", Priority.SHEDDABLE: "shed first",
+            Priority.NORMAL: "normal", None: "never shed"}
     for method, rule in PERMISSIONS.items():
         if not method.startswith("/posmesh."):
             continue
@@ -207,5 +209,6 @@ def matrix_markdown() -> str:
             cells = [rule.access.value] * 3
             note = rule.note or {Access.PUBLIC: "no token needed", Access.SIGNED_IN: "any signed-in user",
                     Access.INTERNAL: "service-to-service; not routed by the edge"}[rule.access]
-        lines.append(f"| `{permission_name(method)}` | " + " | ".join(cells) + f" | {note} |")
+        lines.append(f"| `{permission_name(method)}` | " + " | ".join(cells)
+                     + f" | {load[rule.priority]} | {note} |")
     return "\n".join(lines)
