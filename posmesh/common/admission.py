@@ -12,8 +12,8 @@ Three checks, before the handler touches the database:
   law: a process's measured throughput times the latency we promise (docs/platform.md).
 - **Queue age.** The edge stamps `x-request-start` (its clock, seconds); a request that already
   waited longer than its priority's budget in the edge, the network and the gRPC queue is refused:
-  its answer would come too late to be of use (ADMISSION_MAX_QUEUE_MS, 100 ms, for reads; 2.5
-  times that for other calls, 10 times for critical ones).
+  its answer would come too late to be of use (ADMISSION_MAX_QUEUE_MS, 200 ms, for reads; twice
+  that for other calls, five times for critical ones).
 - **Deadline.** The caller's deadline (grpc-timeout; the edge sets it from its route timeout)
   or REQUEST_DEADLINE_SECONDS. The handler runs under it, less a margin, so a request answers
   DEADLINE_EXCEEDED with its reason before the caller gives up, and whatever it was waiting for
@@ -52,7 +52,7 @@ class Priority(enum.Enum):
 # How long a request may already have waited (edge, network, gRPC queue) and still be worth
 # starting, as multiples of ADMISSION_MAX_QUEUE_MS (reads' limit): reads are repeated by the app
 # anyway; a till's order is worth a longer wait.
-QUEUE_AGE_SCALE = {Priority.SHEDDABLE: 1.0, Priority.NORMAL: 2.5, Priority.CRITICAL: 10.0}
+QUEUE_AGE_SCALE = {Priority.SHEDDABLE: 1.0, Priority.NORMAL: 2.0, Priority.CRITICAL: 5.0}
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     # (this times the replicas). From Little's law and the bench (docs/platform.md).
     admission_max_in_flight: int = Field(32, alias="ADMISSION_MAX_IN_FLIGHT", ge=1)
     # A read that already waited this long (since the edge received it) is refused; other calls
-    # may wait 2.5 times as long, critical ones 10 times.
-    admission_max_queue_ms: float = Field(100.0, alias="ADMISSION_MAX_QUEUE_MS", gt=0)
+    # may wait twice as long, critical ones five times.
+    admission_max_queue_ms: float = Field(200.0, alias="ADMISSION_MAX_QUEUE_MS", gt=0)
     # A call whose caller sent no deadline runs for at most this long.
     request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---

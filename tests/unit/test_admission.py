@@ -50,8 +50,8 @@ def test_critical_calls_have_a_lane_of_their_own_that_a_read_storm_cannot_fill()
 
 @pytest.mark.parametrize("priority, waited, admitted", [
     (Priority.SHEDDABLE, 0.05, True), (Priority.SHEDDABLE, 0.2, False),
-    (Priority.NORMAL, 0.2, True), (Priority.NORMAL, 0.3, False),
-    (Priority.CRITICAL, 0.9, True), (Priority.CRITICAL, 1.5, False),
+    (Priority.NORMAL, 0.15, True), (Priority.NORMAL, 0.25, False),
+    (Priority.CRITICAL, 0.45, True), (Priority.CRITICAL, 0.6, False),
 ])
 def test_a_request_that_waited_too_long_to_be_useful_is_refused_before_any_work(
         priority, waited, admitted):
