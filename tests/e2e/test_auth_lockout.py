@@ -20,6 +20,7 @@ from tests.support.accounts import (
     register_and_login,
     unique_email,
 )
+from tests.support.stacks import with_embedded_servers
 
 WRONG = "definitely not it"
 
@@ -144,9 +145,12 @@ async def test_a_client_ip_guessing_many_accounts_is_locked_out(stack):
 
 
 @pytest.mark.fault
-async def test_sign_in_fails_fast_and_clearly_while_redis_is_down_and_recovers(edge, stack):
-    if stack.redis is None:
-        pytest.skip("Redis is external (REDIS_URL): the test cannot stop it")
+async def test_sign_in_fails_fast_and_clearly_while_redis_is_down_and_recovers(stack):
+    async with with_embedded_servers(stack) as (stack, edge):
+        await _sign_in_fails_fast_and_clearly_while_redis_is_down_and_recovers(stack, edge)
+
+
+async def _sign_in_fails_fast_and_clearly_while_redis_is_down_and_recovers(stack, edge):
     account = await register_and_login(edge)
     await stack.stop_redis()
     try:

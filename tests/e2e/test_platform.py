@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stack.supervisor import Stack
 from tests.harness import create_database, data_dir, drop_database, stack_settings
 from tests.support.orders import open_restaurant
+from tests.support.stacks import with_embedded_servers
 
 SERVICES = {"auth", "staff", "orders", "realtime"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,9 +132,13 @@ async def test_health_is_answered_while_one_database_service_is_down(stack, edge
     await _health_until(edge, manager_headers, "SERVING", "after staff came back")
 
 
-async def test_health_reports_redis_down_and_recovers(stack, edge, manager_headers):
-    if stack.redis is None:
-        pytest.skip("REDIS_URL points at an external Redis")
+async def test_health_reports_redis_down_and_recovers(stack):
+    async with with_embedded_servers(stack) as (stack, edge):
+        await _health_reports_redis_down_and_recovers(stack, edge,
+                                                      (await open_restaurant(edge)).manager.headers)
+
+
+async def _health_reports_redis_down_and_recovers(stack, edge, manager_headers):
     await stack.stop_redis()
     try:
         down = await _health_until(edge, manager_headers, "DEGRADED", "with Redis stopped",
@@ -145,9 +150,13 @@ async def test_health_reports_redis_down_and_recovers(stack, edge, manager_heade
     await _health_until(edge, manager_headers, "SERVING", "after Redis came back")
 
 
-async def test_database_survives_a_postgres_restart(stack, edge, manager_headers):
-    if stack.postgres is None:
-        pytest.skip("DATABASE_URL points at an external PostgreSQL")
+async def test_database_survives_a_postgres_restart(stack):
+    async with with_embedded_servers(stack) as (stack, edge):
+        await _database_survives_a_postgres_restart(stack, edge,
+                                                    (await open_restaurant(edge)).manager.headers)
+
+
+async def _database_survives_a_postgres_restart(stack, edge, manager_headers):
     await stack.restart_postgres()
 
     # pool_pre_ping replaces the connections the restart broke.
@@ -162,8 +171,11 @@ async def test_database_survives_a_postgres_restart(stack, edge, manager_headers
 
 
 async def test_embedded_postgres_allows_every_pool_at_full_size(stack):
-    if stack.postgres is None:
-        pytest.skip("DATABASE_URL points at an external PostgreSQL")
+    async with with_embedded_servers(stack) as (stack, _):
+        await _embedded_postgres_allows_every_pool_at_full_size(stack)
+
+
+async def _embedded_postgres_allows_every_pool_at_full_size(stack):
     import asyncpg
 
     dsn = stack.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
