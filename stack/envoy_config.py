@@ -40,6 +40,7 @@ UNKNOWN_FIELDS_NAMESPACE = "posmesh.unknown_fields"
 # Public gRPC services -> the cluster that serves them. Anything not listed is not routable.
 EDGE_SERVICES: dict[str, str] = {
     "posmesh.auth.v1.AuthService": "auth",
+    "posmesh.auth.v1.DeviceService": "auth",
     "posmesh.staff.v1.StaffService": "staff",
     "posmesh.orders.v1.MenuService": "orders",
     "posmesh.orders.v1.OrderService": "orders",

@@ -129,7 +129,11 @@ class _Document:
     def _operation_description(self, binding: Binding, rule: permissions.Rule) -> str:
         who = {Access.PUBLIC: "No token needed.",
                Access.SIGNED_IN: "Any signed-in user.",
-               Access.RESTAURANT: f"Roles in the token's restaurant: {', '.join(sorted(rule.roles))}."}
+               Access.RESTAURANT: f"Roles in the token's restaurant: {', '.join(sorted(rule.roles))}."
+                                  + (f" Devices' own tokens: {', '.join(sorted(rule.devices))}."
+                                     if rule.devices else ""),
+               Access.DEVICE: "A paired device's own token (no person): "
+                              f"{', '.join(sorted(rule.devices))}."}
         parts = [self.contract.comment(f"{binding.service.full_name}.{binding.method.name}"),
                  f"**Access:** {who[rule.access]}" + (f" {rule.note[0].upper()}{rule.note[1:]}."
                                                       if rule.note else ""),
@@ -290,8 +294,12 @@ class _Document:
 
 
 def _permission(rule: permissions.Rule) -> str:
+    devices = f"; devices: {', '.join(sorted(rule.devices))}" if rule.devices else ""
     if rule.access is Access.RESTAURANT:
-        return "restaurant: " + ", ".join(role for role in permissions.ROLES if role in rule.roles)
+        return ("restaurant: " + ", ".join(role for role in permissions.ROLES if role in rule.roles)
+                + devices)
+    if rule.access is Access.DEVICE:
+        return "device: " + ", ".join(sorted(rule.devices))
     return rule.access.value
 
 

@@ -17,6 +17,13 @@ class Caller:
     token_id: str
     expires_at: int
     client_ip: str = ""
+    device_id: str = ""  # the paired device the token belongs to, if any
+    device_type: str = ""
+
+    @property
+    def device_only(self) -> bool:
+        """A device's own token (no person): user_id is empty."""
+        return not self.user_id and bool(self.device_id)
 
 
 @dataclass(frozen=True, slots=True)

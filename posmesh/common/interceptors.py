@@ -285,6 +285,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 security_events.record("REVOKED_SESSION_USE", ip=ip, method=method)
             raise
         context.set_caller(_caller_of(claims, ip))
+        self._check_device(method, rule, claims, ip)
         if rule.tenant_checked:
             for where, requested in _requested_restaurants(request, metadata):
                 if requested != claims.restaurant_id:
@@ -302,6 +303,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if rule.access is permissions.Access.RESTAURANT:
             if not claims.restaurant_id:
                 raise _no_context(method)
+            if claims.device_only:
+                return  # its type was checked above
             if claims.role not in rule.roles:
                 name = permissions.permission_name(method)
                 security_events.record("ACCESS_DENIED", ip=ip, user_id=claims.sub,
@@ -313,6 +316,25 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                     f"your role in this restaurant is {claims.role or 'none'}",
                     permission=name, role=claims.role)
 
+
+    @staticmethod
+    def _check_device(method: str, rule: permissions.Rule, claims, ip: str) -> None:
+        """A device's own token (no person) may call only what its type is listed for; a
+        device-only RPC needs one."""
+        name = permissions.permission_name(method)
+        if rule.access is permissions.Access.DEVICE and not claims.device_only:
+            raise PermissionDenied(
+                "DEVICE_REQUIRED", f"permission {name} needs a paired device's own token "
+                f"({', '.join(sorted(rule.devices))}), not a person's", permission=name)
+        if claims.device_only and claims.device_type not in rule.devices:
+            security_events.record("ACCESS_DENIED", ip=ip, restaurant_id=claims.restaurant_id,
+                                   permission=name, device_id=claims.device_id,
+                                   device_type=claims.device_type)
+            raise PermissionDenied(
+                "DEVICE_FORBIDDEN", f"a {claims.device_type or 'device'} may not call {name}"
+                + ("; a person signs in on it with their PIN first" if claims.device_type in
+                   permissions.PIN_PADS else ""),
+                permission=name, device_type=claims.device_type)
 
     async def _identify(self, token: str, ip: str) -> None:
         """On a public RPC: the caller when the token is valid; anonymous otherwise."""
@@ -326,7 +348,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
 def _caller_of(claims, ip: str) -> context.Caller:
     return context.Caller(user_id=claims.sub, session_id=claims.sid,
                           restaurant_id=claims.restaurant_id, role=claims.role,
-                          token_id=claims.jti, expires_at=claims.exp, client_ip=ip)
+                          token_id=claims.jti, expires_at=claims.exp, client_ip=ip,
+                          device_id=claims.device_id, device_type=claims.device_type)
 
 
 def _no_context(method: str) -> PermissionDenied:

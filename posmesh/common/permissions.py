@@ -17,12 +17,30 @@ ROLES = (OWNER, MANAGER, STAFF)
 EVERY_ROLE = frozenset(ROLES)
 MANAGERS = frozenset({OWNER, MANAGER})
 
+# Paired devices (posmesh.auth.v1.DeviceType). A device's own token has no user: what it may call
+# is decided by its type (a Rule's `devices`), never by a role. A person signed in on a device
+# with a PIN (a staff session) is decided by their role like anywhere else.
+TILL, KITCHEN_SCREEN, MANAGER_TABLET = "TILL", "KITCHEN_SCREEN", "MANAGER_TABLET"
+DEVICE_TYPES = (TILL, KITCHEN_SCREEN, MANAGER_TABLET)
+PIN_PADS = frozenset({TILL, MANAGER_TABLET})  # devices people sign in on with a PIN
+
+# Manager override: actions a person without the role may do on a till when a manager approves
+# that one action there with their PIN (DeviceService.ApproveAction). The approval names the
+# action and its resource, is signed by auth, single-use, and recorded in the order event and
+# the security log.
+CANCEL_SENT_ORDER = "orders.cancelSentOrder"
+OVERRIDABLE_ACTIONS: dict[str, str] = {
+    CANCEL_SENT_ORDER: "cancel an order the kitchen has (any status after OPEN): owner or "
+                       "manager, or staff with a manager's approval on the till",
+}
+
 
 class Access(Enum):
     PUBLIC = "public"  # no token needed
     SIGNED_IN = "signed-in"  # any valid token; no restaurant context needed
     RESTAURANT = "restaurant"  # a token with a restaurant context and one of `roles`
     INTERNAL = "internal"  # service-to-service only; refused when it arrives through the edge
+    DEVICE = "device"  # a paired device's own token (no person), of one of `devices`
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,9 @@ class Rule:
     # normally, or last. None: infrastructure (health probes, reflection), never refused.
     # Set from SHED_LAST and SHED_FIRST below, not per row.
     priority: Priority | None = Priority.NORMAL
+    # Device types whose own token (no person) may call this RPC; a person's token is decided by
+    # `roles` alone.
+    devices: frozenset[str] = frozenset()
 
     @property
     def permission(self) -> str:
@@ -59,12 +80,20 @@ SIGNED_IN = Rule(Access.SIGNED_IN)
 INTERNAL = Rule(Access.INTERNAL, tenant_checked=False)
 
 
-def restaurant(*roles: str, note: str = "") -> Rule:
-    return Rule(Access.RESTAURANT, frozenset(roles), note=note)
+def restaurant(*roles: str, note: str = "", devices: frozenset[str] = frozenset()) -> Rule:
+    return Rule(Access.RESTAURANT, frozenset(roles), note=note, devices=devices)
+
+
+def device(*types: str, note: str = "", edge_budget: str = "") -> Rule:
+    return Rule(Access.DEVICE, devices=frozenset(types), note=note, edge_budget=edge_budget)
+
+
+KITCHEN = frozenset({KITCHEN_SCREEN})
 
 
 _AUTH = "/posmesh.auth.v1.AuthService/"
 _AUTH_ADMIN = "/posmesh.auth.v1.AuthAdminService/"
+_DEVICES = "/posmesh.auth.v1.DeviceService/"
 _STAFF = "/posmesh.staff.v1.StaffService/"
 _MENU = "/posmesh.orders.v1.MenuService/"
 _ORDERS = "/posmesh.orders.v1.OrderService/"
@@ -112,6 +141,23 @@ PERMISSIONS: dict[str, Rule] = {
     _AUTH_ADMIN + "RevokeUserSessions": INTERNAL,
     _AUTH_ADMIN + "RecordSecurityEvent": INTERNAL,
     _AUTH_ADMIN + "ListRevokedSessions": INTERNAL,
+    # Devices: paired by owners and managers; staff sign in on tills with a PIN.
+    _DEVICES + "CreatePairingCode": restaurant(*MANAGERS, note="single-use, 10 minutes; limited per restaurant"),
+    _DEVICES + "PairDevice": Rule(Access.PUBLIC, tenant_checked=False, edge_budget=LOGIN_BUDGET,
+                                  note="with the pairing code"),
+    _DEVICES + "ListDevices": restaurant(*MANAGERS),
+    _DEVICES + "UpdateDevice": restaurant(*MANAGERS),
+    _DEVICES + "DeleteDevice": restaurant(*MANAGERS, note="ends its credential, staff sessions and sockets"),
+    _DEVICES + "GetDevicePolicy": restaurant(*MANAGERS),
+    _DEVICES + "UpdateDevicePolicy": restaurant(*MANAGERS),
+    _DEVICES + "SetPin": restaurant(*EVERY_ROLE, note="the caller's own PIN"),
+    _DEVICES + "ResetPin": restaurant(*MANAGERS, note="managers: staff-role members only"),
+    _DEVICES + "ListPinUsers": device(*sorted(PIN_PADS)),
+    _DEVICES + "PinLogin": device(*sorted(PIN_PADS), edge_budget=LOGIN_BUDGET,
+                                  note="a paired till of the person's restaurant"),
+    _DEVICES + "SetupPin": device(*sorted(PIN_PADS), edge_budget=LOGIN_BUDGET,
+                                  note="with a manager's setup code"),
+    _DEVICES + "ApproveAction": restaurant(*EVERY_ROLE, note="a staff session on a device; the approver's PIN"),
     # Staff: restaurants the caller belongs to (membership is checked in the domain).
     _STAFF + "CreateRestaurant": Rule(Access.SIGNED_IN, note="the caller becomes its owner"),
     _STAFF + "ListRestaurants": Rule(Access.SIGNED_IN, note="the caller's restaurants only"),
@@ -136,7 +182,7 @@ PERMISSIONS: dict[str, Rule] = {
         note="signed in as a verified account with the invited address, or with the mailed "
              "token and a password of one's own"),
     # Menu.
-    _MENU + "GetMenu": restaurant(*EVERY_ROLE),
+    _MENU + "GetMenu": restaurant(*EVERY_ROLE, devices=KITCHEN),
     _MENU + "CreateMenuCategory": restaurant(*MANAGERS),
     _MENU + "UpdateMenuCategory": restaurant(*MANAGERS),
     _MENU + "DeleteMenuCategory": restaurant(*MANAGERS),
@@ -146,12 +192,15 @@ PERMISSIONS: dict[str, Rule] = {
     # Orders: everyone on the floor takes and moves orders.
     _ORDERS + "CreateOrder": restaurant(*EVERY_ROLE),
     _ORDERS + "ListOrders": restaurant(*EVERY_ROLE),
-    _ORDERS + "ListActiveOrders": restaurant(*EVERY_ROLE),
-    _ORDERS + "GetOrder": restaurant(*EVERY_ROLE),
-    _ORDERS + "UpdateOrderStatus": restaurant(*EVERY_ROLE),
+    _ORDERS + "ListActiveOrders": restaurant(*EVERY_ROLE, devices=KITCHEN),
+    _ORDERS + "GetOrder": restaurant(*EVERY_ROLE, devices=KITCHEN),
+    _ORDERS + "UpdateOrderStatus": restaurant(
+        *EVERY_ROLE, devices=KITCHEN,
+        note="cancelling a sent order: owner, manager, or a manager's approval (orders.cancelSentOrder); "
+             "kitchen screens: kitchen statuses only"),
     _ORDERS + "AddOrderItems": restaurant(*EVERY_ROLE),
     _ORDERS + "RemoveOrderItem": restaurant(*EVERY_ROLE),
-    _ORDERS + "WatchOrders": restaurant(*EVERY_ROLE),
+    _ORDERS + "WatchOrders": restaurant(*EVERY_ROLE, devices=KITCHEN),
     # The realtime service's one stream per restaurant; callers are services, not users.
     "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders": INTERNAL,
     # Realtime.
@@ -165,7 +214,7 @@ SHED_LAST = frozenset({
     _ORDERS + "CreateOrder", _ORDERS + "UpdateOrderStatus", _ORDERS + "AddOrderItems",
     _ORDERS + "RemoveOrderItem", _ORDERS + "WatchOrders",
     "/posmesh.orders.v1.OrderFeedService/WatchRestaurantOrders",
-    _AUTH + "Login", _AUTH + "RefreshToken", _AUTH + "SwitchRestaurant", _AUTH + "VerifyToken",
+    _AUTH + "Login", _AUTH + "RefreshToken", _DEVICES + "PinLogin", _AUTH + "SwitchRestaurant", _AUTH + "VerifyToken",
 })
 # Shed first: reads and lists, which an app repeats on its next refresh anyway.
 SHED_FIRST = frozenset({
@@ -196,7 +245,8 @@ def permission_name(method: str) -> str:
 
 def matrix_markdown() -> str:
     """The table as the README prints it (a test keeps the README in step)."""
-    lines = ["| RPC | owner | manager | staff | under load | notes |", "|---|---|---|---|---|---|"]
+    lines = ["| RPC | owner | manager | staff | devices | under load | notes |",
+             "|---|---|---|---|---|---|---|"]
     load = {Priority.CRITICAL: "shed last", Priority.SHEDDABLE: "shed first",
             Priority.NORMAL: "normal", None: "never shed"}
     for method, rule in PERMISSIONS.items():
@@ -205,10 +255,21 @@ def matrix_markdown() -> str:
         if rule.access is Access.RESTAURANT:
             cells = ["yes" if role in rule.roles else "—" for role in ROLES]
             note = rule.note or "own restaurant only"
+        elif rule.access is Access.DEVICE:
+            cells = ["—"] * 3
+            note = rule.note or "a paired device's own token"
         else:
             cells = [rule.access.value] * 3
             note = rule.note or {Access.PUBLIC: "no token needed", Access.SIGNED_IN: "any signed-in user",
                     Access.INTERNAL: "service-to-service; not routed by the edge"}[rule.access]
+        cells.append(", ".join(sorted(rule.devices)) or "—")
         lines.append(f"| `{permission_name(method)}` | " + " | ".join(cells)
                      + f" | {load[rule.priority]} | {note} |")
+    return "\n".join(lines)
+
+
+def overrides_markdown() -> str:
+    """The actions a manager's PIN approves on a till, as the README prints them."""
+    lines = ["| action | who may, and how |", "|---|---|"]
+    lines += [f"| `{action}` | {what} |" for action, what in OVERRIDABLE_ACTIONS.items()]
     return "\n".join(lines)

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     # --- Auth service (owned by services/auth) ---
     # Failures older than this no longer count towards a lockout.
     login_failure_window_seconds: int = Field(900, alias="LOGIN_FAILURE_WINDOW_SECONDS")
+    # Wrong PINs on tills (services/auth/devices.py): per person in a restaurant and per device,
+    # within LOGIN_FAILURE_WINDOW_SECONDS; lockouts start at LOGIN_LOCKOUT_BASE_SECONDS and double.
+    pin_max_failures: int = Field(5, alias="PIN_MAX_FAILURES")
+    pin_device_max_failures: int = Field(10, alias="PIN_DEVICE_MAX_FAILURES")
     # Password hashes queued for the executor beyond this fail fast with UNAVAILABLE.
     password_hash_max_pending: int = Field(256, alias="PASSWORD_HASH_MAX_PENDING")
     # A rotated-in key is published this long before it signs; it must exceed every verifier's

@@ -50,6 +50,14 @@ class Claims:
     jti: str
     iat: int
     exp: int
+    # A paired device's tokens (its own, with no user: `sub` empty; or a staff session on it).
+    device_id: str = ""
+    device_type: str = ""
+
+    @property
+    def device_only(self) -> bool:
+        """A device's own token: no person behind it."""
+        return not self.sub and bool(self.device_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +191,8 @@ def _claims(payload: dict) -> Claims:
             jti=text("jti"),
             iat=int(payload["iat"]),
             exp=int(payload["exp"]),
+            device_id=text("device_id"),
+            device_type=text("device_type"),
         )
     except (TypeError, ValueError):
         raise token_invalid("the access token's time claims are not numbers") from None

@@ -27,10 +27,14 @@ from posmesh.common.user_events import AUTH_STREAM, UserEventPublisher
 from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.accounts import Accounts
+from services.auth.device_servicer import DeviceServicer
+from services.auth.device_store import DeviceStore
+from services.auth.devices import Devices
 from services.auth.enrollment_hashing import EnrollmentHashing
 from services.auth.identity_store import IdentityStore
 from services.auth.memberships import Memberships
 from services.auth.passwords import PasswordHashing
+from services.auth.pins import KeyedHashing, load_pepper
 from services.auth.rate_limits import LoginLimiter
 from services.auth.request_limits import RequestLimits
 from services.auth.revocation_log import RevocationLog
@@ -97,14 +101,22 @@ async def serve(settings: Settings) -> None:
     revocations = RevocationPublisher(redis, settings, revoked)
     user_events = UserEventPublisher(redis, AUTH_STREAM)
     limiter = LoginLimiter(redis, settings)
+    issuer = AccessTokenIssuer(settings, keyring)
+    session_cache = SessionCache(redis, settings)
+    request_limits = RequestLimits(redis, development=settings.is_development)
     sign_in = SignIn(
         settings=settings, store=store, passwords=sign_in_hashing, limiter=limiter,
-        issuer=AccessTokenIssuer(settings, keyring), keyring=keyring, authenticator=authenticator,
-        cache=SessionCache(redis, settings), revocations=revocations)
+        issuer=issuer, keyring=keyring, authenticator=authenticator,
+        cache=session_cache, revocations=revocations)
+    devices = Devices(
+        settings=settings, store=DeviceStore(engine, store),
+        hashing=KeyedHashing(await asyncio.to_thread(load_pepper, settings.keys_dir)),
+        limiter=limiter, request_limits=request_limits, issuer=issuer, cache=session_cache,
+        revocations=revocations)
     accounts = Accounts(
         settings=settings, store=store, identities=IdentityStore(store),
         sign_in_hashing=sign_in_hashing, enrollment_hashing=enrollment_hashing, limiter=limiter,
-        request_limits=RequestLimits(redis, development=settings.is_development),
+        request_limits=request_limits,
         templates=MailTemplates(settings),
         revocations=revocations)
     memberships = Memberships(store=store, revocations=revocations, user_events=user_events)
@@ -126,8 +138,9 @@ async def serve(settings: Settings) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sign_in, accounts), server)
         auth_pb2_grpc.add_AuthAdminServiceServicer_to_server(
             AuthAdminServicer(accounts, memberships, SecurityLog(store), revocation_log), server)
+        auth_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(devices), server)
         return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name
-                for name in ("AuthService", "AuthAdminService")]
+                for name in ("AuthService", "AuthAdminService", "DeviceService")]
 
     async def on_shutdown() -> None:
         for task in background:

@@ -91,6 +91,11 @@ return 0
 """
 
 
+# A success forgets these subjects' failures (the person proved who they are); the others (a
+# client address, a device) only get this attempt back.
+CLEARED_ON_SUCCESS = frozenset({"account", "pin-user"})
+
+
 @dataclass(frozen=True, slots=True)
 class Subject:
     kind: str  # "account" or "ip"
@@ -197,7 +202,8 @@ class LoginLimiter:
 
     async def succeeded(self, attempt: Attempt) -> None:
         """Clears the account's counters; takes the attempt back off the IP's count."""
-        await self._settle(attempt, lambda subject: "clear" if subject.kind == "account" else "give_back")
+        await self._settle(attempt, lambda subject: "clear" if subject.kind in CLEARED_ON_SUCCESS
+                           else "give_back")
 
     async def abandoned(self, attempt: Attempt) -> None:
         """The attempt never reached a password check (e.g. the database was down)."""

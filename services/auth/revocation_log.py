@@ -82,7 +82,7 @@ class RevocationLog:
         more = len(rows) > limit
         rows = rows[:limit]
         revocations = [
-            SessionRevocation(str(row.id), str(row.user_id),
+            SessionRevocation(str(row.id), str(row.user_id) if row.user_id is not None else "",
                               str(row.restaurant_id) if row.restaurant_id is not None else "",
                               row.revoke_reason or "REVOKED", row.revoked_at.timestamp())
             for row in rows]

@@ -66,6 +66,8 @@ class TokenPair:
     expires_in: int
     refresh_expires_in: int
     user: ContextUser
+    device_id: str = ""  # a device's own credential or a staff session on it
+    device_type: str = ""
 
     @property
     def restaurant_id(self) -> str:

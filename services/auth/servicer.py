@@ -58,6 +58,13 @@ def _pair_fields(pair: TokenPair) -> dict:
                 restaurant_id=pair.restaurant_id, role=pair.role)
 
 
+def _device_fields(pair: TokenPair) -> dict:
+    if not pair.device_id:
+        return {}
+    return dict(device_id=pair.device_id,
+                device_type=auth_pb2.DeviceType.Value(pair.device_type))
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     def __init__(self, sign_in: SignIn, accounts: Accounts) -> None:
         self._sign_in = sign_in
@@ -81,7 +88,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RefreshToken(self, request, ctx) -> auth_pb2.RefreshTokenResponse:
         pair = await self._sign_in.refresh(refresh_token=request.refresh_token,
                                            client_ip=context.request_info().client_ip)
-        return auth_pb2.RefreshTokenResponse(**_pair_fields(pair))
+        return auth_pb2.RefreshTokenResponse(**_pair_fields(pair), **_device_fields(pair))
 
     async def Logout(self, request, ctx) -> auth_pb2.LogoutResponse:
         count = await self._sign_in.logout(context.current(), all_sessions=request.all_sessions)
@@ -94,7 +101,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             c = result.claims
             response.claims.CopyFrom(auth_pb2.TokenClaims(
                 iss=c.iss, aud=c.aud, sub=c.sub, sid=c.sid, restaurant_id=c.restaurant_id,
-                role=c.role, jti=c.jti, iat=c.iat, exp=c.exp))
+                role=c.role, jti=c.jti, iat=c.iat, exp=c.exp, device_id=c.device_id,
+                device_type=c.device_type))
         if result.user is not None:
             response.user.CopyFrom(_context_user(result.user))
         return response

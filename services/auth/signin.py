@@ -12,11 +12,18 @@ from datetime import datetime, timedelta
 from posmesh.common import security_events
 from posmesh.common.authn import Authenticator
 from posmesh.common.context import Caller
-from posmesh.common.errors import NotFound, Unauthenticated
+from posmesh.common.errors import NotFound, PermissionDenied, Unauthenticated
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import session_revoked
 from services.auth import refresh_tokens
 from services.auth.access_tokens import AccessTokenIssuer
+from services.auth.device_rules import (
+    DEVICE,
+    DEVICE_REFRESH_TTL,
+    DEVICE_REVOKED,
+    STAFF,
+    session_locked,
+)
 from services.auth.keys import KeyRing
 from services.auth.passwords import PasswordHashing
 from services.auth.rate_limits import LoginLimiter, account_id, too_many_attempts
@@ -195,9 +202,15 @@ class SignIn:
             session = token.session
             if session.revoked_at is not None:
                 raise refresh_reused() if session.revoke_reason == REFRESH_REUSED else session_revoked()
-            if now >= session.expires_at or now >= session.absolute_expires_at:
+            if now >= session.absolute_expires_at:
                 raise refresh_expired()
-            if token.rotated_at is None and session.restaurant_id and not session.is_member:
+            if now >= session.expires_at:
+                raise session_locked() if session.kind == STAFF else refresh_expired()
+            if token.rotated_at is None and session.device_revoked:
+                # Revoking the device ended this session already; this guards one that escaped.
+                ended_because = DEVICE_REVOKED
+            elif (token.rotated_at is None and session.kind != DEVICE and session.restaurant_id
+                    and not session.is_member):
                 # The membership is gone (its revocation ended the session already; this guards
                 # a session that escaped it).
                 ended_because = MEMBERSHIP_REVOKED
@@ -210,7 +223,7 @@ class SignIn:
             revoked = await unit.revoke_session(reason=ended_because, now=now)
         # Committed: now tell every service, and answer.
         await self._revocations.publish(revoked, ended_because)
-        if ended_because == MEMBERSHIP_REVOKED:
+        if ended_because in (MEMBERSHIP_REVOKED, DEVICE_REVOKED):
             raise session_revoked()
         security_events.record(
             REFRESH_REUSED, severity=security_events.CRITICAL, ip=client_ip,
@@ -227,13 +240,22 @@ class SignIn:
         pair, successor_digest, successor_id = self._successor(session, now)
         sealed = refresh_tokens.seal(presented, token.id, refresh_tokens.SealedPair(
             pair.access_token, int(now.timestamp()) + pair.expires_in, pair.refresh_token))
-        expires_at = min(now + self._refresh_ttl, session.absolute_expires_at)
+        expires_at = min(now + self.sliding_ttl(session.kind, session.idle_lock_seconds),
+                         session.absolute_expires_at)
         if not await unit.rotate(successor_id=successor_id, successor_digest=successor_digest,
                                  sealed=sealed, grace_until=now + self._grace,
                                  session_expires_at=expires_at, now=now):
             raise session_revoked()  # a logout won the race; nothing is committed
         return TokenPair(pair.access_token, pair.refresh_token, pair.expires_in,
-                         seconds_until(expires_at, now), pair.user)
+                         seconds_until(expires_at, now), pair.user, session.device_id,
+                         session.device_type)
+
+    def sliding_ttl(self, kind: str, idle_lock_seconds: int) -> timedelta:
+        """How far a refresh moves a session's expiry: a person's refresh lifetime; a device's
+        own credential DEVICE_REFRESH_TTL; a staff session its idle lock."""
+        if kind == STAFF:
+            return timedelta(seconds=idle_lock_seconds)
+        return DEVICE_REFRESH_TTL if kind == DEVICE else self._refresh_ttl
 
     def _replay(self, token: LockedRefreshToken, presented: str, now: datetime) -> TokenPair | None:
         """The successor pair of a token rotated moments ago (a concurrent refresh from the same
@@ -246,16 +268,19 @@ class SignIn:
         session = token.session
         return TokenPair(opened.access_token, opened.refresh_token,
                          max(0, opened.access_expires_at - int(now.timestamp())),
-                         seconds_until(session.expires_at, now), _context_user(session))
+                         seconds_until(session.expires_at, now), _context_user(session),
+                         session.device_id, session.device_type)
 
     def _successor(self, session: SessionView, now: datetime) -> tuple[TokenPair, bytes, str]:
         secret = refresh_tokens.new_secret()
         user = _context_user(session)
         access = self._issuer.issue(user_id=session.user_id, session_id=session.session_id,
                                     restaurant_id=session.restaurant_id, role=session.role,
-                                    now=now.timestamp())
-        return (TokenPair(access.token, secret.token, self._issuer.ttl_seconds, 0, user),
-                secret.digest, str(uuid.uuid4()))
+                                    now=now.timestamp(), device_id=session.device_id,
+                                    device_type=session.device_type,
+                                    ttl_seconds=session.idle_lock_seconds or None)
+        return (TokenPair(access.token, secret.token, access.expires_at - int(now.timestamp()), 0,
+                          user), secret.digest, str(uuid.uuid4()))
 
     # --- the signed-in device ----------------------------------------------------------------
 
@@ -283,6 +308,9 @@ class SignIn:
         """A new session in the other restaurant replaces the caller's (which ends, so tokens
         for the old context stop working); the sign-in's absolute expiry carries over."""
         target = valid_uuid(restaurant_id, "restaurant_id")
+        if caller.device_id:
+            raise PermissionDenied("DEVICE_FORBIDDEN", "a session on a paired device stays in the "
+                                   "device's restaurant", device_type=caller.device_type)
         found = await self._store.user_with_memberships(caller.user_id)
         if found is None:
             raise session_revoked()

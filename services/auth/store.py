@@ -52,6 +52,9 @@ class NewSession:
     refresh_digest: bytes
     device_label: str = ""
     user_agent: str = ""
+    kind: str = "user"  # "user", "device" (a device's own credential) or "staff" (PIN on a device)
+    device_id: str | None = None
+    idle_lock_seconds: int | None = None  # staff sessions: how far each refresh slides expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,11 @@ class SessionView:
     absolute_expires_at: datetime
     revoked_at: datetime | None
     revoke_reason: str
+    kind: str = "user"
+    device_id: str = ""
+    device_type: str = ""
+    device_revoked: bool = False
+    idle_lock_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,28 +129,32 @@ def user_of(row: Row) -> UserRecord:
 
 def _session_view(row: Row) -> SessionView:
     return SessionView(
-        session_id=str(row.session_id), user_id=str(row.user_id), email=row.email,
-        full_name=row.full_name, restaurant_id=_uuid(row.restaurant_id),
+        session_id=str(row.session_id), user_id=_uuid(row.user_id), email=row.email or "",
+        full_name=row.full_name or "", restaurant_id=_uuid(row.restaurant_id),
         restaurant_name=row.restaurant_name or "", role=row.role or "",
         is_member=row.role is not None, expires_at=row.expires_at,
         absolute_expires_at=row.absolute_expires_at, revoked_at=row.revoked_at,
-        revoke_reason=row.revoke_reason or "")
+        revoke_reason=row.revoke_reason or "", kind=row.kind, device_id=_uuid(row.device_id),
+        device_type=row.device_type or "", device_revoked=row.device_revoked_at is not None,
+        idle_lock_seconds=row.idle_lock_seconds or 0)
 
 
 _SESSION_VIEW_COLUMNS = """
     s.id AS session_id, s.user_id, u.email, u.full_name, s.restaurant_id, m.restaurant_name,
-    m.role, s.expires_at, s.absolute_expires_at, s.revoked_at, s.revoke_reason
+    m.role, s.expires_at, s.absolute_expires_at, s.revoked_at, s.revoke_reason, s.kind,
+    s.device_id, d.device_type, d.revoked_at AS device_revoked_at, s.idle_lock_seconds
 """
 _SESSION_VIEW_JOINS = """
-    JOIN users u ON u.id = s.user_id
+    LEFT JOIN users u ON u.id = s.user_id
     LEFT JOIN memberships m ON m.user_id = s.user_id AND m.restaurant_id = s.restaurant_id
+    LEFT JOIN devices d ON d.id = s.device_id
 """
 
 _REVOKE_RETURNING = "RETURNING id, user_id, restaurant_id"
 
 
 def _revoked(rows: Sequence[Row]) -> list[RevokedSession]:
-    return [RevokedSession(str(row.id), str(row.user_id), _uuid(row.restaurant_id)) for row in rows]
+    return [RevokedSession(str(row.id), _uuid(row.user_id), _uuid(row.restaurant_id)) for row in rows]
 
 
 class EmailTaken(Exception):
@@ -218,9 +230,10 @@ class AuthStore:
             WITH session AS (
                 INSERT INTO sessions (id, user_id, restaurant_id, created_at, last_refreshed_at,
                                       expires_at, absolute_expires_at, client_ip, device_label,
-                                      user_agent)
+                                      user_agent, kind, device_id, idle_lock_seconds)
                 VALUES (:sid, :user_id, :restaurant_id, :now, :now, :expires_at,
-                        :absolute_expires_at, :client_ip, :device_label, :user_agent)
+                        :absolute_expires_at, :client_ip, :device_label, :user_agent, :kind,
+                        :device_id, :idle_lock_seconds)
                 RETURNING id
             )
             INSERT INTO refresh_tokens (id, session_id, token_hash, created_at)
@@ -229,6 +242,8 @@ class AuthStore:
                "now": new.now, "expires_at": new.expires_at,
                "absolute_expires_at": new.absolute_expires_at, "client_ip": new.client_ip,
                "device_label": new.device_label, "user_agent": new.user_agent,
+               "kind": new.kind, "device_id": new.device_id,
+               "idle_lock_seconds": new.idle_lock_seconds,
                "token_id": new.refresh_token_id, "digest": new.refresh_digest})
 
     async def session_view(self, session_id: str) -> SessionView | None:

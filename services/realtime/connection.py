@@ -358,19 +358,22 @@ class Connection:
         # The user and restaurant come from the token; what the message says must agree with it.
         # A missing or zero user_id is taken from the token (the fix the app's own report
         # prescribes); only a different one is refused.
-        if request.user_id and request.user_id != claims.sub:
+        if claims.device_only:
+            self._check_device(claims)
+        elif request.user_id and request.user_id != claims.sub:
             security_events.record("WS_USER_MISMATCH", ip=self.ip, user_id=claims.sub,
                                    restaurant_id=claims.restaurant_id)
             raise AuthFailed("USER_ID_MISMATCH",
                              "the user_id in the message is not the token's user")
-        if target.onboarding or not claims.restaurant_id:
+        if (target.onboarding or not claims.restaurant_id) and not claims.device_only:
             # Onboarding, or a user with no restaurant yet: the user's own events only, whatever
             # restaurant the path names (so an app that is still onboarding is never refused).
             self.scope, self.restaurant_id = protocol.USER_SCOPE, ""
         else:
             self._check_restaurant(request, claims)
 
-        self.user_id, self.session_id, self.role = claims.sub, claims.sid, claims.role
+        self.user_id, self.session_id, self.role = (protocol.socket_identity(claims), claims.sid,
+                                                    claims.role)
         self.expires_at = claims.exp
         self.reauth_capable = protocol.REAUTH_CAPABILITY in request.capabilities
         # At most WS_MAX_SOCKETS_PER_SESSION per session and type: the older ones end first.
@@ -379,7 +382,7 @@ class Connection:
         if self.closing:
             return False  # replaced by an even newer socket meanwhile
         admission = await services.registry.admit(
-            claims.sub, self.restaurant_id, target.connection_type,
+            self.user_id, self.restaurant_id, target.connection_type,
             per_user=policy.connections_per_user, per_restaurant=policy.connections_per_restaurant)
         if not admission.admitted:
             what = "user" if admission.reason == "user" else "restaurant"
@@ -410,6 +413,18 @@ class Connection:
             after, resync = decision.after, decision.resync
             services.metrics.resumed += decision.resumed
         return self._welcome(request, resync=resync, after=after)
+
+    def _check_device(self, claims) -> None:
+        """A device's own token: only the connection types of its device type."""
+        allowed = protocol.DEVICE_CONNECTION_TYPES.get(claims.device_type, frozenset())
+        if self.target.onboarding or self.target.connection_type not in allowed:
+            security_events.record("WS_DEVICE_FORBIDDEN", ip=self.ip,
+                                   restaurant_id=claims.restaurant_id, device_id=claims.device_id,
+                                   device_type=claims.device_type,
+                                   connection_type=self.target.connection_type)
+            raise AuthFailed("DEVICE_FORBIDDEN",
+                             f"a {claims.device_type} opens {' or '.join(sorted(allowed)) or 'no'} "
+                             f"connections, not {self.target.connection_type}")
 
     def _check_restaurant(self, request: protocol.AuthRequest, claims) -> None:
         target = self.target
@@ -530,7 +545,8 @@ class Connection:
             self._reauth_failed(exc.reason, exc.message)
             return
         sent_user = protocol.auth_request_user(message)
-        if claims.sub != self.user_id or (sent_user and sent_user != self.user_id):
+        if (protocol.socket_identity(claims) != self.user_id
+                or (sent_user and sent_user != self.user_id)):
             self._reauth_failed("USER_ID_MISMATCH", "reauth must use a token of the same user")
             return
         if not self.user_scoped and claims.restaurant_id != self.restaurant_id:

@@ -24,6 +24,17 @@ from posmesh.common import user_events
 # Connection types and the paths they are served on (the query string is never read).
 POS, KITCHEN, MANAGEMENT = "pos", "kitchen", "management"
 CONNECTION_TYPES = (POS, KITCHEN, MANAGEMENT)
+# A paired device's own token (no person) opens only the connections its type is for: a kitchen
+# screen its restaurant's kitchen feed, a till the floor's; management data needs a person with a
+# manager's role (a staff session on the device, or their own sign-in).
+DEVICE_CONNECTION_TYPES = {"KITCHEN_SCREEN": frozenset({KITCHEN}), "TILL": frozenset({POS}),
+                           "MANAGER_TABLET": frozenset({POS})}
+
+
+def socket_identity(claims) -> str:
+    """Whom a socket counts against (per-user limits, presence): the user, or `device:<id>` for
+    a device's own token."""
+    return claims.sub or f"device:{claims.device_id}"
 PATH_PREFIXES = ("/ws/", "/api/v1/websocket/ws/")
 # /ws/{type}/onboarding: a user without a restaurant yet (user-scoped: the user's own events).
 ONBOARDING = "onboarding"
@@ -77,6 +88,7 @@ AUTH_FAILURES: dict[str, tuple[str, int]] = {
     "NO_RESTAURANT_CONTEXT": (SWITCH_RESTAURANT, CloseCode.FORBIDDEN),
     "MEMBERSHIP_REVOKED": (LOGIN, CloseCode.FORBIDDEN),
     "ROLE_FORBIDDEN": (NONE, CloseCode.FORBIDDEN),
+    "DEVICE_FORBIDDEN": (NONE, CloseCode.FORBIDDEN),
     "RATE_LIMITED": (RETRY, CloseCode.RATE_LIMITED),
     "TOO_MANY_CONNECTIONS": (RETRY, CloseCode.RATE_LIMITED),
 }
@@ -372,6 +384,8 @@ AUTH_ERROR_MEANINGS: dict[str, str] = {
     "TENANT_MISMATCH": "the token or the message is for another restaurant than the path's",
     "ROLE_FORBIDDEN": "the role may not open this connection type (management: owners, managers)",
     "MEMBERSHIP_REVOKED": "the membership was revoked, the role changed or the user was deactivated",
+    "DEVICE_FORBIDDEN": "a device's own token opens only its type's connections (kitchen screen: "
+                        "kitchen; till, manager tablet: pos)",
     "RATE_LIMITED": "too many connection attempts from this address: wait retry_after_ms",
     "TOO_MANY_CONNECTIONS": "the user or the restaurant is at its socket cap: wait retry_after_ms",
 }

@@ -56,7 +56,7 @@ def test_a_star_body_leaves_out_the_path_bound_fields(schema):
     status = schema.binding("POST", "/api/v1/orders/{order_id}/status")
 
     assert status.path_fields == ("order_id",)
-    assert schema.body_keys(status) == {"status", "version"}
+    assert schema.body_keys(status) == {"status", "version", "approval"}
 
 
 def test_additional_bindings_get_the_same_schema(schema):

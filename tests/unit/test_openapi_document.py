@@ -96,7 +96,7 @@ def test_path_query_and_body_parameters_follow_the_http_bindings():
     statuses = next(p for p in list_orders["parameters"] if p["name"] == "statuses")
     assert statuses["schema"]["type"] == "array" and statuses["explode"] is True
     body = update_status["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == {"status", "version"}  # body "*" without the path's field
+    assert set(body["properties"]) == {"status", "version", "approval"}  # body "*" without the path's field
     assert body["required"] == ["status", "version"] and update_status["requestBody"]["required"]
 
 

@@ -93,3 +93,25 @@ def test_the_readme_prints_the_permission_table():
     matrix = _readme_matrix((ROOT / "README.md").read_text())
     assert matrix is not None, "README.md lost its '## Permission matrix' section"
     assert matrix == permissions.matrix_markdown()
+
+
+def test_the_readme_prints_the_manager_override_actions():
+    readme = (ROOT / "README.md").read_text()
+    heading = "## Manager override"
+    assert heading in readme, "README.md lost its '## Manager override' section"
+    section = readme.split(heading, 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    assert table == permissions.overrides_markdown()
+
+
+def test_device_tokens_may_call_only_what_their_type_is_listed_for():
+    kitchen = {rpc for rpc, rule in permissions.PERMISSIONS.items()
+               if permissions.KITCHEN_SCREEN in rule.devices}
+    assert kitchen == {"/posmesh.orders.v1.MenuService/GetMenu",
+                       "/posmesh.orders.v1.OrderService/ListActiveOrders",
+                       "/posmesh.orders.v1.OrderService/GetOrder",
+                       "/posmesh.orders.v1.OrderService/UpdateOrderStatus",
+                       "/posmesh.orders.v1.OrderService/WatchOrders"}
+    for rpc, rule in permissions.PERMISSIONS.items():
+        if rule.access is Access.DEVICE:
+            assert rule.devices == permissions.PIN_PADS, rpc
