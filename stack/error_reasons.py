@@ -39,7 +39,7 @@ EVERY_RPC = ("INVALID_ENCODING", "INTERNAL", "DATABASE_UNAVAILABLE", "DATABASE_B
 # What admission control and deadlines (posmesh/common/admission.py) add to every unary RPC that
 # has a priority: a refusal at capacity, a deadline that passed, a request the service abandoned.
 ADMITTED_UNARY = ("OVERLOADED", "DEADLINE_EXCEEDED", "SERVICE_UNAVAILABLE")
-_TOKEN = ("TOKEN_INVALID", "TOKEN_EXPIRED", "SESSION_REVOKED")
+_TOKEN = ("TOKEN_INVALID", "TOKEN_EXPIRED", "SESSION_REVOKED", "SESSION_LOCKED")
 BY_ACCESS: dict[Access, tuple[str, ...]] = {
     Access.PUBLIC: (),
     Access.SIGNED_IN: (*_TOKEN, "DEVICE_FORBIDDEN"),

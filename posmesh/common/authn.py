@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import grpc
 
+from posmesh.common.errors import Unauthenticated
 from posmesh.common.pubsub import ChannelListener
 from posmesh.common.redis import create_redis
 from posmesh.common.revocation_follower import RevocationBatch, RevocationFollower, RevocationSource
@@ -27,6 +28,15 @@ from posmesh.common.tokens import (
     session_revoked,
 )
 
+# A staff session on a till that was idle past its restaurant's lock (services/auth/devices.py):
+# its tokens are refused with SESSION_LOCKED, which a till answers with the PIN pad.
+IDLE_LOCKED = "IDLE_LOCKED"
+
+
+def session_locked() -> Unauthenticated:
+    return Unauthenticated("SESSION_LOCKED", "the till was idle too long; sign in with your PIN "
+                           "again", action="PIN_LOGIN")
+
 
 class Authenticator:
     def __init__(self, verifier: TokenVerifier, revocations: RevocationSet) -> None:
@@ -41,7 +51,10 @@ class Authenticator:
         """verify_signature plus the revocation check (the local set: no I/O either); raises
         Unauthenticated with a reason."""
         claims = self.verifier.verify(token)
-        if self.revocations.is_revoked(claims.sid):
+        reason = self.revocations.reason(claims.sid)
+        if reason is not None:
+            if reason == IDLE_LOCKED:
+                raise session_locked()
             raise session_revoked()
         return claims
 

@@ -44,7 +44,6 @@ DEFAULT_NAMES = {TILL: "Till", KITCHEN_SCREEN: "Kitchen screen", MANAGER_TABLET:
 USER, DEVICE, STAFF = "user", "device", "staff"
 DEVICE_REVOKED = "DEVICE_REVOKED"
 STAFF_SWITCHED = "STAFF_SWITCHED"  # another person signed in on the till
-IDLE_LOCKED = "IDLE_LOCKED"
 PIN_RESET = "PIN_RESET"
 
 
@@ -149,11 +148,6 @@ def pin_invalid() -> Unauthenticated:
 def pin_not_set() -> FailedPrecondition:
     return FailedPrecondition("PIN_NOT_SET", "you have no PIN here yet; ask a manager for a setup "
                               "code", action="SETUP_PIN")
-
-
-def session_locked() -> Unauthenticated:
-    return Unauthenticated("SESSION_LOCKED", "the till was idle too long; sign in with your PIN "
-                           "again", action="PIN_LOGIN")
 
 
 def too_many_pin_attempts(seconds: int) -> ResourceExhausted:

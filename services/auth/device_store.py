@@ -168,6 +168,13 @@ class DeviceStore:
             await AuthStore._insert_session(conn, new)
         return ended
 
+    async def lock_idle_staff_sessions(self, *, reason: str, now: datetime) -> list[RevokedSession]:
+        """Ends the staff sessions whose idle time ran out (any replica may run it: each row is
+        ended once)."""
+        async with self.engine.begin() as conn:
+            return await self._sessions.revoke_in(
+                conn, "kind = 'staff' AND expires_at <= :now", {}, reason, now)
+
     # --- PINs --------------------------------------------------------------------------------
 
     async def pin_holder(self, restaurant_id: str, user_id: str) -> PinHolder | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from posmesh.common import security_events
+from posmesh.common.authn import IDLE_LOCKED
 from posmesh.common.context import Caller
 from posmesh.common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from posmesh.common.permissions import MANAGER, MANAGERS, OVERRIDABLE_ACTIONS, PIN_PADS
@@ -334,6 +335,13 @@ class Devices:
                                ended_sessions=len(ended))
         return StaffSignIn(session_id, access.token, secret.token,
                            access.expires_at - int(now.timestamp()), user, device.device_id, idle)
+
+    async def lock_idle_staff_sessions(self) -> int:
+        """Ends the staff sessions idle past their lock at once (their access tokens would
+        otherwise live on through the verifiers' expiry leeway) and tells every service."""
+        locked = await self._store.lock_idle_staff_sessions(reason=IDLE_LOCKED, now=utcnow())
+        await self._revocations.publish(locked, IDLE_LOCKED)
+        return len(locked)
 
     # --- manager override --------------------------------------------------------------------
 

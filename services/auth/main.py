@@ -51,6 +51,9 @@ SCHEMA = "auth"
 KEY_CHECK_INTERVAL_SECONDS = 1.0
 # Ended sessions (and their spent refresh tokens) are kept this long for investigations.
 KEEP_ENDED_SESSIONS = timedelta(days=7)
+# Staff sessions idle past their restaurant's lock end within this much (their refresh is
+# refused from the moment the lock passes).
+IDLE_SWEEP_SECONDS = 1.0
 
 
 async def _keep_keys_fresh(keyring: keys.KeyRing, keyset: KeySet) -> None:
@@ -76,6 +79,17 @@ async def _purge_periodically(store: AuthStore, interval_seconds: float) -> None
                 log.info("purged auth data", extra=counts)
         except Exception as exc:  # housekeeping must not take the service down
             log.warning("auth purge failed: %r", exc)
+
+
+async def _lock_idle_staff_sessions(devices: Devices) -> None:
+    while True:
+        await asyncio.sleep(IDLE_SWEEP_SECONDS)
+        try:
+            locked = await devices.lock_idle_staff_sessions()
+            if locked:
+                log.info("locked %d idle staff session(s)", locked)
+        except Exception as exc:  # housekeeping must not take the service down
+            log.warning("idle staff session sweep failed: %r", exc)
 
 
 async def serve(settings: Settings) -> None:
@@ -132,6 +146,7 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(_keep_keys_fresh(keyring, keyset), name="auth-keys"),
         asyncio.create_task(_purge_periodically(store, settings.auth_cleanup_interval_seconds),
                             name="auth-purge"),
+        asyncio.create_task(_lock_idle_staff_sessions(devices), name="auth-idle-lock"),
     ]
 
     def register(server) -> list[str]:

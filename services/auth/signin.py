@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from posmesh.common import security_events
-from posmesh.common.authn import Authenticator
+from posmesh.common.authn import IDLE_LOCKED, Authenticator, session_locked
 from posmesh.common.context import Caller
 from posmesh.common.errors import NotFound, PermissionDenied, Unauthenticated
 from posmesh.common.settings import Settings
@@ -22,7 +22,6 @@ from services.auth.device_rules import (
     DEVICE_REFRESH_TTL,
     DEVICE_REVOKED,
     STAFF,
-    session_locked,
 )
 from services.auth.keys import KeyRing
 from services.auth.passwords import PasswordHashing
@@ -201,6 +200,8 @@ class SignIn:
                 raise refresh_invalid()
             session = token.session
             if session.revoked_at is not None:
+                if session.revoke_reason == IDLE_LOCKED:
+                    raise session_locked()
                 raise refresh_reused() if session.revoke_reason == REFRESH_REUSED else session_revoked()
             if now >= session.absolute_expires_at:
                 raise refresh_expired()
