@@ -15,12 +15,15 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Iterable, Mapping
 
+from posmesh.common.approvals import Approval, approval_invalid
 from posmesh.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     version_conflict,
 )
+from posmesh.common.permissions import KITCHEN_SCREEN, MANAGERS
 from services.orders import money
 
 
@@ -83,8 +86,16 @@ CATEGORY_POSITION_MAX = 1_000_000
 class Actor:
     """Who acts, from the verified token: never from the request body."""
 
-    user_id: str
+    user_id: str  # "" for a device's own token
     restaurant_id: str
+    role: str = ""  # "" for a device's own token
+    device_id: str = ""  # the paired device the change is made on, if any
+    device_type: str = ""
+    session_id: str = ""
+
+    @property
+    def is_manager(self) -> bool:
+        return self.role in MANAGERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +217,9 @@ class EventDraft:
     menu_change: str = ""
     menu_item: MenuItem | None = None
     menu_category: MenuCategory | None = None
+    actor_user_id: str = ""
+    device_id: str = ""
+    approved_by: str = ""  # the manager whose PIN approved the change (manager override)
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +506,36 @@ def with_status(order: Order, target: OrderStatus, now: datetime) -> Order:
                                  f"order {order.id} has no lines; add items before sending it to "
                                  "the kitchen", order_id=order.id)
     return replace(order, status=target, version=order.version + 1, update_time=now)
+
+
+# What a kitchen screen's own token may move an order to: the kitchen's part of the flow.
+KITCHEN_TARGETS = frozenset({OrderStatus.PREPARING, OrderStatus.READY})
+
+
+def check_device_may_move(actor: Actor, target: OrderStatus) -> None:
+    """A device's own token (no person) moves orders only as its type allows."""
+    if actor.user_id:
+        return
+    if actor.device_type != KITCHEN_SCREEN or target not in KITCHEN_TARGETS:
+        raise PermissionDenied(
+            "DEVICE_FORBIDDEN", f"a {actor.device_type or 'device'} moves orders to "
+            f"{' or '.join(sorted(KITCHEN_TARGETS)) if actor.device_type == KITCHEN_SCREEN else 'no status'}"
+            f", not {target}", device_type=actor.device_type)
+
+
+def needs_manager(order: Order, target: OrderStatus, actor: Actor) -> bool:
+    """Cancelling an order the kitchen has (anything after OPEN) is for owners and managers, or
+    someone a manager approved it for on the till (CANCEL_SENT_ORDER)."""
+    return (target is OrderStatus.CANCELLED and order.status is not OrderStatus.OPEN
+            and not actor.is_manager)
+
+
+def check_approval(approval: Approval, *, action: str, order_id: str, actor: Actor) -> None:
+    """The approval must be for this action on this order, by this session on this device."""
+    if (approval.action != action or approval.resource_id != order_id
+            or approval.restaurant_id != actor.restaurant_id
+            or approval.device_id != actor.device_id or approval.sid != actor.session_id):
+        raise approval_invalid("the approval is for another action, order, device or session")
 
 
 def check_editable(order: Order) -> None:

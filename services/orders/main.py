@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posmesh.common import clients, security_events
+from posmesh.common import approvals, clients, security_events
+from posmesh.common.approvals import Approval
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
@@ -39,6 +40,11 @@ async def serve(settings: Settings) -> None:
     restaurants = RestaurantDirectory(staff_fetcher(clients.channel("staff", settings)),
                                       ttl_seconds=settings.orders_restaurant_cache_seconds)
 
+    def verify_approval(token: str) -> Approval:
+        return approvals.verify(auth.authenticator.verifier.keys, token,
+                                issuer=settings.jwt_issuer, jwt_audience=settings.jwt_audience,
+                                leeway_seconds=settings.jwt_leeway_seconds)
+
     signals = EventSignals()
     listener = NotificationListener(settings, signals)
     relay = Relay(settings, store, redis, signals)
@@ -51,7 +57,8 @@ async def serve(settings: Settings) -> None:
         orders_pb2_grpc.add_MenuServiceServicer_to_server(
             MenuServicer(MenuBook(store, restaurants)), server)
         orders_pb2_grpc.add_OrderServiceServicer_to_server(
-            OrderServicer(OrderBook(store, restaurants), feed, auth.authenticator.revocations,
+            OrderServicer(OrderBook(store, restaurants, verify_approval=verify_approval), feed,
+                          auth.authenticator.revocations,
                           settings.jwt_leeway_seconds), server)
         orders_pb2_grpc.add_OrderFeedServiceServicer_to_server(OrderFeedServicer(feed), server)
         services = orders_pb2.DESCRIPTOR.services_by_name

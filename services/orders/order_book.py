@@ -13,7 +13,10 @@ import zoneinfo
 from datetime import datetime, timezone
 from typing import Callable
 
+from posmesh.common import security_events
+from posmesh.common.approvals import Approval, approval_invalid, manager_approval_required
 from posmesh.common.errors import Unavailable
+from posmesh.common.permissions import CANCEL_SENT_ORDER
 from services.orders import paging, wire
 from services.orders.domain import (
     ORDER_CREATED,
@@ -27,9 +30,12 @@ from services.orders.domain import (
     OrderFilter,
     OrderStatus,
     Page,
+    check_approval,
+    check_device_may_move,
     check_version,
     fingerprint,
     idempotency_mismatch,
+    needs_manager,
     new_order,
     order_not_found,
     price_lines,
@@ -54,10 +60,12 @@ class _RequestIdTaken(Exception):
 
 class OrderBook:
     def __init__(self, store: OrdersStore, restaurants: RestaurantDirectory,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+                 clock: Callable[[], datetime] = utc_now,
+                 verify_approval: Callable[[str], Approval] | None = None) -> None:
         self._store = store
         self._restaurants = restaurants
         self._clock = clock
+        self._verify_approval = verify_approval
 
     # -- create --------------------------------------------------------------------------------
 
@@ -111,15 +119,40 @@ class OrderBook:
     # -- changes -------------------------------------------------------------------------------
 
     async def update_status(self, actor: Actor, order_id: str, target: OrderStatus,
-                            expected_version: int) -> Order:
+                            expected_version: int, approval: str = "") -> Order:
+        """`approval`: a manager's approval (posmesh.common.approvals) when the change needs
+        one; it is checked before the order is locked and spent in the change's transaction."""
+        check_device_may_move(actor, target)
+        approved = self._approval(approval, actor, order_id) if approval else None
         async with self._store.transaction("update_order_status") as tx:
             order = await self._locked(tx, actor, order_id)
             check_version(order, expected_version)
             updated = with_status(order, target, self._clock())
+            approver = ""
+            if needs_manager(order, target, actor):
+                if approved is None:
+                    raise manager_approval_required(CANCEL_SENT_ORDER)
+                if not await tx.spend_approval(approved, order_id):
+                    raise approval_invalid("the approval was used already")
+                approver = approved.approver
             await tx.save_order(updated)
             await tx.append_event(actor.restaurant_id, EventDraft(
-                ORDER_STATUS_CHANGED, order=updated, previous_status=order.status))
+                ORDER_STATUS_CHANGED, order=updated, previous_status=order.status,
+                actor_user_id=actor.user_id, device_id=actor.device_id, approved_by=approver))
+        if approver:
+            security_events.record(
+                "MANAGER_OVERRIDE", severity=security_events.INFO, user_id=actor.user_id,
+                restaurant_id=actor.restaurant_id, approver=approver, action=CANCEL_SENT_ORDER,
+                order_id=order_id, device_id=actor.device_id, approval_id=approved.jti,
+                previous_status=order.status.value)
         return updated
+
+    def _approval(self, token: str, actor: Actor, order_id: str) -> Approval:
+        if self._verify_approval is None:
+            raise approval_invalid("approvals are not accepted here")
+        approved = self._verify_approval(token)
+        check_approval(approved, action=CANCEL_SENT_ORDER, order_id=order_id, actor=actor)
+        return approved
 
     async def add_items(self, actor: Actor, order_id: str, inputs: tuple[LineInput, ...],
                         expected_version: int) -> Order:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 def _actor() -> Actor:
     caller = context.current()
     return Actor(user_id=caller.user_id,
-                 restaurant_id=domain.resource_id(caller.restaurant_id, "token restaurant_id"))
+                 restaurant_id=domain.resource_id(caller.restaurant_id, "token restaurant_id"),
+                 role=caller.role, device_id=caller.device_id, device_type=caller.device_type,
+                 session_id=caller.session_id)
 
 
 def _bearer() -> str:
@@ -133,7 +135,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         target = wire.status_input(request.status)
         version = domain.expected_version(request.version)
         return wire.order_to_proto(await self._book.update_status(_actor(), order_id, target,
-                                                                  version))
+                                                                  version, request.approval))
 
     async def AddOrderItems(self, request: pb.AddOrderItemsRequest, ctx) -> pb.Order:
         order_id = domain.resource_id(request.order_id, "order_id")

@@ -378,6 +378,15 @@ class Transaction:
 
     # -- events --------------------------------------------------------------------------------
 
+    async def spend_approval(self, approval, order_id: str) -> bool:
+        """Records a manager's approval as used; False when it was used already."""
+        spent = await self.connection.fetchval(
+            "INSERT INTO spent_approvals (id, restaurant_id, order_id, approver, action, spent_at)"
+            " VALUES ($1, $2, $3, $4, $5, clock_timestamp()) ON CONFLICT (id) DO NOTHING"
+            " RETURNING 1", approval.jti, approval.restaurant_id, order_id, approval.approver,
+            approval.action)
+        return spent is not None
+
     async def append_event(self, restaurant_id: str, draft: EventDraft) -> int:
         """Writes the event with the restaurant's next sequence number; returns the number.
 

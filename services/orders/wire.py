@@ -116,7 +116,8 @@ def category_to_proto(category: MenuCategory) -> pb.MenuCategory:
 def event_payload(restaurant_id: str, draft: EventDraft) -> bytes:
     """The event as stored in the outbox; id, sequence and time are added when it is read."""
     event = pb.OrderEvent(restaurant_id=restaurant_id, type=draft.type,
-                          menu_change=draft.menu_change)
+                          menu_change=draft.menu_change, actor_user_id=draft.actor_user_id,
+                          device_id=draft.device_id, approved_by=draft.approved_by)
     if draft.order is not None:
         event.order.CopyFrom(order_to_proto(draft.order))
     if draft.previous_status is not None:
