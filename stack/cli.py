@@ -154,7 +154,7 @@ def _mail_banner(stack) -> str:
 async def seed_demo(stack) -> None:
     import httpx
 
-    from stack import demo
+    from stack import demo, demo_devices
 
     try:
         if stack.mail_port is None:
@@ -162,11 +162,14 @@ async def seed_demo(stack) -> None:
                                  "unset SMTP_URL to seed it")
         restaurant_id, logins = await demo.seed(stack.edge_url, stack.ca_file, stack.data_dir,
                                                 stack.mail_dir)
+        till = await demo_devices.pair_demo_devices(stack.edge_url, stack.ca_file,
+                                                    stack.data_dir, restaurant_id, logins)
     except (demo.DemoError, httpx.HTTPError, OSError) as exc:
         _loud("demo seeding failed (the stack keeps running)", str(exc))
         return
     print(demo.describe(stack.edge_url, _relative(stack.ca_file), restaurant_id, logins,
                         _relative(stack.mail_dir)), flush=True)
+    print(demo_devices.describe(stack.edge_url, _relative(stack.ca_file), till), flush=True)
 
 
 def _loud(headline: str, details: str) -> None:

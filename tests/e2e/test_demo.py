@@ -67,3 +67,27 @@ async def test_seeding_with_stale_credentials_fails_with_a_clear_demo_error(stac
         assert "INVALID_CREDENTIALS" in str(error)
     else:
         raise AssertionError("seeding with a wrong stored password must fail")
+
+
+async def test_the_demo_pairs_a_till_where_its_server_signs_in_with_the_printed_pin(
+        stack, edge, seeded):
+    from stack import demo_devices
+
+    data_dir, restaurant_id, logins = seeded
+    till = await demo_devices.pair_demo_devices(stack.edge_url, stack.ca_file, data_dir,
+                                                restaurant_id, logins)
+    token = next(d for d in till.devices if d.device_type == "TILL").access_token
+
+    reply = await edge.post("/api/v1/devices:pinLogin", headers={"authorization": f"Bearer {token}"},
+                            json={"user_id": till.user_id, "pin": till.pin})
+
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["user"]["restaurant_id"] == restaurant_id
+    printed = demo_devices.describe(stack.edge_url, "ca.pem", till)
+    assert f'"pin": "{till.pin}"' in printed and "devices:pinLogin" in printed
+    # A second run rotates the same devices' credentials instead of pairing new ones.
+    again = await demo_devices.pair_demo_devices(stack.edge_url, stack.ca_file, data_dir,
+                                                 restaurant_id, logins)
+    assert [d.device_id for d in again.devices] == [d.device_id for d in till.devices]
+    assert again.pin == till.pin
+    assert (data_dir / "demo-devices.json").stat().st_mode & 0o077 == 0
