@@ -137,6 +137,7 @@ PERMISSIONS: dict[str, Rule] = {
     _AUTH_ADMIN + "FindUserByEmail": INTERNAL,
     _AUTH_ADMIN + "BatchGetUsers": INTERNAL,
     _AUTH_ADMIN + "GrantMembership": INTERNAL,
+    _AUTH_ADMIN + "CreateFloorAccount": INTERNAL,
     _AUTH_ADMIN + "RevokeMembership": INTERNAL,
     _AUTH_ADMIN + "RevokeUserSessions": INTERNAL,
     _AUTH_ADMIN + "RecordSecurityEvent": INTERNAL,

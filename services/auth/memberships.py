@@ -4,7 +4,7 @@ sessions. A new membership needs a verified email address."""
 from __future__ import annotations
 
 from posmesh.common import security_events
-from posmesh.common.errors import NotFound
+from posmesh.common.errors import AlreadyExists, NotFound
 from posmesh.common.user_events import (
     MEMBERSHIP_GRANTED,
     MEMBERSHIP_REVOKED as MEMBERSHIP_REVOKED_EVENT,
@@ -23,7 +23,14 @@ from services.auth.rules import (
     valid_uuid,
 )
 from services.auth.sessions import RevocationPublisher
-from services.auth.store import AuthStore, EmailNotVerified, MembershipRecord, UserNotFound
+from services.auth.store import (
+    AuthStore,
+    EmailNotVerified,
+    EmailTaken,
+    MembershipRecord,
+    UserNotFound,
+    UserRecord,
+)
 
 
 class Memberships:
@@ -32,6 +39,26 @@ class Memberships:
         self._store = store
         self._revocations = revocations
         self._user_events = user_events
+
+    async def create_floor_account(self, *, user_id: str, full_name: str, restaurant_id: str,
+                                   restaurant_name: str, role: str) -> tuple[UserRecord, bool]:
+        """An account for someone with a PIN only (no email, no password) and its membership."""
+        user_id = valid_uuid(user_id, "user_id")
+        full_name = valid_name(full_name, "full_name", required=True)
+        restaurant_id = valid_uuid(restaurant_id, "restaurant_id")
+        restaurant_name = valid_name(restaurant_name, "restaurant_name", required=False)
+        role = valid_role(role)
+        try:
+            user, created = await self._store.create_floor_account(
+                user_id=user_id, full_name=full_name, restaurant_id=restaurant_id,
+                restaurant_name=restaurant_name, role=role, now=utcnow())
+        except EmailTaken:
+            raise AlreadyExists("EMAIL_TAKEN", f"user {user_id} is an account with an email "
+                                "address, not a floor account", field="user_id") from None
+        if created:
+            security_events.record("FLOOR_ACCOUNT_CREATED", severity=security_events.INFO,
+                                   user_id=user_id, restaurant_id=restaurant_id, role=role)
+        return user, created
 
     async def grant_membership(self, *, user_id: str, restaurant_id: str, restaurant_name: str,
                                role: str) -> tuple[MembershipRecord, str, int]:

@@ -201,6 +201,13 @@ class AuthAdminServicer(auth_pb2_grpc.AuthAdminServiceServicer):
                                                 previous_role=previous_role,
                                                 revoked_sessions=revoked)
 
+    async def CreateFloorAccount(self, request, ctx) -> auth_pb2.CreateFloorAccountResponse:
+        user, created = await self._memberships.create_floor_account(
+            user_id=request.user_id, full_name=request.full_name,
+            restaurant_id=request.restaurant_id, restaurant_name=request.restaurant_name,
+            role=request.role)
+        return auth_pb2.CreateFloorAccountResponse(user=_user(user), created=created)
+
     async def RevokeMembership(self, request, ctx) -> auth_pb2.RevokeMembershipResponse:
         count = await self._memberships.revoke_membership(user_id=request.user_id,
                                                           restaurant_id=request.restaurant_id)

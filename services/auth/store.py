@@ -122,7 +122,7 @@ USER_COLUMNS = "id, email, full_name, password_hash, created_at, email_verified_
 
 
 def user_of(row: Row) -> UserRecord:
-    return UserRecord(id=str(row.id), email=row.email, full_name=row.full_name,
+    return UserRecord(id=str(row.id), email=row.email or "", full_name=row.full_name,
                       password_hash=row.password_hash, created_at=row.created_at,
                       email_verified_at=row.email_verified_at)
 
@@ -377,7 +377,7 @@ class AuthStore:
         """Creates or changes a membership; a changed role ends the user's sessions there."""
         async with self.engine.begin() as conn:
             user = (await conn.execute(text("""
-                SELECT email_verified_at FROM users WHERE id = :uid FOR KEY SHARE
+                SELECT email, email_verified_at FROM users WHERE id = :uid FOR KEY SHARE
             """), {"uid": user_id})).first()
             if user is None:
                 raise UserNotFound(user_id)
@@ -391,7 +391,8 @@ class AuthStore:
                 RETURNING restaurant_name, role
             """), params)).first()
             previous_role = ""
-            if inserted is not None and user.email_verified_at is None:
+            if inserted is not None and user.email_verified_at is None and user.email is not None:
+                # (A floor account has no address: the staff service vouches for it.)
                 # Only an address someone proved they receive mail at gets a membership.
                 raise EmailNotVerified(user_id)
             if inserted is None:
@@ -420,6 +421,30 @@ class AuthStore:
                 SELECT restaurant_name FROM memberships WHERE user_id = :uid AND restaurant_id = :rid
             """), params)).scalar_one()
         return MembershipChange(MembershipRecord(restaurant_id, name, role), previous_role, revoked)
+
+    async def create_floor_account(self, *, user_id: str, full_name: str, restaurant_id: str,
+                                   restaurant_name: str, role: str,
+                                   now: datetime) -> tuple[UserRecord, bool]:
+        """An account with no email or password, and its membership; the same answer again for
+        the same id (a retry)."""
+        async with self.engine.begin() as conn:
+            created = (await conn.execute(text("""
+                INSERT INTO users (id, email, full_name, password_hash, created_at, updated_at)
+                VALUES (:uid, NULL, :name, NULL, :now, :now)
+                ON CONFLICT (id) DO NOTHING RETURNING id
+            """), {"uid": user_id, "name": full_name, "now": now})).first() is not None
+            row = (await conn.execute(text(f"SELECT {USER_COLUMNS} FROM users WHERE id = :uid"),
+                                      {"uid": user_id})).one()
+            if row.email is not None:
+                raise EmailTaken(user_id)  # an id of an account with an address: not a retry
+            await conn.execute(text("""
+                INSERT INTO memberships (user_id, restaurant_id, restaurant_name, role, created_at,
+                                         updated_at)
+                VALUES (:uid, :rid, :rname, :role, :now, :now)
+                ON CONFLICT (user_id, restaurant_id) DO UPDATE SET role = :role, updated_at = :now
+            """), {"uid": user_id, "rid": restaurant_id, "rname": restaurant_name, "role": role,
+                   "now": now})
+        return user_of(row), created
 
     async def revoke_membership(self, *, user_id: str, restaurant_id: str, now: datetime,
                                 reason: str) -> tuple[bool, list[RevokedSession]]:

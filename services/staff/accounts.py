@@ -132,3 +132,12 @@ class AuthAccounts:
             auth_pb2.RevokeMembershipRequest(user_id=user_id, restaurant_id=restaurant_id),
             timeout=self._timeout))
         return reply.revoked_sessions
+
+    async def create_floor_account(self, user_id: str, full_name: str, restaurant_id: str,
+                                   restaurant_name: str, role: str) -> UserAccount:
+        reply = await self._call("CreateFloorAccount", lambda: self._stub.CreateFloorAccount(
+            auth_pb2.CreateFloorAccountRequest(user_id=user_id, full_name=full_name,
+                                               restaurant_id=restaurant_id,
+                                               restaurant_name=restaurant_name, role=role),
+            timeout=self._timeout))
+        return _account(reply.user)

@@ -101,6 +101,9 @@ class Accounts(Protocol):
 
     async def revoke_membership(self, user_id: str, restaurant_id: str) -> int: ...
 
+    async def create_floor_account(self, user_id: str, full_name: str, restaurant_id: str,
+                                   restaurant_name: str, role: str) -> UserAccount: ...
+
 
 # --- Validation of whole drafts --------------------------------------------------------------
 
@@ -153,7 +156,8 @@ def new_employee(draft: EmployeeDraft) -> NewEmployee:
                                             max_length=validation.PERSON_NAME_MAX),
         last_name=validation.text(draft.last_name, "employee.last_name",
                                   max_length=validation.PERSON_NAME_MAX, required=False),
-        email=validation.email(draft.email, "employee.email"),
+        email=(validation.email(draft.email, "employee.email")
+               if draft.email is not None else None),
         phone=validation.phone(draft.phone, "employee.phone"),
         access_role=validation.access_role(draft.access_role, "employee.access_role")
         if draft.access_role is not None else STAFF,
@@ -353,13 +357,16 @@ class StaffDomain:
 
     async def create_employee(self, caller: Caller, draft: EmployeeDraft) -> Employee:
         """An INVITED employee and the invitation mailed to their address (one transaction).
-        No account is linked and no membership granted: that waits for the invited person."""
+        No account is linked and no membership granted: that waits for the invited person.
+        Without an address: an ACTIVE employee with a floor account (PIN only)."""
         name = permission("CreateEmployee")
         new = new_employee(draft)
         # Fail fast on the token's role; the recorded role is checked again under the lock.
         if denial := rules.role_denial(caller.role, name, new_role=new.access_role):
             self._deny(caller, denial)
         rid = uuid.UUID(caller.restaurant_id)
+        if new.email is None:
+            return await self._create_floor_employee(caller, rid, new)
         async with self.store.transaction() as tx:
             restaurant = await self._lock_restaurant(tx, rid)
             actor = await self._actor(tx, caller, rid)
@@ -382,6 +389,37 @@ class StaffDomain:
         await self.invitations.announce(invitation)
         log.info("employee invited", extra={"restaurant_id": str(rid), "employee_id": str(employee.id),
                                             "access_role": employee.access_role})
+        return self._view(caller, employee)
+
+    async def _create_floor_employee(self, caller: Caller, rid: uuid.UUID,
+                                     new: NewEmployee) -> Employee:
+        """Someone with no email address: their account (no email, no password) and membership
+        are made by auth as the transaction's last step; a manager then gives them a PIN setup
+        code (DeviceService.ResetPin) to choose their PIN on a till."""
+        name = permission("CreateEmployee")
+        user_id = uuid.uuid4()
+
+        async def write(tx: StaffTransaction, on_auth: Callable[[Undo], None]) -> Employee:
+            restaurant = await self._lock_restaurant(tx, rid)
+            actor = await self._actor(tx, caller, rid)
+            if denial := rules.role_denial(actor.access_role, name, new_role=new.access_role):
+                self._deny(caller, denial)
+            employee = await tx.insert_employee(rid, new, user_id=user_id)
+            assert employee is not None  # a new user id and no address: nothing to collide with
+            await tx.record_change(employee, caller.user_id, "created",
+                                   {field: _json_value(value) for field, value in _fields(new).items()})
+            on_auth(lambda: self.accounts.revoke_membership(str(user_id), str(rid)))
+            full_name = " ".join(part for part in (new.first_name, new.last_name) if part)
+            await self.accounts.create_floor_account(str(user_id), full_name, str(rid),
+                                                     restaurant.name, new.access_role)
+            return employee
+
+        employee = await self._write_with_compensation(
+            write, what=f"floor account {user_id} in restaurant {rid}")
+        security_events.record("EMPLOYEE_CREATED_WITHOUT_EMAIL", severity=security_events.INFO,
+                               ip=caller.client_ip, user_id=caller.user_id,
+                               restaurant_id=caller.restaurant_id, employee_id=str(employee.id),
+                               role=employee.access_role)
         return self._view(caller, employee)
 
     async def update_employee(self, caller: Caller, employee_id: str, changes: dict[str, Any],

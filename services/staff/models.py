@@ -116,7 +116,7 @@ class NewRestaurant:
 class NewEmployee:
     first_name: str
     last_name: str | None
-    email: str
+    email: str | None  # None: works on tills with a PIN only (a floor account)
     phone: str | None
     access_role: str
     job_title: str | None

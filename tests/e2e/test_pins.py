@@ -219,3 +219,27 @@ async def test_the_idle_lock_is_bounded_and_set_by_managers(edge, party):
     assert by_staff.status_code == 403 and error_reason(by_staff) == "ROLE_FORBIDDEN"
     default = ok(await edge.get("/api/v1/devicePolicy", headers=party.manager.headers))
     assert default["staff_idle_lock_seconds"] == 300
+
+
+async def test_an_employee_with_no_email_gets_a_setup_code_and_works_on_the_till_with_a_pin(
+        edge, party, till):
+    porter = ok(await edge.post("/api/v1/employees", headers=party.manager.headers, json={
+        "first_name": "Kit", "last_name": "Porter", "job_title": "kitchen porter"}))
+    assert porter["state"] == "ACTIVE" and porter["user_id"] and "email" not in porter
+    people = ok(await edge.get("/api/v1/devices:pinUsers", headers=till.headers))["users"]
+    listed = next(user for user in people if user["user_id"] == porter["user_id"])
+    assert listed["full_name"] == "Kit Porter" and listed["has_pin"] is False
+
+    code = ok(await edge.post(f"/api/v1/pins/{porter['user_id']}:reset",
+                              headers=party.manager.headers, json={}))
+    kit = await setup_pin(edge, till, porter["user_id"], code["code"], "3692")
+
+    assert kit.role == "staff" and kit.body["user"]["email"] == ""
+    ok(await edge.get("/api/v1/orders/active", headers=kit.headers))
+    again = await pin_login(edge, till, porter["user_id"], "3692")
+    assert claims_of(again.access_token)["sub"] == porter["user_id"]
+    # Deactivated, the porter's PIN stops working (their membership is gone).
+    ok(await edge.delete(f"/api/v1/employees/{porter['id']}", headers=party.manager.headers))
+    gone = await edge.post("/api/v1/devices:pinLogin", headers=till.headers,
+                           json={"user_id": porter["user_id"], "pin": "3692"})
+    assert gone.status_code == 401 and error_reason(gone) == "PIN_INVALID"

@@ -14,6 +14,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Floor accounts (CreateFloorAccount): people who work on tills with a PIN only have no email.
+    op.execute("ALTER TABLE users ALTER COLUMN email DROP NOT NULL")
+    op.execute("ALTER TABLE users DROP CONSTRAINT users_email_normalised")
+    op.execute("ALTER TABLE users ADD CONSTRAINT users_email_normalised "
+               "CHECK (email IS NULL OR (email = lower(btrim(email)) AND email <> ''))")
+
     op.execute("""
         CREATE TABLE devices (
             id            uuid PRIMARY KEY,
@@ -97,3 +103,5 @@ def downgrade() -> None:
     op.execute("ALTER TABLE sessions ALTER COLUMN user_id SET NOT NULL")
     for table in ("device_policies", "pins", "pairing_codes", "devices"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
+    op.execute("DELETE FROM users WHERE email IS NULL")
+    op.execute("ALTER TABLE users ALTER COLUMN email SET NOT NULL")
