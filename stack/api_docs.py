@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from stack import kitchen_screen
+
 OPENAPI = "/api/v1/openapi.json"
 ASYNCAPI = "/api/v1/asyncapi.json"
 DOCS = "/api/v1/docs"
@@ -53,6 +55,9 @@ PUBLISHED = (
               "text/javascript; charset=utf-8", ASSET_MAX_AGE),
     Published(f"{DOCS}/favicon-32x32.png", "docs/favicon-32x32.png", "image/png", ASSET_MAX_AGE),
 )
+# The reference kitchen screen rides along: static files the edge serves the same way.
+PUBLISHED += tuple(Published(path, f"kitchen/{name}", content_type, kitchen_screen.MAX_AGE, csp)
+                   for path, name, content_type, csp in kitchen_screen.FILES)
 SWAGGER_UI_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png")
 
 _PAGE = f"""<!doctype html>
@@ -123,6 +128,7 @@ def write(folder: Path, descriptor_set: Path) -> list[Served]:
         "docs/index.html": _PAGE.encode(),
         "docs/explorer.js": _SCRIPT.encode(),
         **{f"docs/{name}": (swagger_ui_folder() / name).read_bytes() for name in SWAGGER_UI_ASSETS},
+        **kitchen_screen.contents(),
     }
     served = []
     for item in PUBLISHED:

@@ -16,6 +16,7 @@ import socket
 import time
 from http import HTTPStatus
 from typing import Callable
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -103,7 +104,11 @@ class RealtimeGateway:
             ip_window=ip_window or IpAttemptWindow(redis), pending=self.pending,
             index=self.index, metrics=self.metrics, sessions=self.sessions, resume=self.resume,
             revoked_reason=self.revoked_reason, send_buffer_limit=send_buffer_limit)
-        self.allowed_origins = frozenset(settings.cors_allowed_origins)
+        # The apps' origins, and the edge's own: pages it serves itself (the reference kitchen
+        # screen at /kitchen/) open sockets from it.
+        own = urlsplit(settings.public_url)
+        self.allowed_origins = frozenset(settings.cors_allowed_origins) | {
+            f"{own.scheme}://{own.netloc}"}
         self.draining = False
         # The revocation follower's status (posmesh.common.revocation_follower), for /healthz.
         self.revocation_status: Callable[[], dict] = lambda: {"state": "UNKNOWN"}
