@@ -36,6 +36,7 @@ class DemoTill:
     user_id: str  # the demo server's
     email: str
     pin: str
+    browser_code: str = ""  # a fresh pairing code for the kitchen screen at /kitchen/
 
 
 def _file(data_dir: Path) -> Path:
@@ -81,6 +82,10 @@ async def pair_demo_devices(edge_url: str, ca_file: Path, data_dir: Path, restau
                 device_id = credential["device"]["id"]
             refresh_tokens[device_type] = credential["refresh_token"]
             devices.append(DemoDevice(device_type, name, device_id, credential["access_token"]))
+        browser = _check(await client.post("/api/v1/devices:createPairingCode", headers=headers,
+                                           json={"device_type": "KITCHEN_SCREEN",
+                                                 "name": "Browser kitchen screen"}),
+                         "create a pairing code for the browser's kitchen screen")
         serving = await _login(client, server, restaurant_id)
         _check(await client.post("/api/v1/pin:set", json={"pin": pin}, headers={
             "authorization": f"Bearer {serving['access_token']}"}), "set the demo server's PIN")
@@ -89,7 +94,7 @@ async def pair_demo_devices(edge_url: str, ca_file: Path, data_dir: Path, restau
     path.chmod(0o600)
     if len(devices) != len(DEVICES):
         raise DemoError("the demo devices could not be paired")
-    return DemoTill(devices, serving["user"]["id"], server.email, pin)
+    return DemoTill(devices, serving["user"]["id"], server.email, pin, browser["code"])
 
 
 def describe(edge_url: str, ca_file: str, till: DemoTill) -> str:
@@ -106,4 +111,6 @@ def describe(edge_url: str, ca_file: str, till: DemoTill) -> str:
         f"-d '{{\"user_id\": \"{till.user_id}\", \"pin\": \"{till.pin}\"}}'\n"
         f"  curl --cacert {ca_file} {edge_url}/api/v1/devices:pinUsers -H \"authorization: "
         f"Bearer $TILL\"   # who can sign in there\n"
+        f"Open {edge_url}/kitchen/ and pair it with the code {till.browser_code} (valid 10 "
+        "minutes), then watch the orders you curl in arrive.\n"
     )

@@ -85,6 +85,7 @@ async def test_the_demo_pairs_a_till_where_its_server_signs_in_with_the_printed_
     assert reply.json()["user"]["restaurant_id"] == restaurant_id
     printed = demo_devices.describe(stack.edge_url, "ca.pem", till)
     assert f'"pin": "{till.pin}"' in printed and "devices:pinLogin" in printed
+    assert till.browser_code in printed and "/kitchen/" in printed
     # A second run rotates the same devices' credentials instead of pairing new ones.
     again = await demo_devices.pair_demo_devices(stack.edge_url, stack.ca_file, data_dir,
                                                  restaurant_id, logins)
