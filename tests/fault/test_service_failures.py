@@ -38,7 +38,8 @@ async def test_killing_the_orders_service_loses_no_event_and_every_screen_gets_e
     try:
         async with SteadyLoad(edge, party.staff, dish, rate=15) as load:
             await asyncio.sleep(2)
-            await kill_service(stack, "orders")
+            for name in stack.replicas("orders"):
+                await kill_service(stack, name)
             killed_at = time.monotonic()
             try:
                 # While it is down, the edge answers at once with a JSON 503.
@@ -49,7 +50,7 @@ async def test_killing_the_orders_service_loses_no_event_and_every_screen_gets_e
                 assert elapsed < FAST_SECONDS, f"the 503 took {elapsed:.2f}s"
                 await asyncio.sleep(1)
             finally:
-                await stack.start_service("orders")
+                await stack.start_every("orders")
             back_at = time.monotonic()
             await asyncio.sleep(4)
 
@@ -96,7 +97,8 @@ async def test_killing_a_realtime_process_moves_its_clients_to_the_other_with_no
 
 
 async def test_a_service_that_is_down_gets_a_fast_json_503_not_a_hang(stack, edge, party):
-    await kill_service(stack, "staff")
+    for name in stack.replicas("staff"):
+        await kill_service(stack, name)
     try:
         for path in ("/api/v1/employees", f"/api/v1/restaurants/{party.restaurant_id}"):
             started = time.monotonic()
@@ -109,6 +111,6 @@ async def test_a_service_that_is_down_gets_a_fast_json_503_not_a_hang(stack, edg
         order_list = await edge.get("/api/v1/orders/active", headers=party.owner.headers)
         assert order_list.status_code == 200
     finally:
-        await stack.start_service("staff")
+        await stack.start_every("staff")
     reply = await edge.get("/api/v1/employees", headers=party.owner.headers)
     assert reply.status_code == 200, reply.text
