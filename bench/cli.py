@@ -32,6 +32,8 @@ from bench.posday import DaySpec, run_day
 from bench.seed import build_world, edge_client
 from bench.sockets import SocketHolder, raise_fd_limit
 from bench.stackrun import BENCH_OVERRIDES, System, running, start_local
+from posmesh.common.settings import REPLICATED_SERVICES
+from stack.supervisor import SERVICES
 from bench.verification import VerificationSpec, measure
 from bench.world import Target, World
 
@@ -170,9 +172,10 @@ class Bench:
         names: dict[int, str] = {}
         if self.system.stack is not None:
             for name, pids in self.system.stack.pids().items():
+                service = name.partition("-")[0]  # replicas count as their service
                 for pid in pids:
-                    names[pid] = "realtime" if name.startswith("realtime") else name
-                    if name == "auth":  # its new-password hashing process (and its helper)
+                    names[pid] = service if service in SERVICES else name
+                    if service == "auth":  # its new-password hashing process (and its helper)
                         try:
                             children = psutil.Process(pid).children(recursive=True)
                         except psutil.Error:
@@ -769,9 +772,13 @@ async def run(args: argparse.Namespace) -> int:
         description = f"running stack at {args.url}"
     else:
         log("starting the local stack (embedded PostgreSQL and Redis, 4 services, Envoy) ...")
-        system = await start_local()
-        description = ("local stack via stack.supervisor.Stack, one realtime process, temp data dir; "
-                       "bench overrides: " + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
+        system = await start_local(args.replicas)
+        replicas = {s: system.settings.replicas(s) for s in REPLICATED_SERVICES}
+        description = ("local stack via stack.supervisor.Stack, one realtime process, "
+                       + ", ".join(f"{n} {s}" for s, n in replicas.items())
+                       + " processes, temp data dir; bench overrides: "
+                       + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
+        log(f"  replicas: {replicas}")
         log(f"  up in {system.stack.started_in:.1f} s at {system.edge_url}")
     _stop_on_signals(system)
     context = multiprocessing.get_context("spawn")
@@ -788,6 +795,7 @@ async def run(args: argparse.Namespace) -> int:
         stack={"description": description, "argon2": {
             "memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
             "parallelism": settings.argon2_parallelism},
+            "replicas": {s: settings.replicas(s) for s in REPLICATED_SERVICES},
             "overrides": BENCH_OVERRIDES if not args.url else {}},
         generator={"processes": "1–4", "client": "asyncio + h2 (HTTP/2, TLS), websockets"})
     try:
@@ -822,7 +830,8 @@ async def run(args: argparse.Namespace) -> int:
     checks = targets.evaluate(results)
     # A run of some phases is named by them, so one phase's run does not replace another's.
     name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}") + \
-        ("-" + "-".join(sorted(args.only.split(","))) if args.only else "")
+        ("-" + "-".join(sorted(args.only.split(","))) if args.only else "") + \
+        (f"-replicas{args.replicas}" if args.replicas else "")
     out_dir = Path(args.out) if args.out else RESULTS_DIR
     paths = report.write(results, checks, out_dir, name=name,
                          update_latest=profile.name == "full" and not args.only)
@@ -856,6 +865,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")
+    parser.add_argument("--replicas", type=int,
+                        help="processes each of auth, staff and orders in the local stack "
+                             "(default: AUTH/STAFF/ORDERS_REPLICAS, one per core)")
     args = parser.parse_args(argv)
     try:
         import uvloop
