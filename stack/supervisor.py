@@ -285,7 +285,7 @@ class Stack:
         """One process ('orders' is the first orders replica; `stop_every` stops them all)."""
         await self._terminate(self.children[name])
 
-    async def kill_service(self, name: str) -> None:
+    async def crash_service(self, name: str) -> None:
         """SIGKILL one service process as a crash would end it: the supervisor starts it again
         (and records it in `crashes`)."""
         process = self.children[name].process

@@ -123,7 +123,7 @@ async def test_killing_one_orders_replica_under_load_loses_no_order_and_it_is_st
     old_pid = stack.pids()[victim][0]
     async with SteadyLoad(edge, party.staff, dish, rate=20, create_share=0.5) as load:
         await asyncio.sleep(2)
-        await stack.kill_service(victim)  # as a crash would: no drain
+        await stack.crash_service(victim)  # as a crash would: no drain
         await stack.wait_ready(victim, timeout=30)
         await asyncio.sleep(2)
 
