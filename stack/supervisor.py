@@ -227,7 +227,7 @@ class Stack:
         except BaseException:
             await self.stop()
             raise
-        self.started_in = time.monotonic() - started
+        self.started_in = time.monotonic() - started  # from now on a crashed service restarts
 
     def _prepare(self) -> None:
         """Blocking steps before any child starts: stores, certificates, code, Envoy config."""
@@ -437,7 +437,8 @@ class Stack:
         now = time.monotonic()
         child.crashed_at.append(now)
         recent = sum(1 for moment in child.crashed_at if now - moment < CRASH_LOOP_WINDOW_SECONDS)
-        if child.restartable and recent < CRASH_LOOP_LIMIT:
+        # One that cannot start at all (a bad setting) fails the start instead.
+        if child.restartable and self.started_in is not None and recent < CRASH_LOOP_LIMIT:
             delay = min(RESTART_FIRST_DELAY_SECONDS * 2 ** (recent - 1), RESTART_MAX_DELAY_SECONDS)
             log.error("%s\nstarting it again in %.1fs", died, delay)
             self.crashes.append(died)
