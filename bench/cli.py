@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, edge_check, machine, overload, report, signup_flood, targets
+from bench import ceiling, edge_check, machine, overload, replicas, report, signup_flood, targets
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -80,6 +80,9 @@ class Profile:
     edge_check_rounds: int = 2
     edge_check_s: float = 3
     edge_check_rate: float = 100
+    # One orders process against all (bench/replicas.py): alternating rounds at these rates.
+    replicas: replicas.ReplicasSpec = replicas.ReplicasSpec(rates=(300, 1000), rounds=3,
+                                                            seconds=10, warmup=2)
     # Phases left out unless `--only` names them.
     only_when_asked: frozenset[str] = frozenset()
 
@@ -108,9 +111,10 @@ QUICK = Profile(
     flood=signup_flood.FloodSpec(login_rate=25, rounds=1, seconds=4, warmup=1),
     overload=overload.OverloadSpec(seconds=4, warmup=1, capacity_if_unknown=300),
     edge_check_rounds=3, edge_check_s=3,
+    replicas=replicas.ReplicasSpec(rates=(1000,), rounds=1, seconds=4, warmup=1),
     # Differences of a few µs per request need the full run's rounds; and the quick run must
     # stay near 2 minutes.
-    only_when_asked=frozenset({"edge_check"}),
+    only_when_asked=frozenset({"edge_check", "replicas"}),
 )
 
 
@@ -300,6 +304,20 @@ class Bench:
         log(f"  capacity {result['capacity_rps']:g}/s: goodput at " + ", ".join(
             f"{s['factor']}× {s['achieved_rps']}/s ({s['goodput_ratio']:.0%})"
             for s in result["runs"].values()))
+
+    async def run_replicas(self) -> None:
+        stack = self.system.stack
+        if stack is None or len(stack.replicas("orders")) < 2:
+            self.results["notes"].append("Phase replicas needs a local stack with ORDERS_REPLICAS "
+                                         "≥ 2 (`--replicas 2`); skipped.")
+            log("  skipped: needs a local stack with ORDERS_REPLICAS >= 2")
+            return
+        self.results["replicas"] = result = await replicas.run(self, self.profile.replicas)
+        for rate, medians in result["rates"].items():
+            log(f"  mix at {rate}/s, medians of {result['rounds']} rounds: " + "; ".join(
+                f"{n} orders process(es) {medians[str(n)]['achieved_rps']}/s p95 "
+                f"{medians[str(n)]['p95_ms']} ms" for n in result["orders_processes"])
+                + f"; goodput ×{medians['goodput_ratio']}")
 
     async def run_verification(self) -> None:
         from stack.supervisor import settings_env
@@ -773,12 +791,12 @@ async def run(args: argparse.Namespace) -> int:
     else:
         log("starting the local stack (embedded PostgreSQL and Redis, 4 services, Envoy) ...")
         system = await start_local(args.replicas)
-        replicas = {s: system.settings.replicas(s) for s in REPLICATED_SERVICES}
+        processes = {s: system.settings.replicas(s) for s in REPLICATED_SERVICES}
         description = ("local stack via stack.supervisor.Stack, one realtime process, "
-                       + ", ".join(f"{n} {s}" for s, n in replicas.items())
+                       + ", ".join(f"{n} {s}" for s, n in processes.items())
                        + " processes, temp data dir; bench overrides: "
                        + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
-        log(f"  replicas: {replicas}")
+        log(f"  processes: {processes}")
         log(f"  up in {system.stack.started_in:.1f} s at {system.edge_url}")
     _stop_on_signals(system)
     context = multiprocessing.get_context("spawn")
@@ -805,6 +823,7 @@ async def run(args: argparse.Namespace) -> int:
                   ("signup_flood", bench.run_signup_flood),
                   ("orders", bench.run_orders), ("edge_check", bench.run_edge_check),
                   ("mix", bench.run_mix), ("overload", bench.run_overload),
+                  ("replicas", bench.run_replicas),
                   # Sockets before the POS day: the realtime process's memory is measured from
                   # a baseline no earlier workload has grown.
                   ("websockets", bench.run_websockets), ("pos_day", bench.run_pos_day)]
@@ -861,7 +880,8 @@ def main(argv: list[str] | None = None) -> None:
                                            "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
                                        "signup_flood, orders, edge_check, mix, overload "
-                                       "(after mix: 2× and 4× its capacity), pos_day, websockets")
+                                       "(after mix: 2× and 4× its capacity), replicas (one orders "
+                                       "process against all), pos_day, websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")
