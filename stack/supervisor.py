@@ -344,7 +344,17 @@ class Stack:
         await asyncio.to_thread(postgres.restart)
 
     def service_log(self, name: str) -> str:
+        """One process's log so far ('orders' is the first orders replica)."""
         return self.children[name].log_file.read_text(errors="replace")
+
+    def log_offsets(self, service: str) -> dict[str, int]:
+        """Where each process of `service` has got to in its log (for `logs_since`)."""
+        return {name: len(self.service_log(name)) for name in self.replicas(service)}
+
+    def logs_since(self, offsets: dict[str, int]) -> str:
+        """What those processes logged since `offsets`, one after another; dict.fromkeys(
+        stack.replicas(service), 0) for everything every replica logged."""
+        return "".join(self.service_log(name)[offset:] for name, offset in offsets.items())
 
     def pids(self) -> dict[str, list[int]]:
         pids = {name: [child.process.pid] for name, child in self.children.items()

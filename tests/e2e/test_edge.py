@@ -387,8 +387,8 @@ async def test_traceparent_and_client_address_reach_the_service(stack, edge):
     await edge.post("/api/v1/auth/login", json={"email": "trace@example.com", "password": "x" * 12},
                     headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
 
-    lines = [json.loads(line) for line in stack.service_log("auth").splitlines()
-             if trace_id in line]
+    auth_logs = stack.logs_since(dict.fromkeys(stack.replicas("auth"), 0))
+    lines = [json.loads(line) for line in auth_logs.splitlines() if trace_id in line]
     assert lines, "no auth log line carries the trace id sent through the edge"
     assert any(line.get("ip") == "127.0.0.1" for line in lines)
 
