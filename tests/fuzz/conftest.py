@@ -38,8 +38,6 @@ async def fuzz_world(edge) -> FuzzWorld:
                      b_dish, await place_order(edge, b.staff, [line(b_dish)]))
 
 
-
-
 def unhandled_lines(text: str) -> list[str]:
     """Log lines of an exception nobody handled: the interceptor's "unhandled error" (INTERNAL),
     or any record at error level or above."""
