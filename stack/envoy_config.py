@@ -249,11 +249,13 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
     admitted = settings.admission_max_in_flight
     clusters = [
-        _cluster("auth", [settings.auth_addr], http2=True, max_in_flight=admitted),
-        _cluster("staff", [settings.staff_addr], http2=True, max_in_flight=admitted),
-        _cluster("orders", [settings.orders_addr], http2=True, max_in_flight=admitted),
+        # Every replica is an endpoint: Envoy picks one per request (HTTP/2 multiplexes calls
+        # to each), and the breakers admit ADMISSION_MAX_IN_FLIGHT per replica.
+        _cluster("auth", settings.service_addrs("auth"), http2=True, max_in_flight=admitted),
+        _cluster("staff", settings.service_addrs("staff"), http2=True, max_in_flight=admitted),
+        _cluster("orders", settings.service_addrs("orders"), http2=True, max_in_flight=admitted),
         _cluster("realtime", [settings.realtime_addr], http2=True, max_in_flight=admitted),
-        _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
+        _cluster("health", [a for s in HEALTH_CLUSTER_SERVICES for a in settings.service_addrs(s)],
                  http2=True),
         _cluster("realtime_ws", ws_addrs, http2=False),
         # The edge's own fetch of the signing keys: never behind the callers' admission budget.
