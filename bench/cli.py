@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, edge_check, machine, overload, replicas, report, signup_flood, targets
+from bench import (ceiling, cpu_per_rpc, edge_check, machine, overload, replicas, report,
+                   signup_flood, targets)
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -83,6 +84,8 @@ class Profile:
     # One orders process against all (bench/replicas.py): alternating rounds at these rates.
     replicas: replicas.ReplicasSpec = replicas.ReplicasSpec(rates=(300, 1000), rounds=3,
                                                             seconds=10, warmup=2)
+    # The orders process's CPU per request per RPC (bench/cpu_per_rpc.py).
+    cpu: cpu_per_rpc.CpuSpec = cpu_per_rpc.CpuSpec(requests=1000, rounds=5)
     # Phases left out unless `--only` names them.
     only_when_asked: frozenset[str] = frozenset()
 
@@ -112,9 +115,10 @@ QUICK = Profile(
     overload=overload.OverloadSpec(seconds=4, warmup=1, capacity_if_unknown=300),
     edge_check_rounds=3, edge_check_s=3,
     replicas=replicas.ReplicasSpec(rates=(1000,), rounds=1, seconds=4, warmup=1),
+    cpu=cpu_per_rpc.CpuSpec(requests=300, rounds=3),
     # Differences of a few µs per request need the full run's rounds; and the quick run must
     # stay near 2 minutes.
-    only_when_asked=frozenset({"edge_check", "replicas"}),
+    only_when_asked=frozenset({"edge_check", "replicas", "cpu_per_rpc"}),
 )
 
 
@@ -343,6 +347,12 @@ class Bench:
             self.results["workloads"][name] = summary
             if name == "create_order":
                 await self.close_orders()
+
+    async def run_cpu_per_rpc(self) -> None:
+        """The orders process's CPU per request, per RPC, against the committed "before"."""
+        self.results["cpu_per_rpc"] = result = await cpu_per_rpc.run(self, self.profile.cpu)
+        for line in cpu_per_rpc.table(result):
+            log("  " + line)
 
     async def run_edge_check(self) -> None:
         """The unknown-field check's cost: the same requests through two Envoys from the edge's
@@ -821,7 +831,8 @@ async def run(args: argparse.Namespace) -> int:
         phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("signup_flood", bench.run_signup_flood),
-                  ("orders", bench.run_orders), ("edge_check", bench.run_edge_check),
+                  ("orders", bench.run_orders), ("cpu_per_rpc", bench.run_cpu_per_rpc),
+                  ("edge_check", bench.run_edge_check),
                   ("mix", bench.run_mix), ("overload", bench.run_overload),
                   ("replicas", bench.run_replicas),
                   # Sockets before the POS day: the realtime process's memory is measured from
@@ -862,6 +873,11 @@ async def run(args: argparse.Namespace) -> int:
     for line in report.workloads_table(results):
         print(line)
     print()
+    if results.get("cpu_per_rpc"):
+        print("orders CPU per request (µs), median of the rounds:")
+        for line in cpu_per_rpc.table(results["cpu_per_rpc"]):
+            print(line)
+        print()
     if results["failures"]:
         print("phases that failed: " + json.dumps(results["failures"], indent=1))
     log(f"done in {results['elapsed_s']} s; wrote " + ", ".join(str(p) for p in paths.values()))
@@ -879,7 +895,7 @@ def main(argv: list[str] | None = None) -> None:
                                            "seed reads its verification links (default: "
                                            "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
-                                       "signup_flood, orders, edge_check, mix, overload "
+                                       "signup_flood, orders, cpu_per_rpc, edge_check, mix, overload "
                                        "(after mix: 2× and 4× its capacity), replicas (one orders "
                                        "process against all), pos_day, websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
