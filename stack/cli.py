@@ -24,11 +24,12 @@ SERVICES = ("auth", "staff", "orders", "realtime")
 def serve(service: str) -> None:
     import uvloop
 
-    from posmesh.common import telemetry
+    from posmesh.common import clients, telemetry
     from posmesh.common.settings import get_settings
 
     settings = get_settings()
     telemetry.setup(service, settings)
+    clients.use_identity(service)
     module = importlib.import_module(f"services.{service}.main")
     uvloop.run(module.serve(settings))
 

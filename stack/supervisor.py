@@ -23,9 +23,11 @@ from typing import Callable, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from posmesh.common import clients, mesh_tls
 from posmesh.common.settings import Settings
 from stack import codegen, envoy_config
 from stack.certs import DevCerts, ensure_dev_certs
+from stack.mesh_certs import ensure_mesh_certs
 from stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_open
 
 log = logging.getLogger("posmesh.stack")
@@ -137,6 +139,21 @@ class Stack:
             return self.extra_realtime_addrs[int(name.split("-")[1]) - 2]
         return self.settings.service_addr(name)
 
+    def mesh_files(self, identity: str) -> mesh_tls.MeshFiles:
+        """The key and certificate `identity` ('edge', 'staff', ...) holds in the mesh."""
+        return mesh_tls.files_for(self.settings, identity)
+
+    def channel(self, name: str, *, as_identity: str = mesh_tls.EDGE) -> grpc.aio.Channel:
+        """A channel to a service process ('realtime-2' too) holding `as_identity`'s certificate
+        (plaintext when MESH_TLS=false). The caller closes it."""
+        service = name.split("-")[0]
+        if not self.settings.mesh_tls:
+            return grpc.aio.insecure_channel(self.addr(name), options=clients.CHANNEL_OPTIONS)
+        credentials = mesh_tls.channel_credentials(self.mesh_files(as_identity).read())
+        options = [*clients.CHANNEL_OPTIONS,
+                   ("grpc.ssl_target_name_override", mesh_tls.server_name(service))]
+        return grpc.aio.secure_channel(self.addr(name), credentials, options=options)
+
     @property
     def mail_dir(self) -> Path:
         """Where the dev mail server stores every mail (a Maildir; `posmesh mail` reads it)."""
@@ -179,6 +196,8 @@ class Stack:
             updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
         self.settings = self.settings.model_copy(update=updates)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
+        if self.settings.mesh_tls:
+            ensure_mesh_certs(mesh_tls.mesh_dir(self.settings))
         codegen.ensure_generated()
         if self.realtime_replicas > 1 and len(self.settings.realtime_ws_addrs) < self.realtime_replicas:
             raise ValueError("REALTIME_WS_ADDRS must list one WebSocket address per realtime process")
@@ -371,7 +390,7 @@ class Stack:
 
     async def _service_ready(self, name: str) -> bool:
         try:
-            async with grpc.aio.insecure_channel(self.addr(name)) as channel:
+            async with self.channel(name) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1)
         except grpc.aio.AioRpcError:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from typing import Annotated, Literal
 
 
@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     # A call whose caller sent no deadline runs for at most this long.
     request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---
+
+    # Mutual TLS inside the mesh (posmesh/common/mesh_tls.py, docs/security.md). Each process
+    # proves who it is with its certificate from the mesh CA; plaintext is refused. Off only to
+    # measure what it costs (bench), never outside development.
+    mesh_tls: bool = Field(True, alias="MESH_TLS")
+    # Where `<name>.pem`, `<name>-key.pem` and ca.pem are (default <data dir>/certs/mesh, made
+    # on first run); or this process's own files, e.g. container secrets.
+    mesh_certs_dir: Path | None = Field(None, alias="MESH_CERTS_DIR")
+    mesh_ca_file: Path | None = Field(None, alias="MESH_CA_FILE")
+    mesh_cert_file: Path | None = Field(None, alias="MESH_CERT_FILE")
+    mesh_key_file: Path | None = Field(None, alias="MESH_KEY_FILE")
 
     # Tokens.
     jwt_issuer: str = Field("https://auth.posmesh.local", alias="JWT_ISSUER")
@@ -221,6 +232,12 @@ class Settings(BaseSettings):
         if any("*" in origin for origin in origins):
             raise ValueError("CORS_ALLOWED_ORIGINS must list exact origins; wildcards are refused")
         return origins
+
+    @model_validator(mode="after")
+    def _mesh_tls_outside_development(self) -> "Settings":
+        if not self.mesh_tls and self.env != "development":
+            raise ValueError("MESH_TLS=false is for measurements in development only")
+        return self
 
     @property
     def is_development(self) -> bool:
