@@ -3,6 +3,7 @@
     posmesh run [--demo]         every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
     posmesh serve auth           one service (what a container runs)
     posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
+    posmesh certs rotate|list    new mesh certificates for every identity (picked up live) / list
     posmesh envoy-config         render and validate the Envoy config, print its path
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
     posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
@@ -52,6 +53,31 @@ def manage_keys(command: str) -> None:
         print(f"{info.kid}  {info.alg}  published "
               f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.publish_at))}  signs from "
               f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.sign_from))}")
+
+
+def manage_certs(command: str) -> None:
+    """Mesh certificates (posmesh/common/mesh_tls.py): made if missing, or all renewed. Running
+    processes load changed files before their next handshake; nothing restarts."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from posmesh.common import mesh_tls
+    from posmesh.common.settings import get_settings
+    from stack import mesh_certs
+
+    folder = mesh_tls.mesh_dir(get_settings())
+    if command == "rotate":
+        renewed = mesh_certs.rotate(folder)
+        print(f"new certificates for {', '.join(renewed)} in {folder}; running processes use "
+              "them for new connections within a couple of seconds")
+    else:
+        mesh_certs.ensure_mesh_certs(folder)
+    for name in mesh_tls.IDENTITIES:
+        cert = x509.load_pem_x509_certificate(mesh_certs.files(folder, name).cert_file.read_bytes())
+        left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+        print(f"{mesh_tls.spiffe_id(name):45}  serial {cert.serial_number:x}  "
+              f"expires {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ} ({left.days} days)")
 
 
 def mail(args: argparse.Namespace) -> int:
@@ -196,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     keys_commands.add_parser(
         "rotate", help="publish a new signing key now; it signs after JWT_KEY_PUBLISH_LEAD_SECONDS")
     keys_commands.add_parser("list", help="show every key with its publish and signing times")
+    certs_parser = commands.add_parser("certs", help="the mesh certificates (mutual TLS inside)")
+    certs_commands = certs_parser.add_subparsers(dest="certs_command", required=True)
+    certs_commands.add_parser("rotate", help="a new key and certificate for every identity now; "
+                              "running processes pick them up without a restart")
+    certs_commands.add_parser("list", help="every identity's certificate (made if missing)")
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
@@ -220,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.service)
     elif args.command == "keys":
         manage_keys(args.keys_command)
+    elif args.command == "certs":
+        manage_certs(args.certs_command)
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
     elif args.command == "mail":
