@@ -70,7 +70,23 @@ class EmbeddedPostgres:
             self._psql(f"ALTER SYSTEM SET max_connections = {self.max_connections}")
             self.restart()
             log.info("raised PostgreSQL max_connections from %s to %s", current, self.max_connections)
+        self._require_passwords()
         return self.url
+
+    def _require_passwords(self) -> None:
+        """Only the superuser (the stack itself, on the unix socket in the data dir) connects
+        without a password; every other role (stack/db_roles.py) must give its own."""
+        from sqlalchemy.engine import make_url
+
+        superuser = make_url(self._server.get_uri()).username or "postgres"
+        rules = (f"local all {superuser} trust\n"
+                 "local all all scram-sha-256\n"
+                 "host all all 127.0.0.1/32 scram-sha-256\n"
+                 "host all all ::1/128 scram-sha-256\n")
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() != rules:
+            hba.write_text(rules)
+            self._psql("SELECT pg_reload_conf()")
 
     def restart(self) -> None:
         # pg_ctl restart reuses postmaster.opts (the socket dir, no TCP listener).

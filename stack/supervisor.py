@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from posmesh.common import clients, mesh_tls
 from posmesh.common.settings import Settings
-from stack import codegen, envoy_config
+from stack import codegen, db_roles, envoy_config
 from stack.certs import DevCerts, ensure_dev_certs
 from stack.mesh_certs import ensure_mesh_certs
 from stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_open
@@ -116,6 +116,7 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.mail_port: int | None = None  # the dev mail server's, when SMTP_URL is unset
         self.certs: DevCerts | None = None
+        self.db_roles: db_roles.DatabaseRoles | None = None
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
         self.started_in: float | None = None
@@ -153,6 +154,11 @@ class Stack:
         options = [*clients.CHANNEL_OPTIONS,
                    ("grpc.ssl_target_name_override", mesh_tls.server_name(service))]
         return grpc.aio.secure_channel(self.addr(name), credentials, options=options)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Passwords made on first run (0600): the database roles', Redis users'."""
+        return self.data_dir / "secrets"
 
     @property
     def mail_dir(self) -> Path:
@@ -195,6 +201,9 @@ class Stack:
             self.mail_port = free_port()
             updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
         self.settings = self.settings.model_copy(update=updates)
+        # Least privilege: each service connects as its own role; the owner role migrates first.
+        self.db_roles = db_roles.bootstrap(self.settings.database_url, self.secrets_dir)
+        db_roles.migrate(self.db_roles.owner_url)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
         if self.settings.mesh_tls:
             ensure_mesh_certs(mesh_tls.mesh_dir(self.settings))
@@ -304,6 +313,8 @@ class Stack:
                 env.pop(key, None)
             else:
                 env[key] = value
+        # The superuser URL stays with the supervisor: a service gets its own role's.
+        env.pop("DATABASE_URL", None)
         env.update(overrides or {})
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -315,6 +326,8 @@ class Stack:
             index = int(name.split("-")[1]) - 1
             overrides = {"REALTIME_ADDR": self.addr(name),
                          "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
+        if self.db_roles is not None and service in self.db_roles.service_urls:
+            overrides["DATABASE_URL"] = self.db_roles.service_urls[service]
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
 
