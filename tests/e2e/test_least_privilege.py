@@ -77,3 +77,65 @@ def _database(stack) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(stack.settings.database_url).database or ""
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+async def _redis_refuses(client, *command) -> bool:
+    import redis.exceptions
+
+    try:
+        await client.execute_command(*command)
+    except redis.exceptions.NoPermissionError:
+        return True
+    except redis.exceptions.ResponseError as error:
+        return "NOPERM" in str(error) or "no permissions" in str(error)
+    return False
+
+
+def _redis_as(stack, service: str):
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(stack.redis_urls[service], socket_timeout=5)
+
+
+async def test_each_redis_user_reaches_its_own_keys_only(stack):
+    own = {"auth": "auth:acl-probe", "staff": "staff:acl-probe", "orders": "orders:acl-probe",
+           "realtime": "realtime:acl-probe"}
+    for service, key in own.items():
+        client = _redis_as(stack, service)
+        try:
+            assert not await _redis_refuses(client, "SET", key, "1", "EX", "10"), service
+            for other, foreign in own.items():
+                if other != service:
+                    assert await _redis_refuses(client, "GET", foreign), (service, foreign)
+                    assert await _redis_refuses(client, "SET", foreign, "x"), (service, foreign)
+        finally:
+            await client.aclose()
+
+
+async def test_revocations_order_events_and_user_events_are_written_by_their_owners_only(stack):
+    orders, realtime, auth, staff = (_redis_as(stack, name)
+                                     for name in ("orders", "realtime", "auth", "staff"))
+    try:
+        assert await _redis_refuses(orders, "PUBLISH", "auth:revocations", "{}")
+        assert await _redis_refuses(staff, "PUBLISH", "auth:revocations", "{}")
+        assert await _redis_refuses(orders, "PUBLISH", "realtime:control:p-1", "{}")
+        assert await _redis_refuses(realtime, "XADD", "orders:events:r-1", "*", "e", "1")
+        assert await _redis_refuses(staff, "XADD", "auth:user-events", "*", "e", "1")
+        assert not await _redis_refuses(auth, "PUBLISH", "auth:revocations", "not-json")
+        assert not await _redis_refuses(realtime, "XREVRANGE", "auth:user-events", "+", "-",
+                                        "COUNT", "1")
+    finally:
+        for client in (orders, realtime, auth, staff):
+            await client.aclose()
+
+
+@pytest.mark.parametrize("command", [("KEYS", "*"), ("FLUSHALL",), ("CONFIG", "GET", "*"),
+                                     ("ACL", "LIST")])
+async def test_no_service_user_may_run_admin_commands(stack, command):
+    client = _redis_as(stack, "auth")
+    try:
+        assert await _redis_refuses(client, *command)
+    finally:
+        await client.aclose()
