@@ -4,6 +4,8 @@
     posmesh serve auth           one service (what a container runs)
     posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
     posmesh certs rotate|list    new mesh certificates for every identity (picked up live) / list
+    posmesh migrate              database roles (with DATABASE_URL's superuser) and migrations
+    posmesh compose-secrets      the secret files docker-compose.yml mounts (.posmesh/compose)
     posmesh envoy-config         render and validate the Envoy config, print its path
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
     posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
@@ -78,6 +80,21 @@ def manage_certs(command: str) -> None:
         left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
         print(f"{mesh_tls.spiffe_id(name):45}  serial {cert.serial_number:x}  "
               f"expires {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ} ({left.days} days)")
+
+
+def migrate(secrets_dir: Path) -> None:
+    """What `posmesh run` does before the services start, for a deployment: the roles (with
+    DATABASE_URL, a superuser's), then every migration as the owner role."""
+    from posmesh.common.settings import get_settings
+    from stack import db_roles
+
+    settings = get_settings()
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL (a superuser's) is needed to create the roles")
+    roles = db_roles.bootstrap(settings.database_url, secrets_dir)
+    db_roles.migrate(roles.owner_url)
+    print(f"roles {', '.join(db_roles.role_names(db_roles.make_url(settings.database_url).database or '').values())} "
+          "ready; every schema migrated")
 
 
 def mail(args: argparse.Namespace) -> int:
@@ -227,6 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     certs_commands.add_parser("rotate", help="a new key and certificate for every identity now; "
                               "running processes pick them up without a restart")
     certs_commands.add_parser("list", help="every identity's certificate (made if missing)")
+    migrate_parser = commands.add_parser(
+        "migrate", help="create the database roles and run every migration as the owner role")
+    migrate_parser.add_argument("--secrets-dir", type=Path, default=None,
+                                help="where the roles' db-<role>.password files are (made if "
+                                     "missing; default POSMESH_SECRETS_DIR or <data dir>/secrets)")
+    compose_parser = commands.add_parser(
+        "compose-secrets", help="write the secret files docker-compose.yml mounts")
+    compose_parser.add_argument("--out", type=Path, default=Path(".posmesh/compose"))
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
@@ -251,6 +276,16 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.service)
     elif args.command == "keys":
         manage_keys(args.keys_command)
+    elif args.command == "migrate":
+        from posmesh.common.settings import get_settings
+
+        settings = get_settings()
+        migrate(args.secrets_dir or settings.secrets_dir or settings.data_dir / "secrets")
+    elif args.command == "compose-secrets":
+        from stack import compose_secrets
+
+        for path in compose_secrets.write(args.out):
+            print(path)
     elif args.command == "certs":
         manage_certs(args.certs_command)
     elif args.command == "envoy-config":

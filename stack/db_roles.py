@@ -47,8 +47,13 @@ def role_names(database: str) -> dict[str, str]:
 
 
 def password(secrets_dir: Path, role: str) -> str:
-    """The role's password from its file, made on first use."""
-    path = secrets_dir / f"db-{role}.password"
+    """The role's password from its file (db-<role>.password), made on first use."""
+    return generated_secret(secrets_dir, f"db-{role}")
+
+
+def generated_secret(secrets_dir: Path, name: str) -> str:
+    """`<secrets dir>/<name>.password`: read, or made (random, 0600) on first use."""
+    path = secrets_dir / f"{name}.password"
     if not path.exists():
         secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.tmp")

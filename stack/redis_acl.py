@@ -25,7 +25,7 @@ import hashlib
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from stack.db_roles import password
+from stack.db_roles import generated_secret
 
 SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "auth": (("auth:*",), ("auth:*",)),
@@ -55,20 +55,20 @@ def rules(service: str, secret: str) -> str:
 def config_lines(prefix: str, secrets_dir: Path) -> list[str]:
     """`user` directives for an embedded Redis's config: the default user (the stack's) needs a
     password, and one user per service."""
-    admin = password(secrets_dir, f"redis-{ADMIN}")
+    admin = generated_secret(secrets_dir, f"redis-{ADMIN}")
     lines = [f"user {ADMIN} on >{admin} ~* &* +@all"]
     for service in SERVICES:
-        lines.append(f"user {prefix}-{service} " + rules(service, password(secrets_dir, f"redis-{service}")))
+        lines.append(f"user {prefix}-{service} " + rules(service, generated_secret(secrets_dir, f"redis-{service}")))
     return lines
 
 
 def admin_url(url: str, secrets_dir: Path) -> str:
     """The embedded Redis's URL with the default user's password."""
-    return _with_user(url, ADMIN, password(secrets_dir, f"redis-{ADMIN}"))
+    return _with_user(url, ADMIN, generated_secret(secrets_dir, f"redis-{ADMIN}"))
 
 
 def service_urls(url: str, prefix: str, secrets_dir: Path) -> dict[str, str]:
-    return {service: _with_user(url, f"{prefix}-{service}", password(secrets_dir, f"redis-{service}"))
+    return {service: _with_user(url, f"{prefix}-{service}", generated_secret(secrets_dir, f"redis-{service}"))
             for service in SERVICES}
 
 
@@ -80,7 +80,7 @@ def add_users(url: str, prefix: str, secrets_dir: Path) -> None:
     try:
         for service in SERVICES:
             client.execute_command("ACL", "SETUSER", f"{prefix}-{service}", "reset",
-                                   *rules(service, password(secrets_dir, f"redis-{service}")).split())
+                                   *rules(service, generated_secret(secrets_dir, f"redis-{service}")).split())
     finally:
         client.close()
 

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     env: str = Field("development", alias="POSMESH_ENV")
     data_dir: Path = Field(Path(".posmesh"), alias="POSMESH_DATA_DIR")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    # A folder of files named after settings (e.g. /run/secrets/DATABASE_URL): their contents
+    # are the values of settings not set in the environment. How containers get secrets.
+    secrets_dir: Path | None = Field(None, alias="POSMESH_SECRETS_DIR")
 
     # Backing stores: embedded (real) servers are started by `posmesh run` when these are unset.
     database_url: str | None = Field(None, alias="DATABASE_URL")
@@ -262,4 +265,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment's settings; with POSMESH_SECRETS_DIR, also from files in that folder."""
+    import os
+
+    folder = os.environ.get("POSMESH_SECRETS_DIR") or None
+    return Settings(_secrets_dir=folder) if folder else Settings()

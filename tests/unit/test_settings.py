@@ -79,3 +79,22 @@ def test_mail_settings_default_to_the_dev_setup():
     assert settings.smtp_url is None  # `posmesh run` starts the dev mail server
     assert settings.public_url == "https://localhost:8443"
     assert Settings(PUBLIC_BASE_URL="https://pos.example.com/").public_url == "https://pos.example.com"
+
+
+def test_secrets_come_from_files_in_the_secrets_dir_unless_the_environment_sets_them(
+        tmp_path, monkeypatch):
+    from posmesh.common.settings import get_settings
+
+    (tmp_path / "DATABASE_URL").write_text("postgresql://auth:from-file@db/posmesh")
+    (tmp_path / "REDIS_URL").write_text("redis://auth:from-file@redis:6379/0")
+    monkeypatch.setenv("POSMESH_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://from-env:6379/0")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+
+    assert settings.database_url == "postgresql://auth:from-file@db/posmesh"
+    assert settings.redis_url == "redis://from-env:6379/0"
