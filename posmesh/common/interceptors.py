@@ -328,21 +328,18 @@ def _check_caller(ctx: grpc.aio.ServicerContext, method: str, ip: str) -> None:
     """The caller table (posmesh/common/callers.py) against the peer's mesh certificate. A
     service with MESH_TLS on has no plaintext port, so every call it serves is checked; only a
     plaintext server (MESH_TLS=false, measurements) has no peer certificate to check."""
-    if not _over_tls(ctx):
+    auth = ctx.auth_context() or {}
+    if b"ssl" not in auth.get("transport_security_type", ()):
         return
-    caller = mesh_tls.peer_name(ctx)
+    spiffe = mesh_tls.peer_spiffe_id(ctx, auth)
+    caller = mesh_tls.name_of(spiffe) if spiffe else None
     if callers.may_call(caller, method):
         return
-    shown = caller or mesh_tls.peer_spiffe_id(ctx) or "a caller without a mesh identity"
+    shown = caller or spiffe or "a caller without a mesh identity"
     security_events.record("CALLER_FORBIDDEN", severity=security_events.CRITICAL, ip=ip,
                            method=method, caller=shown)
     raise PermissionDenied("CALLER_FORBIDDEN", f"{shown} may not call {method}",
                            caller=shown, method=method)
-
-
-def _over_tls(ctx: grpc.aio.ServicerContext) -> bool:
-    auth = ctx.auth_context() or {}
-    return b"ssl" in auth.get("transport_security_type", ())
 
 
 def _caller_of(claims, ip: str) -> context.Caller:

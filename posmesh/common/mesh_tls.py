@@ -173,14 +173,15 @@ class ReloadingCredentials:
         return self._watched.generation, self._credentials
 
 
-def peer_spiffe_id(ctx: grpc.aio.ServicerContext) -> str | None:
+def peer_spiffe_id(ctx: grpc.aio.ServicerContext, auth: dict | None = None) -> str | None:
     """The SPIFFE id in the verified client certificate of this call (None on a plaintext or
-    certificate-less connection)."""
-    auth = ctx.auth_context() or {}
-    for value in auth.get("x509_subject_alternative_name", ()):
-        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-        if text.startswith("spiffe://"):
-            return text
+    certificate-less connection). `auth`: the call's auth_context(), when already read."""
+    auth = auth if auth is not None else (ctx.auth_context() or {})
+    for key in ("peer_spiffe_id", "x509_subject_alternative_name"):
+        for value in auth.get(key, ()):
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if text.startswith("spiffe://"):
+                return text
     return None
 
 
