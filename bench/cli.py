@@ -24,8 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from bench import (ceiling, cpu_per_rpc, edge_check, machine, overload, replicas, report,
-                   signup_flood, targets)
+from bench import (ceiling, cpu_per_rpc, edge_check, machine, mesh_cost, overload, replicas,
+                   report, signup_flood, targets)
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -86,6 +86,13 @@ class Profile:
                                                             seconds=10, warmup=2)
     # The orders process's CPU per request per RPC (bench/cpu_per_rpc.py).
     cpu: cpu_per_rpc.CpuSpec = cpu_per_rpc.CpuSpec(requests=1000, rounds=5)
+    # What mTLS inside costs (bench/mesh_cost.py): rounds per scenario, each this long, at this
+    # rate per stack.
+    mesh_tls_rounds: int = 6
+    mesh_tls_s: float = 5
+    # Below saturation on 2 cores with both stacks loaded at once: a saturated round measures
+    # queueing, not the cost of a request.
+    mesh_tls_rate: float = 40
     # Phases left out unless `--only` names them.
     only_when_asked: frozenset[str] = frozenset()
 
@@ -118,7 +125,7 @@ QUICK = Profile(
     cpu=cpu_per_rpc.CpuSpec(requests=300, rounds=3),
     # Differences of a few µs per request need the full run's rounds; and the quick run must
     # stay near 2 minutes.
-    only_when_asked=frozenset({"edge_check", "replicas", "cpu_per_rpc"}),
+    only_when_asked=frozenset({"edge_check", "replicas", "cpu_per_rpc", "mesh_tls"}),
 )
 
 
@@ -385,6 +392,71 @@ class Bench:
             await self.close_orders()
         self.results["edge_check"] = results
 
+    @property
+    def mesh_dir(self) -> str:
+        """The mesh certificates of a local stack with MESH_TLS on ("" otherwise)."""
+        from posmesh.common import mesh_tls
+
+        settings = self.system.settings
+        if self.system.stack is None or not settings.mesh_tls:
+            return ""
+        return str(mesh_tls.mesh_dir(settings).resolve())
+
+    async def run_mesh_tls(self) -> None:
+        """What mTLS on the internal hops costs: the same requests through the bench stack and a
+        plaintext twin of it, at the same moments (bench/mesh_cost.py)."""
+        if self.system.stack is None:
+            self.results["notes"].append("The cost of mTLS inside needs a local stack (a plaintext "
+                                         "twin beside it): not measured.")
+            return
+        p = self.profile
+        log("  starting the plaintext twin (MESH_TLS=false) ...")
+        twin, folder = await mesh_cost.start_plaintext_twin(self.system.stack)
+        host, port = self.system.edge_host_port
+        targets = (Target(host, port, self.system.ca_file),
+                   Target("127.0.0.1", twin.settings.edge_port, str(twin.ca_file)))
+        stacks = (self.system.stack, twin)
+        results = {}
+        try:
+            for scenario in mesh_cost.SCENARIOS:
+                await self._mesh_tls_round(scenario, targets, stacks, 1.0, 0)  # warm, unmeasured
+                rounds = [await self._mesh_tls_round(scenario, targets, stacks, p.mesh_tls_s, n)
+                          for n in range(p.mesh_tls_rounds)]
+                results[scenario] = summary = mesh_cost.summarise(scenario, p.mesh_tls_rate, rounds)
+                log(f"  {scenario}: {summary['cpu_us_mtls']} µs CPU/request with mTLS inside, "
+                    f"{summary['cpu_us_plaintext']} without: +{summary['delta_us']} µs "
+                    f"({summary['delta_percent']} %); p99 {summary['p99_ms_mtls']} vs "
+                    f"{summary['p99_ms_plaintext']} ms (rounds {summary['delta_us_per_round']})")
+        finally:
+            await twin.stop()
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            await self.close_orders()
+        self.results["mesh_tls"] = results
+
+    async def _mesh_tls_round(self, scenario: str, targets: tuple[Target, Target], stacks,
+                              seconds: float, number: int) -> mesh_cost.Round:
+        rate = self.profile.mesh_tls_rate
+        start_at = time.monotonic() + 1.0
+        specs = [HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=1,
+                          world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF,
+                          start_at=start_at)
+                 for target in targets]
+        order = [0, 1] if number % 2 == 0 else [1, 0]
+        pids = [mesh_cost.stack_pids(stack) for stack in stacks]
+        before = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
+        outcomes = await self._pool(run_http, *(specs[k] for k in order))
+        after = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
+        mtls, plain = outcomes[order.index(0)], outcomes[order.index(1)]
+        return mesh_cost.Round(
+            mtls_requests=len(mtls.recorder.ok_latencies),
+            plain_requests=len(plain.recorder.ok_latencies),
+            mtls_cpu_s=after[0] - before[0], plain_cpu_s=after[1] - before[1],
+            mtls_p99_ms=percentile(sorted(mtls.recorder.latencies), 0.99) * 1000,
+            plain_p99_ms=percentile(sorted(plain.recorder.latencies), 0.99) * 1000,
+            errors=sum(mtls.recorder.errors.values()) + sum(plain.recorder.errors.values()))
+
     async def _edge_check_round(self, scenario: str, targets: tuple[Target, Target],
                                 pids: tuple[int, int], seconds: float, number: int
                                 ) -> edge_check.Round:
@@ -577,7 +649,8 @@ class Bench:
         envoy_pid = self.system.pid_of("envoy")
         envoy = psutil.Process(envoy_pid) if envoy_pid else None
         holders = [SocketHolder(self.system.edge_url, self.system.ca_file,
-                                self.system.settings.realtime_ws_addr) for _ in range(p.holders)]
+                                self.system.settings.realtime_ws_addr, self.mesh_dir)
+                   for _ in range(p.holders)]
         # Envoy holds two descriptors per proxied socket (client side and upstream) and admits
         # at most 10,000 downstream connections.
         self.edge_socket_capacity = min(ENVOY_MAX_DOWNSTREAM - 10,
@@ -691,7 +764,8 @@ class Bench:
 
     async def _trigger(self, place, token: str, count: int, spacing: float, via: str):
         trigger = Trigger(self.edge, token, place.menu_item_ids, count, spacing, via=via,
-                          orders_addr=self.system.settings.orders_addr)
+                          orders_addr=self.system.settings.orders_addr,
+                          mesh_dir=self.mesh_dir)
         [made] = await self._pool(create_orders, trigger)
         return made
 
@@ -832,7 +906,7 @@ async def run(args: argparse.Namespace) -> int:
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("signup_flood", bench.run_signup_flood),
                   ("orders", bench.run_orders), ("cpu_per_rpc", bench.run_cpu_per_rpc),
-                  ("edge_check", bench.run_edge_check),
+                  ("edge_check", bench.run_edge_check), ("mesh_tls", bench.run_mesh_tls),
                   ("mix", bench.run_mix), ("overload", bench.run_overload),
                   ("replicas", bench.run_replicas),
                   # Sockets before the POS day: the realtime process's memory is measured from

@@ -25,9 +25,11 @@ from typing import Callable, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from posmesh.common import clients, mesh_tls
 from posmesh.common.settings import REPLICATED_SERVICES, Settings
-from stack import codegen, envoy_config
+from stack import codegen, db_roles, envoy_config, redis_acl
 from stack.certs import DevCerts, ensure_dev_certs
+from stack.mesh_certs import ensure_mesh_certs
 from stack.embedded import (DEFAULT_MAX_CONNECTIONS, EmbeddedPostgres, EmbeddedRedis, free_port,
                             port_open)
 
@@ -161,6 +163,9 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.mail_port: int | None = None  # the dev mail server's, when SMTP_URL is unset
         self.certs: DevCerts | None = None
+        self.db_roles: db_roles.DatabaseRoles | None = None
+        self.redis_urls: dict[str, str] = {}  # service -> its ACL user's URL
+        self._redis_users: str | None = None  # the prefix of users added to an outside Redis
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
         # Service processes that crashed and were started again (the test suite fails a test
@@ -201,6 +206,26 @@ class Stack:
     async def start_every(self, service: str) -> None:
         await asyncio.gather(*(self.start_service(name) for name in self.replicas(service)))
 
+    def mesh_files(self, identity: str) -> mesh_tls.MeshFiles:
+        """The key and certificate `identity` ('edge', 'staff', ...) holds in the mesh."""
+        return mesh_tls.files_for(self.settings, identity)
+
+    def channel(self, name: str, *, as_identity: str = mesh_tls.EDGE) -> grpc.aio.Channel:
+        """A channel to a service process ('realtime-2' too) holding `as_identity`'s certificate
+        (plaintext when MESH_TLS=false). The caller closes it."""
+        service = name.split("-")[0]
+        if not self.settings.mesh_tls:
+            return grpc.aio.insecure_channel(self.addr(name), options=clients.CHANNEL_OPTIONS)
+        credentials = mesh_tls.channel_credentials(self.mesh_files(as_identity).read())
+        options = [*clients.CHANNEL_OPTIONS,
+                   ("grpc.ssl_target_name_override", mesh_tls.server_name(service))]
+        return grpc.aio.secure_channel(self.addr(name), credentials, options=options)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Passwords made on first run (0600): the database roles', Redis users'."""
+        return self.data_dir / "secrets"
+
     @property
     def mail_dir(self) -> Path:
         """Where the dev mail server stores every mail (a Maildir; `posmesh mail` reads it)."""
@@ -236,14 +261,27 @@ class Stack:
             self.postgres = EmbeddedPostgres(self.data_dir / "pgdata",
                                              max_connections=postgres_connections(self.settings))
             updates["database_url"] = self.postgres.start()
-        if not self.settings.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db")
-            updates["redis_url"] = self.redis.start()
+        embedded_redis = not self.settings.redis_url
+        redis_users = redis_acl.user_prefix(self.data_dir, embedded=embedded_redis)
+        if embedded_redis:
+            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db",
+                                       acl=redis_acl.config_lines(redis_users, self.secrets_dir))
+            updates["redis_url"] = redis_acl.admin_url(self.redis.start(), self.secrets_dir)
         if not self.settings.smtp_url:
             self.mail_port = free_port()
             updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
         self.settings = self.settings.model_copy(update=updates)
+        # Least privilege: each service connects as its own role; the owner role migrates first.
+        self.db_roles = db_roles.bootstrap(self.settings.database_url, self.secrets_dir)
+        db_roles.migrate(self.db_roles.owner_url)
+        if not embedded_redis:
+            redis_acl.add_users(self.settings.redis_url, redis_users, self.secrets_dir)
+            self._redis_users = redis_users
+        self.redis_urls = redis_acl.service_urls(self.settings.redis_url, redis_users,
+                                                 self.secrets_dir)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
+        if self.settings.mesh_tls:
+            ensure_mesh_certs(mesh_tls.mesh_dir(self.settings))
         codegen.ensure_generated()
         if self.realtime_replicas > 1 and len(self.settings.realtime_ws_addrs) < self.realtime_replicas:
             raise ValueError("REALTIME_WS_ADDRS must list one WebSocket address per realtime process")
@@ -264,6 +302,9 @@ class Stack:
             await self._terminate(self.children[MAIL_SERVER])
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
+        if self._redis_users is not None:
+            await asyncio.to_thread(redis_acl.remove_users, self.settings.redis_url, self._redis_users)
+            self._redis_users = None
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
 
@@ -380,6 +421,9 @@ class Stack:
                 env.pop(key, None)
             else:
                 env[key] = value
+        # The superuser URL stays with the supervisor: a service gets its own role's.
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
         env.update(overrides or {})
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -393,6 +437,10 @@ class Stack:
                          "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
         elif service in REPLICATED_SERVICES and number:
             overrides = {f"{service.upper()}_ADDR": self.addr(name)}
+        if self.db_roles is not None and service in self.db_roles.service_urls:
+            overrides["DATABASE_URL"] = self.db_roles.service_urls[service]
+        if service in self.redis_urls:
+            overrides["REDIS_URL"] = self.redis_urls[service]
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo,
                      restartable=True)
@@ -488,7 +536,7 @@ class Stack:
 
     async def _service_ready(self, name: str) -> bool:
         try:
-            async with grpc.aio.insecure_channel(self.addr(name)) as channel:
+            async with self.channel(name) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1)
         except grpc.aio.AioRpcError:

@@ -2,7 +2,7 @@
 
     async def test_something(stack, edge, mailbox):
         reply = await edge.get("/api/v1/health")          # httpx over TLS through Envoy
-        channel = grpc.aio.insecure_channel(stack.addr("auth"))  # a service directly
+        channel = stack.channel("auth")  # a service directly, with the edge's mesh certificate
         await stack.stop_service("auth"); await stack.start_service("auth")
         await stack.stop_redis(); await stack.start_redis(); await stack.restart_postgres()
         await stack.stop_mail_server(); await stack.start_mail_server()     # same port and store

@@ -137,3 +137,6 @@ async def drop_database(base_url: str, test_url: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+    from stack.db_roles import drop_roles
+
+    await drop_roles(_asyncpg_dsn(base_url), name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from typing import Annotated, Literal
 
 
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     env: str = Field("development", alias="POSMESH_ENV")
     data_dir: Path = Field(Path(".posmesh"), alias="POSMESH_DATA_DIR")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    # A folder of files named after settings (e.g. /run/secrets/DATABASE_URL): their contents
+    # are the values of settings not set in the environment. How containers get secrets.
+    secrets_dir: Path | None = Field(None, alias="POSMESH_SECRETS_DIR")
 
     # Backing stores: embedded (real) servers are started by `posmesh run` when these are unset.
     database_url: str | None = Field(None, alias="DATABASE_URL")
@@ -94,6 +97,17 @@ class Settings(BaseSettings):
     # A call whose caller sent no deadline runs for at most this long.
     request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---
+
+    # Mutual TLS inside the mesh (posmesh/common/mesh_tls.py, docs/security.md). Each process
+    # proves who it is with its certificate from the mesh CA; plaintext is refused. Off only to
+    # measure what it costs (bench), never outside development.
+    mesh_tls: bool = Field(True, alias="MESH_TLS")
+    # Where `<name>.pem`, `<name>-key.pem` and ca.pem are (default <data dir>/certs/mesh, made
+    # on first run); or this process's own files, e.g. container secrets.
+    mesh_certs_dir: Path | None = Field(None, alias="MESH_CERTS_DIR")
+    mesh_ca_file: Path | None = Field(None, alias="MESH_CA_FILE")
+    mesh_cert_file: Path | None = Field(None, alias="MESH_CERT_FILE")
+    mesh_key_file: Path | None = Field(None, alias="MESH_KEY_FILE")
 
     # Tokens.
     jwt_issuer: str = Field("https://auth.posmesh.local", alias="JWT_ISSUER")
@@ -246,6 +260,12 @@ class Settings(BaseSettings):
             raise ValueError("CORS_ALLOWED_ORIGINS must list exact origins; wildcards are refused")
         return origins
 
+    @model_validator(mode="after")
+    def _mesh_tls_outside_development(self) -> "Settings":
+        if not self.mesh_tls and self.env != "development":
+            raise ValueError("MESH_TLS=false is for measurements in development only")
+        return self
+
     @property
     def is_development(self) -> bool:
         return self.env == "development"
@@ -278,4 +298,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment's settings; with POSMESH_SECRETS_DIR, also from files in that folder."""
+    import os
+
+    folder = os.environ.get("POSMESH_SECRETS_DIR") or None
+    return Settings(_secrets_dir=folder) if folder else Settings()

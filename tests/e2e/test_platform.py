@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
-import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,7 +53,7 @@ async def test_health_lists_every_service_and_dependency_to_a_manager(edge, mana
 async def test_every_database_service_reports_the_pool_it_really_uses(stack, service):
     from posmesh.health.v1 import health_pb2 as system_pb2, health_pb2_grpc as system_pb2_grpc
 
-    async with grpc.aio.insecure_channel(stack.addr(service)) as channel:
+    async with stack.channel(service) as channel:
         reply = await system_pb2_grpc.SystemHealthServiceStub(channel).GetSystemHealth(
             system_pb2.GetSystemHealthRequest(), timeout=5)
 
@@ -75,7 +74,7 @@ async def test_legacy_health_path_answers_the_same(edge_http1):
 
 async def test_each_service_serves_standard_grpc_health(stack):
     for name in stack.service_names:
-        async with grpc.aio.insecure_channel(stack.addr(name)) as channel:
+        async with stack.channel(name) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=2)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name

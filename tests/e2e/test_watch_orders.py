@@ -41,7 +41,7 @@ class GrpcWatch:
     """A WatchOrders call straight to the orders service, collecting events in the background."""
 
     def __init__(self, stack, member, after: str) -> None:
-        self.channel = grpc.aio.insecure_channel(stack.addr("orders"))
+        self.channel = stack.channel("orders")
         stub = orders_pb2_grpc.OrderServiceStub(self.channel)
         self.call = stub.WatchOrders(pb.WatchOrdersRequest(restaurant_id=member.restaurant_id,
                                                            after_event_id=after),

@@ -26,7 +26,7 @@ async def _screens_on_both_processes(stack, edge, party, count: int = 6
                for _ in range(count)]
     per_process = []
     for addr in stack.settings.realtime_ws_addrs:
-        health = await process_health(addr)
+        health = await process_health(stack, addr)
         per_process.append(health["presence"].get(party.restaurant_id, {}).get("kitchen", 0))
     assert all(n >= 1 for n in per_process), f"sockets per realtime process: {per_process}"
     return screens

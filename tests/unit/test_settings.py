@@ -107,3 +107,20 @@ def test_the_supervisor_gives_each_replica_a_port_of_its_own_or_refuses_a_short_
     assert addrs["orders_addrs"][0] == "127.0.0.1:50053" and len(set(addrs["orders_addrs"])) == 3
     with pytest.raises(ValueError, match="ORDERS_ADDRS lists 1 addresses for ORDERS_REPLICAS=3"):
         replica_addrs(settings.model_copy(update={"orders_addrs": ["127.0.0.1:1"]}))
+def test_secrets_come_from_files_in_the_secrets_dir_unless_the_environment_sets_them(
+        tmp_path, monkeypatch):
+    from posmesh.common.settings import get_settings
+
+    (tmp_path / "DATABASE_URL").write_text("postgresql://auth:from-file@db/posmesh")
+    (tmp_path / "REDIS_URL").write_text("redis://auth:from-file@redis:6379/0")
+    monkeypatch.setenv("POSMESH_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://from-env:6379/0")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+
+    assert settings.database_url == "postgresql://auth:from-file@db/posmesh"
+    assert settings.redis_url == "redis://from-env:6379/0"
