@@ -44,7 +44,7 @@ BY_ACCESS: dict[Access, tuple[str, ...]] = {
     Access.PUBLIC: (),
     Access.SIGNED_IN: (*_TOKEN, "DEVICE_FORBIDDEN"),
     Access.RESTAURANT: (*_TOKEN, "NO_RESTAURANT_CONTEXT", "ROLE_FORBIDDEN", "DEVICE_FORBIDDEN"),
-    Access.INTERNAL: ("INTERNAL_ONLY",),
+    Access.INTERNAL: ("INTERNAL_ONLY", "CALLER_FORBIDDEN"),
     Access.DEVICE: (*_TOKEN, "DEVICE_REQUIRED", "DEVICE_FORBIDDEN"),
 }
 # A restaurant named in the path, body or X-Restaurant-Id that is not the token's.
