@@ -17,6 +17,7 @@ const screen = {
   name: localStorage.getItem(KEY + "name") || "",
   lastEventId: localStorage.getItem(KEY + "lastEventId") || "",
   tickets: new Map(), socket: null, retries: 0, refreshTimer: 0, stopped: false, refusal: "",
+  connections: 0, resumedFrom: "",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -199,6 +200,7 @@ function connect() {
   socket.onopen = () => {
     const fields = { token: screen.access, restaurant_id: screen.restaurant };
     if (screen.lastEventId) fields.last_event_id = screen.lastEventId;
+    screen.resumedFrom = screen.lastEventId;
     send("authenticate", fields);
   };
   socket.onmessage = (frame) => {
@@ -208,6 +210,7 @@ function connect() {
     switch (message.type) {
       case "auth_success":
         screen.retries = 0;
+        screen.connections += 1;
         connection("live");
         notice("");
         break;
