@@ -48,6 +48,10 @@ async def test_a_member_signs_in_on_a_till_with_their_pin(edge, party, till):
     me = ok(await edge.get("/api/v1/auth/me", headers=clerk.headers))
     assert me["user"]["id"] == party.staff.user_id and me["session_id"] == clerk.session_id
     ok(await edge.get("/api/v1/orders/active", headers=clerk.headers))
+    # A session on a till stays in the till's restaurant.
+    switched = await edge.post("/api/v1/auth/switch-restaurant", headers=clerk.headers,
+                               json={"restaurant_id": party.restaurant_id})
+    assert switched.status_code == 403 and error_reason(switched) == "DEVICE_FORBIDDEN"
     people = ok(await edge.get("/api/v1/devices:pinUsers", headers=till.headers))["users"]
     assert {"user_id": party.staff.user_id, "has_pin": True}.items() <= next(
         user for user in people if user["user_id"] == party.staff.user_id).items()
