@@ -36,7 +36,8 @@ def path_for(route: Route, world) -> str:
               "item_id": world.a_dish["id"], "line_id": world.a_order["lines"][0]["id"],
               "category_id": world.a_dish["id"], "employee_id": world.a.staff.user_id,
               # The token is refused before the id is looked at: any well-formed id will do.
-              "session_id": str(uuid.uuid4()), "invitation_id": str(uuid.uuid4())}
+              "session_id": str(uuid.uuid4()), "invitation_id": str(uuid.uuid4()),
+              "device_id": str(uuid.uuid4()), "user_id": world.a.staff.user_id}
     return route.path(values)
 
 

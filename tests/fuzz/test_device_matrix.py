@@ -25,6 +25,8 @@ from tests.support.devices import pair_device, pin_login, set_pin
 from tests.support.errors import grpc_reason
 from tests.support.orders import open_restaurant
 
+pytestmark = pytest.mark.fuzz
+
 REFUSALS = {"DEVICE_FORBIDDEN", "DEVICE_REQUIRED", "ROLE_FORBIDDEN", "TENANT_MISMATCH",
             "TOKEN_INVALID", "SESSION_REVOKED", "NO_RESTAURANT_CONTEXT", "INTERNAL_ONLY"}
 
