@@ -106,15 +106,20 @@ def mesh_tls_table(results: dict) -> list[str]:
            "services of a stack over a round divided by the requests it answered. Medians over "
            "the rounds.", "",
            "| request | rate per stack | rounds × requests | CPU µs/request mTLS | plaintext | "
-           "mTLS µs | % | p99 ms mTLS | plaintext | errors | per-round mTLS µs |",
+           "mTLS µs | % | p99 ms mTLS | plaintext | errors mTLS / plaintext | per-round mTLS µs |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in mesh.values():
         out.append(f"| {s['request']} | {s['rate_per_stack']:g}/s | {s['rounds']} × "
                    f"{s['requests_per_stack'] // max(1, s['rounds'])} | {s['cpu_us_mtls']} | "
                    f"{s['cpu_us_plaintext']} | {s['delta_us']} | {s['delta_percent']} | "
-                   f"{s['p99_ms_mtls']} | {s['p99_ms_plaintext']} | {s['errors']} | "
+                   f"{s['p99_ms_mtls']} | {s['p99_ms_plaintext']} | "
+                   f"{_errors(s.get('errors_mtls'))} / {_errors(s.get('errors_plaintext'))} | "
                    f"{', '.join(map(str, s['delta_us_per_round']))} |")
     return out
+
+
+def _errors(kinds: dict | None) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in (kinds or {}).items()) or "0"
 
 
 def overload_table(results: dict) -> list[str]:
