@@ -94,6 +94,20 @@ def edge_check_table(results: dict) -> list[str]:
     return out
 
 
+def cpu_per_rpc_table(results: dict) -> list[str]:
+    from bench import cpu_per_rpc
+
+    result = results.get("cpu_per_rpc")
+    if not result:
+        return []
+    return ["", "## The orders process's CPU per request, per RPC", "",
+            f"Each RPC through the edge (JSON, transcoded), {result['requests_per_round']} requests "
+            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds; the orders "
+            f"process's CPU time over the batch less its idle rate "
+            f"({result['idle_us_per_s']} µs/s), per successful request; median of the rounds "
+            "(bench/cpu_per_rpc.py)." + (f" Before: `{result['before_file']}`."
+                                          if result.get("compared") else ""), ""
+            ] + cpu_per_rpc.table(result)
 def mesh_tls_table(results: dict) -> list[str]:
     """What mTLS on the internal hops costs: CPU per request and p99, with and without."""
     mesh = results.get("mesh_tls")
@@ -168,6 +182,7 @@ def markdown(results: dict, checks: list[Check]) -> str:
                     f"{h.get('failed', '—')} failed. Ratios above use the Python generator's "
                     f"ceiling, the same client as every workload."]
     out += cpu_table(results)
+    out += cpu_per_rpc_table(results)
     out += edge_check_table(results)
     out += mesh_tls_table(results)
     steps = results.get("workloads", {}).get("orders_mix_steps") or []

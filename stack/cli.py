@@ -160,6 +160,9 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
         f"  WebSocket                       wss://localhost:{stack.settings.edge_port}/ws/pos/<restaurant_id>\n"
         f"  Envoy admin (this machine only) http://127.0.0.1:{stack.settings.envoy_admin_port}\n"
         f"  dev CA certificate              {ca}\n"
+        f"  processes                       "
+        + ", ".join(f"{service} ×{len(stack.replicas(service))}" for service in SERVICES)
+        + " (AUTH_REPLICAS, STAFF_REPLICAS, ORDERS_REPLICAS)\n"
         f"  logs                            {_relative(stack.data_dir / 'logs')}/\n"
         f"{_mail_banner(stack)}"
         f"Stop with Ctrl-C (or SIGTERM).\n",

@@ -232,6 +232,9 @@ def _cluster(name: str, addrs: list[str], *, http2: bool, max_in_flight: int = 0
     }
 
 
+JWKS_SOURCE_CLUSTER = "auth_jwks"
+
+
 def jwks_socket(settings: Settings) -> str:
     """Abstract unix socket of Envoy's loopback-only JWKS listener (no port, no file)."""
     return f"@posmesh-edge-{settings.edge_port}-jwks"
@@ -253,12 +256,18 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
     admitted = settings.admission_max_in_flight
     clusters = [
-        _cluster(name, [settings.service_addr(name)], http2=True, max_in_flight=admitted,
-                 peers=(name,)) for name in ("auth", "staff", "orders", "realtime")
+        # Every replica is an endpoint: Envoy picks one per request (HTTP/2 multiplexes calls
+        # to each), and the breakers admit ADMISSION_MAX_IN_FLIGHT per replica.
+        _cluster(name, settings.service_addrs(name), http2=True, max_in_flight=admitted,
+                 peers=(name,)) for name in ("auth", "staff", "orders")
     ] + [
-        _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
+        _cluster("realtime", [settings.realtime_addr], http2=True, max_in_flight=admitted,
+                 peers=("realtime",)),
+        _cluster("health", [a for s in HEALTH_CLUSTER_SERVICES for a in settings.service_addrs(s)],
                  http2=True, peers=HEALTH_CLUSTER_SERVICES),
         _cluster("realtime_ws", ws_addrs, http2=False, peers=("realtime",)),
+        # The edge's own fetch of the signing keys: never behind the callers' admission budget.
+        _cluster(JWKS_SOURCE_CLUSTER, settings.service_addrs("auth"), http2=True, peers=("auth",)),
     ]
     streamed = {cluster for _, cluster in routes.grpc_streaming} | {
         route.cluster for route in routes.http if route.streaming}
@@ -285,6 +294,7 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
         clusters=clusters,
         otel=otel,
         jwks_socket=jwks_socket(settings),
+        jwks_source_cluster=JWKS_SOURCE_CLUSTER,
         websocket_prefixes=WEBSOCKET_PREFIXES,
         grpc_health_prefix=GRPC_HEALTH_PREFIX,
         security_headers=SECURITY_HEADERS,

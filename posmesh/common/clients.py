@@ -2,6 +2,10 @@
 
     stub = auth_pb2_grpc.AuthAdminServiceStub(clients.channel("auth"))
 
+A service with several replicas (`<SVC>_ADDRS`) is one channel over all of them: gRPC's
+round_robin spreads the calls, and a replica that is down is skipped (its calls retried on
+another).
+
 Every call carries the current trace (OTel client interceptor: W3C traceparent), gets a default
 deadline unless it passes its own `timeout=`, never more than what remains of the request being
 served (posmesh/common/admission.py), and is retried on UNAVAILABLE a couple of times.
@@ -14,6 +18,7 @@ rotate`), the next call opens a new channel with them; calls already running fin
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import grpc
@@ -30,6 +35,8 @@ _STREAMING = [
     {"service": "grpc.health.v1.Health", "method": "Watch"},
 ]
 _SERVICE_CONFIG = json.dumps({
+    # Every address of the target gets a connection and calls take turns; one address: as before.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{}],
@@ -81,9 +88,27 @@ def _mesh_credentials(settings: Settings) -> mesh_tls.ReloadingCredentials:
 
 
 def address(service: str, settings: Settings | None = None) -> str:
+    """The channel target for `service`: its one address, or an `ipv4:`/`ipv6:` list of every
+    replica (e.g. `ipv4:127.0.0.1:50053,127.0.0.1:40001`)."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
-    return (settings or get_settings()).service_addr(service)
+    return target((settings or get_settings()).service_addrs(service))
+
+
+def target(addrs: list[str]) -> str:
+    if len(addrs) == 1:
+        return addrs[0]
+    families = set()
+    for addr in addrs:
+        host = addr.rpartition(":")[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(f"several replicas must be IP literals (a name resolving to every "
+                             f"replica goes alone in *_ADDR): {addr!r}") from None
+    if len(families) > 1:
+        raise ValueError(f"replica addresses mix IPv4 and IPv6: {', '.join(addrs)}")
+    return f"ipv{families.pop()}:{','.join(addrs)}"
 
 
 def channel(service: str, settings: Settings | None = None) -> grpc.aio.Channel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +10,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic import field_validator, model_validator
 from typing import Annotated, Literal
+
+
+# Stateless services `posmesh run` starts several processes of (realtime: REALTIME_WS_ADDRS).
+REPLICATED_SERVICES = ("auth", "staff", "orders")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -42,6 +55,16 @@ class Settings(BaseSettings):
     realtime_ws_addrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="REALTIME_WS_ADDRS"
     )
+    # Replicas of the stateless services: how many processes of each `posmesh run` starts (by
+    # default one per CPU core). The first binds *_ADDR, the others free loopback ports; *_ADDRS
+    # lists every replica (the supervisor fills it in): Envoy and the other services' channels
+    # balance over it. Empty: *_ADDR alone.
+    auth_replicas: int = Field(default_factory=cpu_count, alias="AUTH_REPLICAS", ge=1)
+    staff_replicas: int = Field(default_factory=cpu_count, alias="STAFF_REPLICAS", ge=1)
+    orders_replicas: int = Field(default_factory=cpu_count, alias="ORDERS_REPLICAS", ge=1)
+    auth_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="AUTH_ADDRS")
+    staff_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="STAFF_ADDRS")
+    orders_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="ORDERS_ADDRS")
 
     # Edge.
     edge_host: str = Field("0.0.0.0", alias="EDGE_HOST")
@@ -222,7 +245,8 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_sample_ratio: float = Field(1.0, alias="OTEL_SAMPLE_RATIO")
 
-    @field_validator("cors_allowed_origins", "realtime_ws_addrs", mode="before")
+    @field_validator("cors_allowed_origins", "realtime_ws_addrs", "auth_addrs", "staff_addrs",
+                     "orders_addrs", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -261,6 +285,15 @@ class Settings(BaseSettings):
 
     def service_addr(self, service: str) -> str:
         return getattr(self, f"{service}_addr")
+
+    def service_addrs(self, service: str) -> list[str]:
+        """Every replica's address (REPLICATED services; others: their one address)."""
+        if service in REPLICATED_SERVICES:
+            return getattr(self, f"{service}_addrs") or [self.service_addr(service)]
+        return [self.service_addr(service)]
+
+    def replicas(self, service: str) -> int:
+        return getattr(self, f"{service}_replicas") if service in REPLICATED_SERVICES else 1
 
 
 @lru_cache(maxsize=1)

@@ -97,8 +97,8 @@ async def test_an_orders_restart_mid_stream_loses_nothing(stack, edge, party, di
     before = [await place_order(edge, party.staff, [line(dish)]) for _ in range(2)]
     first = ids(await sock.events(2))
 
-    await stack.stop_service("orders")
-    await stack.start_service("orders")
+    await stack.stop_every("orders")
+    await stack.start_every("orders")
     # At once, while realtime may still be reconnecting its stream.
     after = [await place_order(edge, party.staff, [line(dish)]) for _ in range(3)]
     events = await sock.events(3, timeout=15)

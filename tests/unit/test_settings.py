@@ -81,6 +81,32 @@ def test_mail_settings_default_to_the_dev_setup():
     assert Settings(PUBLIC_BASE_URL="https://pos.example.com/").public_url == "https://pos.example.com"
 
 
+def test_replicas_default_to_one_per_core_and_callers_get_every_replica():
+    from posmesh.common import clients
+    from posmesh.common.settings import cpu_count
+
+    settings = Settings(ORDERS_ADDR="127.0.0.1:50053", ORDERS_ADDRS="127.0.0.1:50053,127.0.0.1:6000",
+                        STAFF_ADDR="127.0.0.1:50052", STAFF_ADDRS="")
+
+    assert settings.auth_replicas == settings.orders_replicas == cpu_count() >= 1
+    assert clients.address("orders", settings) == "ipv4:127.0.0.1:50053,127.0.0.1:6000"
+    assert clients.address("staff", settings) == "127.0.0.1:50052"
+    assert clients.target(["[::1]:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    with pytest.raises(ValueError, match="IP literals"):
+        clients.target(["orders:50053", "orders-2:50053"])
+
+
+def test_the_supervisor_gives_each_replica_a_port_of_its_own_or_refuses_a_short_list():
+    from stack.supervisor import replica_addrs
+
+    settings = Settings(AUTH_REPLICAS=1, STAFF_REPLICAS=2, ORDERS_REPLICAS=3,
+                        ORDERS_ADDR="127.0.0.1:50053", ORDERS_ADDRS="")
+    addrs = replica_addrs(settings)
+
+    assert addrs["auth_addrs"] == [settings.auth_addr]
+    assert addrs["orders_addrs"][0] == "127.0.0.1:50053" and len(set(addrs["orders_addrs"])) == 3
+    with pytest.raises(ValueError, match="ORDERS_ADDRS lists 1 addresses for ORDERS_REPLICAS=3"):
+        replica_addrs(settings.model_copy(update={"orders_addrs": ["127.0.0.1:1"]}))
 def test_secrets_come_from_files_in_the_secrets_dir_unless_the_environment_sets_them(
         tmp_path, monkeypatch):
     from posmesh.common.settings import get_settings
