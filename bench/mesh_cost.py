@@ -46,6 +46,8 @@ async def start_plaintext_twin(stack: Stack) -> tuple[Stack, Path]:
         "orders_addr": f"{LOOPBACK}:{orders}", "realtime_addr": f"{LOOPBACK}:{realtime}",
         "realtime_ws_addr": f"{LOOPBACK}:{realtime_ws}",
         "realtime_ws_addrs": [f"{LOOPBACK}:{realtime_ws}"],
+        # Replicas of its own (the supervisor picks their ports), as many as the bench stack's.
+        "auth_addrs": [], "staff_addrs": [], "orders_addrs": [],
         "smtp_url": None})
     twin = Stack(settings)
     try:
@@ -57,8 +59,9 @@ async def start_plaintext_twin(stack: Stack) -> tuple[Stack, Path]:
 
 
 def stack_pids(stack: Stack) -> list[int]:
-    pids = stack.pids()
-    return [pid for name in PARTS for pid in pids.get(name, [])]
+    """Envoy and every service process (replicas too: 'auth-2', ...)."""
+    return [pid for name, pids in stack.pids().items() if name.split("-")[0] in PARTS
+            for pid in pids]
 
 
 @dataclass
