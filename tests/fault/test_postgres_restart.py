@@ -4,6 +4,7 @@ pools recover on their own (pool_pre_ping), and no order is ever half written.""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -69,7 +70,7 @@ def unhandled_errors(stack) -> str:
     """What the processes logged as unexpected (and the edge's 500s), for a failure message."""
     found = [f"\n{name}: {line[:2000]}" for name in stack.children
              for line in stack.service_log(name).splitlines()
-             if "unhandled error" in line or '"status":"500"' in line.replace(" ", "")]
+             if "unhandled error" in line or re.search(r'"status":\s*"?500\b', line)]
     return "".join(found[:4])
 
 
