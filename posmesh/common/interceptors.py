@@ -78,7 +78,7 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
     # connection, a server shutting down, starting up or out of resources.
     lost = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.PostgresSystemError,
-            asyncpg.exceptions.InterfaceError)
+            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
     if any(isinstance(cause, lost) for cause in _causes(exc)):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
