@@ -18,7 +18,8 @@ import sys
 import time
 from typing import Any
 
-from opentelemetry import trace
+import grpc
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, T
 from posmesh.common.settings import Settings
 
 _configured: str | None = None
+_recording = False  # spans are recorded (an exporter is configured)
 # Attributes every LogRecord has; anything else came from `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -59,10 +61,11 @@ class JsonFormatter(logging.Formatter):
 
 def setup(service: str, settings: Settings) -> None:
     """Logging and tracing for this process; later calls are no-ops."""
-    global _configured
+    global _configured, _recording
     if _configured is not None:
         return
     _configured = service
+    _recording = bool(settings.otel_exporter_otlp_endpoint)
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
@@ -121,9 +124,54 @@ UNTRACED_METHODS = (
 
 
 def server_interceptor():
+    """OpenTelemetry's gRPC instrumentation when spans are recorded; otherwise the lean
+    TraceContextInterceptor, which keeps the ids and skips what only a recorded span needs."""
+    if not _recording:
+        return TraceContextInterceptor()
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return aio_server_interceptor(filter_=traced)
+
+
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class TraceContextInterceptor(grpc.aio.ServerInterceptor):
+    """Without an exporter: the caller's trace context (W3C `traceparent`) is continued and each
+    call runs in a server span, non-recording, so its logs and its calls to other services carry
+    the same ids as with the full instrumentation. The instrumentation's per-call work (span
+    attributes from the peer and the method, a proxy around the servicer context, status
+    bookkeeping) is for recorded spans only and is skipped."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("posmesh.grpc.server", tracer_provider=tracer_provider)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not traced(details):
+            return handler
+        carrier = {key: value for key, value in details.invocation_metadata or ()
+                   if key in _TRACE_HEADERS}
+        parent = propagate.extract(carrier) if carrier else None
+        tracer, name = self._tracer, details.method.lstrip("/")
+        if handler.unary_unary:
+            behaviour = handler.unary_unary
+
+            async def unary(request, ctx):
+                with tracer.start_as_current_span(name, context=parent,
+                                                  kind=trace.SpanKind.SERVER):
+                    return await behaviour(request, ctx)
+            return handler._replace(unary_unary=unary)
+        if handler.unary_stream:
+            stream_behaviour = handler.unary_stream
+
+            async def stream(request, ctx):
+                with tracer.start_as_current_span(name, context=parent,
+                                                  kind=trace.SpanKind.SERVER):
+                    async for response in stream_behaviour(request, ctx):
+                        yield response
+            return handler._replace(unary_stream=stream)
+        return handler
 
 
 _UNTRACED = frozenset(UNTRACED_METHODS)
