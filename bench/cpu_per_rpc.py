@@ -183,6 +183,9 @@ async def run(bench, spec: CpuSpec) -> dict:
                      "rps_median": statistics.median(r[rpc]["rps"] for r in rounds)}
     result = {"requests_per_round": spec.requests, "rounds": spec.rounds,
               "concurrency": spec.concurrency, "orders_processes": len(pids),
+              # Mutual TLS between the edge and the services (on since the mesh work; the
+              # before and after files were measured without it, MESH_TLS=false to compare).
+              "mesh_tls": bool(getattr(bench.system.settings, "mesh_tls", False)),
               "idle_us_per_s": round(idle * 1e6), "rpcs": rpcs,
               "trivial_grpc": await trivial_baseline(bench, spec)}
     before = load_before()
