@@ -102,8 +102,10 @@ def cpu_per_rpc_table(results: dict) -> list[str]:
         return []
     return ["", "## The orders process's CPU per request, per RPC", "",
             f"Each RPC through the edge (JSON, transcoded), {result['requests_per_round']} requests "
-            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds; the orders "
-            f"process's CPU time over the batch less its idle rate "
+            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds, "
+            f"{result['orders_processes']} orders process(es), mesh TLS "
+            f"{'on' if result.get('mesh_tls') else 'off'}; the orders "
+            f"processes' CPU time over the batch less its idle rate "
             f"({result['idle_us_per_s']} µs/s), per successful request; median of the rounds "
             "(bench/cpu_per_rpc.py)." + (f" Before: `{result['before_file']}`."
                                           if result.get("compared") else ""), ""
