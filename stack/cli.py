@@ -4,6 +4,7 @@
     posmesh serve auth           one service (what a container runs)
     posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
     posmesh envoy-config         render and validate the Envoy config, print its path
+    posmesh migrate [SERVICE...] bring the database schemas to head, then exit (a deploy's Job)
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
     posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 SERVICES = ("auth", "staff", "orders", "realtime")
+DATABASE_SERVICES = ("auth", "staff", "orders")  # each owns a schema (realtime has none)
 
 
 def serve(service: str) -> None:
@@ -70,6 +72,24 @@ def mail_server(listen: str, folder: Path | None) -> None:
     from stack import mail_server as server
 
     server.main(listen, folder or get_settings().data_dir / "mail")
+
+
+def migrate(services: list[str]) -> None:
+    """`alembic upgrade head` for each database service (what each also does on start, under
+    an advisory lock): the Kubernetes migrations Job runs this before a rollout."""
+    from posmesh.common.migrations import run_migrations
+    from posmesh.common.settings import get_settings
+
+    settings = get_settings()
+
+    async def upgrade() -> None:
+        for service in services:
+            module = importlib.import_module(f"services.{service}.main")
+            schema = getattr(module, "SCHEMA", service)
+            await run_migrations(settings, Path(module.__file__).parent, schema)
+            print(f"{service}: schema {schema} is at head", flush=True)
+
+    asyncio.run(upgrade())
 
 
 def envoy_config(out: Path | None, check: bool) -> None:
@@ -198,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    migrate_parser = commands.add_parser(
+        "migrate", help="bring the database schemas to the newest migration, then exit")
+    migrate_parser.add_argument("services", nargs="*", metavar="SERVICE",
+                                help=f"any of {', '.join(DATABASE_SERVICES)} (default: all)")
     mail_parser = commands.add_parser(
         "mail", help="list the mail the dev mail server stored (newest first), or show one")
     mail_parser.add_argument("--to", help="only mail to this address")
@@ -219,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.service)
     elif args.command == "keys":
         manage_keys(args.keys_command)
+    elif args.command == "migrate":
+        unknown = set(args.services) - set(DATABASE_SERVICES)
+        if unknown:
+            parser.error(f"migrate: no schema for {', '.join(sorted(unknown))}; "
+                         f"one of {', '.join(DATABASE_SERVICES)}")
+        migrate(args.services or list(DATABASE_SERVICES))
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
     elif args.command == "mail":

@@ -269,8 +269,10 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     )
     text = environment.get_template(TEMPLATE.name).render(
         s=settings,
-        cert_file=certs.cert_file.resolve(),
-        key_file=certs.key_file.resolve(),
+        # absolute(), not resolve(): a Kubernetes Secret volume's files are symlinks into a
+        # folder that is replaced (and deleted) when the Secret changes.
+        cert_file=certs.cert_file.absolute(),
+        key_file=certs.key_file.absolute(),
         descriptor=descriptor.resolve(),
         services=list(EDGE_SERVICES),
         routes=routes,

@@ -25,6 +25,9 @@ _STREAMING = [
     {"service": "grpc.health.v1.Health", "method": "Watch"},
 ]
 _SERVICE_CONFIG = json.dumps({
+    # Per call over every address the name resolves to: a headless Kubernetes Service resolves
+    # to one address per pod (deploy/k8s/); pick_first would pin a process to one of them.
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{}],
