@@ -164,15 +164,15 @@ class Lab:
     def kill_machine(self, machine: str) -> int:
         """SIGKILL every process of the namespace at once (no drain, no goodbye); returns how
         many there were. Repeated until none is left (a child forked meanwhile)."""
-        killed = 0
+        killed: set[int] = set()
         for _ in range(20):
             pids = self.pids(machine)
             if not pids:
-                return killed
+                return len(killed)
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                    killed += 1
+                    killed.add(pid)
             time.sleep(0.05)
         raise RuntimeError(f"processes of {machine} survive SIGKILL: {self.pids(machine)}")
 
