@@ -319,7 +319,12 @@ def test_the_edge_runs_the_config_its_init_container_renders_from_the_template(b
         address = endpoint["endpoint"]["address"]["socket_address"]
         assert (address["address"], address["port_value"]) == (
             service, find(base, "Service", service)["spec"]["ports"][0]["port"])
-    assert clusters["realtime_ws"]["type"] == "STRICT_DNS"
+    # Every upstream of the edge (streams, health, JWKS source, WebSockets too) is a name.
+    for name, cluster in clusters.items():
+        addresses = [e["endpoint"]["address"] for group in cluster["load_assignment"]["endpoints"]
+                     for e in group["lb_endpoints"]]
+        if any("socket_address" in address for address in addresses):
+            assert cluster["type"] == "STRICT_DNS", name
 
 
 def test_the_edge_service_is_a_load_balancer_that_keeps_the_client_address(base):
