@@ -35,7 +35,7 @@ import httpx
 
 from posmesh.common.settings import Settings
 from stack import certs
-from stack.supervisor import settings_env
+from stack.supervisor import _PREEXEC, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STORES, NODES = "stores", ("a", "b")
@@ -210,7 +210,10 @@ class Lab:
             return await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", self.namespace(machine), *argv, cwd=ROOT,
                 env=env or dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                # SIGTERM when the test process dies without its teardown (the nodes' own
+                # supervisors then stop their children).
+                preexec_fn=_PREEXEC)
         finally:
             log.close()
 
