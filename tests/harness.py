@@ -41,9 +41,11 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2
-                  ) -> tuple[Settings, list[str]]:
-    """Settings for a test stack and the gRPC addresses of the extra realtime processes."""
+def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2,
+                   replicas: int = 2) -> tuple[Settings, list[str]]:
+    """Settings for a test stack and the gRPC addresses of the extra realtime processes.
+    `replicas`: processes of each of auth, staff and orders (not the machine's core count, so
+    every machine tests the same system; the supervisor picks their ports)."""
     ports = free_ports(6 + 2 * realtime_replicas)
     edge, admin, auth, staff, orders = ports[:5]
     realtime_grpc = [f"{LOOPBACK}:{port}" for port in ports[5:5 + realtime_replicas]]
@@ -59,6 +61,9 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "REALTIME_ADDR": realtime_grpc[0],
         "REALTIME_WS_ADDR": realtime_ws[0],
         "REALTIME_WS_ADDRS": ",".join(realtime_ws),
+        "AUTH_REPLICAS": replicas,
+        "STAFF_REPLICAS": replicas,
+        "ORDERS_REPLICAS": replicas,
         "DATABASE_URL": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         # Traces stay in-process in tests even when the developer's shell exports a collector.
@@ -132,3 +137,6 @@ async def drop_database(base_url: str, test_url: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+    from stack.db_roles import drop_roles
+
+    await drop_roles(_asyncpg_dsn(base_url), name)

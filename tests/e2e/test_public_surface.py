@@ -90,7 +90,7 @@ async def test_health_with_an_invalid_token_is_still_answered_with_the_status(ed
 
 
 async def test_health_details_are_served_inside_the_mesh(stack):
-    async with grpc.aio.insecure_channel(stack.addr("orders")) as channel:
+    async with stack.channel("orders", as_identity="auth") as channel:
         reply = await system_pb2_grpc.SystemHealthServiceStub(channel).GetSystemHealth(
             system_pb2.GetSystemHealthRequest(), timeout=5)
 

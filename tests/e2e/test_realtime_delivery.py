@@ -8,12 +8,11 @@ import re
 import socket
 import time
 
-import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.orders import add_menu_item, line, move, open_restaurant, place_order
-from tests.support.realtime import new_session, process_health, signed_in
+from tests.support.realtime import direct_client, new_session, process_health, signed_in
 
 EVENT_TYPES = ("order.created", "order.updated", "order.status_changed", "menu.updated")
 
@@ -98,8 +97,8 @@ async def test_an_orders_restart_mid_stream_loses_nothing(stack, edge, party, di
     before = [await place_order(edge, party.staff, [line(dish)]) for _ in range(2)]
     first = ids(await sock.events(2))
 
-    await stack.stop_service("orders")
-    await stack.start_service("orders")
+    await stack.stop_every("orders")
+    await stack.start_every("orders")
     # At once, while realtime may still be reconnecting its stream.
     after = [await place_order(edge, party.staff, [line(dish)]) for _ in range(3)]
     events = await sock.events(3, timeout=15)
@@ -115,7 +114,7 @@ async def test_two_realtime_processes_both_deliver(stack, edge, party, dish):
              for _ in range(6)]
     per_process = []
     for addr in stack.settings.realtime_ws_addrs:
-        health = await process_health(addr)
+        health = await process_health(stack, addr)
         per_process.append(health["presence"].get(party.restaurant_id, {}).get("kitchen", 0))
     assert len(per_process) == 2 and all(count >= 1 for count in per_process), per_process
     assert sum(per_process) == 6
@@ -129,7 +128,7 @@ async def kitchen_counts(stack, restaurant_id: str) -> list[int]:
     """Kitchen sockets of the restaurant on each realtime process."""
     counts = []
     for addr in stack.settings.realtime_ws_addrs:
-        presence = (await process_health(addr))["presence"]
+        presence = (await process_health(stack, addr))["presence"]
         counts.append(presence.get(restaurant_id, {}).get("kitchen", 0))
     return counts
 
@@ -149,9 +148,9 @@ def slow_consumers(metrics: str) -> int:
 
 async def total_slow_consumers(stack) -> int:
     total = 0
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with direct_client(stack) as client:
         for addr in stack.settings.realtime_ws_addrs:
-            total += slow_consumers((await client.get(f"http://{addr}/metrics")).text)
+            total += slow_consumers((await client.get(f"https://{addr}/metrics")).text)
     return total
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from posmesh.common.settings import Settings
 from stack import certs, envoy_config, k8s
-from stack.cli import DATABASE_SERVICES
+from stack.k8s import DATABASE_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.37.0"
