@@ -53,7 +53,7 @@ async def lab():
     async with Lab.create() as lab:
         await lab.start_stores()
         migrated = await lab.migrate()
-        assert "orders: schema orders is at head" in migrated
+        assert "every schema migrated" in migrated
         await asyncio.gather(*(lab.start_node(node) for node in ("a", "b")))
         with mailbox_in_use(Mailbox(lab.mail_dir)):
             yield lab
@@ -181,6 +181,14 @@ async def test_a_screen_on_node_a_gets_once_and_in_order_the_orders_created_thro
     assert screen.reconnects == 0
 
 
+async def test_the_services_health_answers_the_kubernetes_probe_command_over_mutual_tls(lab):
+    for service in ("auth", "staff", "orders", "realtime"):
+        code, output = await lab.probe("a", service)
+
+        assert code == 0, output
+        assert f"{service} at " in output and "SERVING" in output
+
+
 async def test_node_b_killed_under_load_loses_no_order_and_its_screens_resume_on_node_a(
         lab, clients, record_property):
     party = await open_restaurant(clients["a"])
@@ -271,3 +279,6 @@ async def test_node_b_killed_under_load_loses_no_order_and_its_screens_resume_on
     assert on_b.reconnects == 1 and on_b.resumed_on == [lab.edge_url("a")]
     assert on_b.reconnect_seconds[0] < 5.0
     assert on_a.reconnects == 0
+    # And the probe a Kubernetes node would run says so about the dead node's service.
+    code, output = await lab.probe("b", "orders")
+    assert code == 1 and "UNAVAILABLE" in output, output

