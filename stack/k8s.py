@@ -3,10 +3,11 @@ ports, and the NetworkPolicies that allow exactly that.
 
     python -m stack.k8s          rewrite deploy/k8s/base/networkpolicies.yaml
 
-`service_calls()` is the one place the service-to-service edges come from. Today it reads them
-from what the code wires (every `clients.channel("<service>")` in services/<svc>/, plus the
-aggregated health check's fan-out); when the per-RPC caller table exists, it should read that
-instead, and the policies follow. tests/unit/test_k8s_manifests.py fails when the committed
+`service_calls()` is the one place the service-to-service edges come from: what the code wires
+(every `clients.channel("<service>")` in services/<svc>/, plus the aggregated health check's
+fan-out). The per-RPC caller table (posmesh/common/callers.py) allows more (`caller_table_edges()`:
+every service may ask every other's health), so the policies keep to the wiring; a test checks
+the wiring never goes beyond the table. tests/unit/test_k8s_manifests.py fails when the committed
 file is not what this module renders.
 """
 
@@ -65,6 +66,19 @@ def _channel_targets(source: str) -> set[str]:
     return targets
 
 
+def rpc_clients() -> dict[str, set[str]]:
+    """caller -> the services it opens a `clients.channel(...)` to in services/<caller>/."""
+    calls: dict[str, set[str]] = {service: set() for service in SERVICES}
+    for service in SERVICES:
+        for module in sorted((ROOT / "services" / service).glob("*.py")):
+            targets = _channel_targets(module.read_text())
+            unknown = targets - set(SERVICES)
+            if unknown:
+                raise ValueError(f"{module} opens a channel to unknown {sorted(unknown)}")
+            calls[service] |= targets - {service}
+    return calls
+
+
 def service_calls() -> dict[str, set[str]]:
     """caller -> the services whose gRPC port it connects to.
 
@@ -74,19 +88,40 @@ def service_calls() -> dict[str, set[str]]:
     A NetworkPolicy allows ports, not methods: the RPCs on an allowed edge are the caller
     table's business (mTLS and per-RPC caller identity), not the network's.
     """
-    calls: dict[str, set[str]] = {service: set() for service in SERVICES}
-    for service in SERVICES:
-        for module in sorted((ROOT / "services" / service).glob("*.py")):
-            targets = _channel_targets(module.read_text())
-            unknown = targets - set(SERVICES)
-            if unknown:
-                raise ValueError(f"{module} opens a channel to unknown {sorted(unknown)}")
-            calls[service] |= targets
+    calls = rpc_clients()
     for service in HEALTH_CLUSTER_SERVICES:
         calls[service] |= set(SERVICES)
     for service in SERVICES:
         calls[service].discard(service)  # its own port is local to the pod
     return calls
+
+
+def served_by(method: str) -> set[str]:
+    """The services whose processes serve an RPC path: its package's service, or every one for
+    what posmesh/common/server.py adds to each (health, reflection, the aggregated health)."""
+    package = method.split("/")[1].split(".")
+    if package[0] == "posmesh" and package[1] in SERVICES:
+        return {package[1]}
+    return set(SERVICES)
+
+
+def caller_table_edges(*, own_rpcs_only: bool = False) -> dict[str, set[str]]:
+    """caller -> the services it may call at least one RPC of, by the caller table
+    (posmesh/common/callers.py). Wider than service_calls(): every service may check every
+    other's health and read auth's keys, so the table alone would open every service to every
+    other; the policies keep to what the code wires, and a test keeps that within this.
+    `own_rpcs_only`: count only the callee's own API (not health or reflection, which every
+    process serves)."""
+    from posmesh.common import callers
+
+    edges: dict[str, set[str]] = {service: set() for service in SERVICES}
+    for method, allowed in callers.CALLERS.items():
+        servers = served_by(method)
+        if own_rpcs_only and len(servers) != 1:
+            continue
+        for caller in set(allowed) & set(SERVICES):
+            edges[caller] |= servers - {caller}
+    return edges
 
 
 def _pods(name: str) -> dict:

@@ -291,6 +291,20 @@ def test_the_network_policies_are_what_the_code_wires():
     assert "staff" not in calls["realtime"]
 
 
+def test_the_wired_clients_are_exactly_the_caller_tables_service_to_service_calls():
+    # A channel the code opens to a service none of whose own RPCs the caller may call would be
+    # a policy edge for nothing (or a caller table that forgot a row).
+    wired, allowed = k8s.rpc_clients(), k8s.caller_table_edges(own_rpcs_only=True)
+
+    assert wired["realtime"] >= {"orders"} and wired["orders"] >= {"staff"}
+    for caller, callees in wired.items():
+        assert callees <= allowed[caller], \
+            f"{caller} opens channels to {sorted(callees - allowed[caller])} but may call none of their RPCs"
+    # Today the two agree exactly, so the policies could be built from either (the table gives
+    # no service an API call the code does not make).
+    assert wired == allowed
+
+
 def test_only_the_edge_and_the_callers_reach_a_service_and_only_services_reach_the_stores(base):
     policies = {o["metadata"]["name"]: o["spec"] for o in base if o["kind"] == "NetworkPolicy"}
     calls = k8s.service_calls()
