@@ -390,6 +390,19 @@ def test_the_edge_runs_the_config_its_init_container_renders_from_the_template(b
             assert cluster["type"] == "STRICT_DNS", name
 
 
+def test_the_edges_admission_budget_covers_every_pod_at_the_autoscalers_maximum(rendered):
+    for overlay, objects in rendered.items():
+        (render_step,) = find(objects, "Deployment", "edge")["spec"]["template"]["spec"]["initContainers"]
+        edge_budget = int({e["name"]: e.get("value") for e in render_step["env"]}
+                          ["ADMISSION_MAX_IN_FLIGHT"])
+        per_process = int(config_env(objects).get(
+            "ADMISSION_MAX_IN_FLIGHT", Settings.model_fields["admission_max_in_flight"].default))
+        most_pods = max(find(objects, "HorizontalPodAutoscaler", s)["spec"]["maxReplicas"]
+                        for s in SERVICES)
+        # One name per cluster: the breaker does not grow with the pods behind it.
+        assert edge_budget >= per_process * most_pods, overlay
+
+
 def test_the_edge_service_is_a_load_balancer_that_keeps_the_client_address(base):
     spec = find(base, "Service", "edge")["spec"]
 
