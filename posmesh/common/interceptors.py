@@ -78,7 +78,7 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
     # connection, a server shutting down, starting up or out of resources.
     lost = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.PostgresSystemError,
-            asyncpg.exceptions.InterfaceError)
+            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
     if any(isinstance(cause, lost) for cause in _causes(exc)):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
@@ -162,6 +162,18 @@ def _tolerant(deserializer: Callable | None) -> Callable | None:
     return deserialize
 
 
+def _serialized_once(serializer: Callable | None) -> Callable | None:
+    """A unary servicer may answer with the response already serialised (bytes): orders keeps
+    each order as its wire document, so a read sends it on instead of parsing it into a message
+    only to serialise it again."""
+    if serializer is None:
+        return None
+
+    def serialize(response):
+        return response if type(response) is bytes else serializer(response)
+    return serialize
+
+
 def _shown(value: str, limit: int = 64) -> str:
     """A client-supplied value as it may appear in an error message: bounded."""
     return value if len(value) <= limit else value[:limit] + "..."
@@ -183,7 +195,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, rule, metadata),
                 request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
+                response_serializer=_serialized_once(handler.response_serializer))
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, rule, metadata),

@@ -267,8 +267,14 @@ async def test_posmesh_run_stops_everything_cleanly_on_sigterm(cli_dir, cli_data
 
 
 def _serving(process: asyncio.subprocess.Process, service: str) -> list[psutil.Process]:
-    return [child for child in _descendants(process.pid)
-            if child.cmdline()[-2:] == ["serve", service]]
+    serving = []
+    for child in _descendants(process.pid):
+        try:
+            if child.cmdline()[-2:] == ["serve", service]:
+                serving.append(child)
+        except psutil.Error:  # ended (or a zombie not yet reaped) since it was listed
+            continue
+    return serving
 
 
 async def test_posmesh_run_restarts_a_crashed_service_and_stops_loudly_when_envoy_dies(
