@@ -294,8 +294,12 @@ class Stack:
         if name.startswith("realtime-"):
             service = "realtime"
             index = int(name.split("-")[1]) - 1
+            metrics_addrs = self.settings.realtime_metrics_addrs
             overrides = {"REALTIME_ADDR": self.addr(name),
-                         "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
+                         "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index],
+                         # No metrics page unless REALTIME_METRICS_ADDRS gives it an address.
+                         "REALTIME_METRICS_ADDR": (metrics_addrs[index]
+                                                   if index < len(metrics_addrs) else "")}
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
 

@@ -44,8 +44,9 @@ def data_dir() -> Iterator[Path]:
 def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2
                   ) -> tuple[Settings, list[str]]:
     """Settings for a test stack and the gRPC addresses of the extra realtime processes."""
-    ports = free_ports(6 + 2 * realtime_replicas)
+    ports = free_ports(6 + 2 * realtime_replicas + 3 + realtime_replicas)
     edge, admin, auth, staff, orders = ports[:5]
+    metrics = [f"{LOOPBACK}:{port}" for port in ports[6 + 2 * realtime_replicas:]]
     realtime_grpc = [f"{LOOPBACK}:{port}" for port in ports[5:5 + realtime_replicas]]
     realtime_ws = [f"{LOOPBACK}:{port}" for port in ports[5 + realtime_replicas:5 + 2 * realtime_replicas]]
     values = {
@@ -59,6 +60,12 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "REALTIME_ADDR": realtime_grpc[0],
         "REALTIME_WS_ADDR": realtime_ws[0],
         "REALTIME_WS_ADDRS": ",".join(realtime_ws),
+        # Every process's metrics page (auth, staff, orders, then each realtime).
+        "AUTH_METRICS_ADDR": metrics[0],
+        "STAFF_METRICS_ADDR": metrics[1],
+        "ORDERS_METRICS_ADDR": metrics[2],
+        "REALTIME_METRICS_ADDR": metrics[3],
+        "REALTIME_METRICS_ADDRS": ",".join(metrics[3:]),
         "DATABASE_URL": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         # Traces stay in-process in tests even when the developer's shell exports a collector.

@@ -25,6 +25,7 @@ import asyncpg
 from opentelemetry import trace
 
 from posmesh.common.errors import AlreadyExists, Unavailable
+from posmesh.common.metrics import queue_waiters
 from posmesh.common.settings import Settings
 from services.orders import wire
 from services.orders.domain import (
@@ -164,6 +165,10 @@ class OrdersStore:
         return {"size": self._steady_size, "checked_out": opened - idle, "checked_in": idle,
                 "overflow": max(0, opened - self._steady_size),
                 "max_overflow": self._pool.get_max_size() - self._steady_size}
+
+    def pool_waiting(self) -> int:
+        """Requests waiting for a pooled connection now (asyncpg hands them out from a queue)."""
+        return queue_waiters(getattr(self._pool, "_queue", None))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -323,6 +328,16 @@ class OrdersStore:
             locked = await tx.connection.fetchval(
                 "SELECT pg_try_advisory_xact_lock(hashtext($1))", RELAY_LOCK_KEY)
             yield RelayRound(tx.connection) if locked else None
+
+    async def outbox_backlog(self) -> tuple[float, int]:
+        """(seconds since the oldest unpublished event was committed, how many are waiting):
+        (0, 0) when the relay is up to date. The partial index on unpublished events keeps
+        this cheap while the backlog is small."""
+        row = await self._read(
+            "outbox_backlog",
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0), "
+            "count(*) FROM order_events WHERE published_at IS NULL", fetch="fetchrow")
+        return max(0.0, float(row[0])), int(row[1])
 
     async def prune_events(self, older_than: datetime, batch: int) -> int:
         """Deletes published events older than `older_than`, at most `batch` of them."""

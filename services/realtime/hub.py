@@ -22,16 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 import grpc
+from prometheus_client import Histogram
 
+from posmesh.common.metrics import FAST_BUCKETS
 from services.realtime import protocol
 from services.realtime.protocol import CloseCode
 
 log = logging.getLogger(__name__)
+
+FANOUT_SECONDS = Histogram("posmesh_realtime_fanout_seconds", "Time to queue one order event "
+                           "on every live socket of its restaurant in this process.",
+                           buckets=FAST_BUCKETS)
 
 RING_SIZE = 128  # recent frames kept per restaurant for cheap resumes
 LINGER_SECONDS = 30.0  # keep a feed this long after its last socket leaves (quick reconnects)
@@ -280,11 +287,13 @@ class RestaurantFeed:
         stats = self.hub.stats
         stats.events_received += 1
         delivered = 0
+        started = time.perf_counter()
         for conn in tuple(self.live):
             if conn.delivered < sequence:
                 conn.delivered = sequence
                 if conn.push_event(frame):
                     delivered += 1
+        FANOUT_SECONDS.observe(time.perf_counter() - started)
         stats.deliveries += delivered
         for conn in tuple(self.catching):
             if sequence > conn.delivered and conn.pending is not None:

@@ -143,14 +143,15 @@ def small_window_socket(stack) -> socket.socket:
 
 
 def slow_consumers(metrics: str) -> int:
-    match = re.search(r"^posmesh_realtime_slow_consumers_total (\d+)$", metrics, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+    match = re.search(r"^posmesh_realtime_slow_consumers_total (\d+)(?:\.0)?$", metrics, re.MULTILINE)
+    assert match, "the realtime metrics page has no slow-consumer counter"
+    return int(match.group(1))
 
 
 async def total_slow_consumers(stack) -> int:
     total = 0
     async with httpx.AsyncClient(timeout=5) as client:
-        for addr in stack.settings.realtime_ws_addrs:
+        for addr in stack.settings.realtime_metrics_addrs:
             total += slow_consumers((await client.get(f"http://{addr}/metrics")).text)
     return total
 
