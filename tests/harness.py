@@ -44,9 +44,10 @@ def data_dir() -> Iterator[Path]:
 def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2
                   ) -> tuple[Settings, list[str]]:
     """Settings for a test stack and the gRPC addresses of the extra realtime processes."""
-    ports = free_ports(6 + 2 * realtime_replicas + 3 + realtime_replicas)
+    ports = free_ports(6 + 2 * realtime_replicas + 3 + realtime_replicas + 1)
     edge, admin, auth, staff, orders = ports[:5]
     metrics = [f"{LOOPBACK}:{port}" for port in ports[6 + 2 * realtime_replicas:]]
+    envoy_metrics = metrics.pop()
     realtime_grpc = [f"{LOOPBACK}:{port}" for port in ports[5:5 + realtime_replicas]]
     realtime_ws = [f"{LOOPBACK}:{port}" for port in ports[5 + realtime_replicas:5 + 2 * realtime_replicas]]
     values = {
@@ -66,6 +67,7 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "ORDERS_METRICS_ADDR": metrics[2],
         "REALTIME_METRICS_ADDR": metrics[3],
         "REALTIME_METRICS_ADDRS": ",".join(metrics[3:]),
+        "ENVOY_METRICS_ADDR": envoy_metrics,
         "DATABASE_URL": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         # Traces stay in-process in tests even when the developer's shell exports a collector.

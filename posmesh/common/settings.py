@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     # One per realtime process, like REALTIME_WS_ADDRS (Prometheus' targets); default: the one.
     realtime_metrics_addrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="REALTIME_METRICS_ADDRS")
+    # Envoy's metrics for Prometheus: GET /metrics here answers the admin's /stats/prometheus
+    # (the admin stays on 127.0.0.1). Empty: no such listener.
+    envoy_metrics_addr: str = Field("127.0.0.1:9105", alias="ENVOY_METRICS_ADDR")
     # Certificate files whose expiry every process exports (posmesh_certificate_expiry_*): the
     # edge's and any other *.pem/*.crt in the certs dir (<data dir>/certs), plus these (comma
     # separated paths).

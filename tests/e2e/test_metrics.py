@@ -144,3 +144,17 @@ async def test_the_realtime_websocket_listener_no_longer_serves_metrics(stack):
     async with httpx.AsyncClient(timeout=5) as client:
         reply = await client.get(f"http://{stack.settings.realtime_ws_addr}/metrics")
     assert reply.status_code == 404
+
+
+async def test_envoy_stats_are_served_on_the_edge_metrics_listener_only(stack, edge):
+    await edge.get("/api/v1/health")
+    samples = await scrape(stack.settings.envoy_metrics_addr)
+
+    assert value(samples, "envoy_http_downstream_rq_total") > 0
+    assert "envoy_server_days_until_first_cert_expiring" in samples
+    async with httpx.AsyncClient(timeout=5) as client:
+        for path in ("/stats", "/quitquitquit", "/config_dump", "/stats/prometheus"):
+            reply = await client.get(f"http://{stack.settings.envoy_metrics_addr}{path}")
+            assert reply.status_code == 404, path
+        reply = await client.post(f"http://{stack.settings.envoy_metrics_addr}/metrics")
+        assert reply.status_code == 404, "only GET reaches the admin's stats"
