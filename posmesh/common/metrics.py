@@ -55,6 +55,10 @@ ADMISSION_REFUSED = Counter(
     "posmesh_admission_refused", "Calls refused by admission control (OVERLOADED), by priority "
     "and cause (in_flight: the lane was full; queue_age: waited too long before starting).",
     ["priority", "cause"])
+# Every series exists from the start (at 0), so rates and alerts see a refusal's first increase.
+for _priority in ("critical", "normal", "sheddable"):
+    for _cause in ("in_flight", "queue_age"):
+        ADMISSION_REFUSED.labels(_priority, _cause)
 DEADLINES_EXCEEDED = Counter(
     "posmesh_deadline_exceeded", "Calls abandoned at their deadline (DEADLINE_EXCEEDED).")
 

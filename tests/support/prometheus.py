@@ -44,6 +44,9 @@ def ensure_prometheus_tools() -> tuple[str, str]:
 
 def metric_names(promql: str) -> set[str]:
     """Metric names a PromQL expression reads (recording-rule names, `a:b:c`, excluded)."""
+    # Label matchers and grouping clauses name labels, not metrics.
+    promql = re.sub(r"\{[^}]*\}", "", promql)
+    promql = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", promql)
     names = set()
     for match in _METRIC.finditer(promql):
         start = match.start()
