@@ -23,7 +23,10 @@ from typing import Callable
 
 import asyncpg
 import redis.exceptions
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
+
+from posmesh.common import telemetry
 
 from posmesh.common.settings import Settings
 from services.orders import store as store_module, wire
@@ -44,6 +47,15 @@ BACKLOG = Gauge("posmesh_outbox_unpublished_events", "Committed order events not
 PRUNE_INTERVAL_SECONDS = 3600.0
 PRUNE_BATCH = 5000
 _ALREADY_PUBLISHED = "equal or smaller than the target stream top item"
+
+
+_tracer = trace.get_tracer("posmesh.orders.relay")
+
+
+def _publish_attributes(event: StoredEvent) -> dict:
+    return {"messaging.system": "redis", "messaging.operation.type": "publish",
+            "messaging.destination.name": stream_key(event.restaurant_id),
+            "posmesh.event.sequence": event.sequence}
 
 
 def stream_key(restaurant_id: str) -> str:
@@ -191,12 +203,32 @@ class Relay:
 
     async def _publish(self, events: list[StoredEvent]) -> None:
         pipe = self._redis.pipeline(transaction=False)
+        spans = []
         for event in events:
             message = wire.finished_event(event.payload, event.sequence, event.created_at)
-            pipe.xadd(stream_key(event.restaurant_id),
-                      {"seq": str(event.sequence), "event": message.SerializeToString()},
+            fields = {"seq": str(event.sequence), "event": message.SerializeToString()}
+            parent = telemetry.context_of(event.traceparent)
+            if parent is not None:
+                # A child of the request that wrote the event; the stream entry carries this
+                # span on, so realtime's delivery joins the same trace.
+                span = _tracer.start_span("orders.relay.publish", context=parent,
+                                          kind=trace.SpanKind.PRODUCER,
+                                          attributes=_publish_attributes(event))
+                spans.append(span)
+                with trace.use_span(span):
+                    fields["tp"] = telemetry.current_traceparent()
+            pipe.xadd(stream_key(event.restaurant_id), fields,
                       id=entry_id(event.sequence), maxlen=self._maxlen, approximate=True)
-        results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, repr(exc))
+            raise
+        finally:
+            for span in spans:
+                span.end()
         for event, result in zip(events, results):
             if isinstance(result, redis.exceptions.ResponseError) and _ALREADY_PUBLISHED in str(result):
                 continue  # published before a crash; Redis kept the first copy
