@@ -72,9 +72,10 @@ async def run_grpc_service(
     `engine`'s SQLAlchemy pool, and the process's revocation follower (`revocations`).
     """
     telemetry.setup(name, settings)
+    # RED per RPC only where a metrics page shows it (<SERVICE>_METRICS_ADDR set).
+    metered = [rpc_metrics.RpcMetricsInterceptor()] if settings.metrics_addr(name) else []
     server = grpc.aio.server(
-        interceptors=[telemetry.server_interceptor(), rpc_metrics.RpcMetricsInterceptor(),
-                      *interceptors],
+        interceptors=[telemetry.server_interceptor(), *metered, *interceptors],
         options=SERVER_OPTIONS,
     )
     names = list(register(server))

@@ -1,0 +1,192 @@
+"""What metrics and tracing cost: CPU per request with them off, with metrics on, and with metrics
+and tracing (exported at 100 %) on.
+
+    .venv/bin/python -m bench.observability [--rounds 3] [--seconds 8] [--rate 100]
+
+Each mode runs on a stack of its own, started the same way (bench/stackrun.py, one realtime
+process), seeded with the same small world, then driven by a generator process at a fixed rate
+with the same requests (bench/scenarios.py: `till_order`, a POST /api/v1/orders with 4 lines,
+and `order_history`, a filtered GET). CPU per request is the CPU time (schedstat, nanoseconds)
+of every service process, and of Envoy, over a round divided by the requests it answered.
+
+- off: no metrics pages (the RED interceptor is not installed), `OTEL_SAMPLE_RATIO=0` and no
+  exporter (no span is recorded; Envoy traces nothing).
+- metrics: every metrics page on and scraped every 5 s (a Prometheus scrapes every 15 s).
+- metrics+tracing: as metrics, plus every span exported over OTLP to a receiver in the bench
+  process (Envoy's too), as docker-compose runs with Jaeger.
+
+The modes run one after the other on a shared machine: read the per-round figures for noise.
+Results: bench/results/observability.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench import machine
+from bench.edge_check import process_cpu_seconds
+from bench.loadgen import HttpLoad, run_http, warm_up_process
+from bench.seed import build_world
+from bench.stackrun import bench_settings
+from bench.world import Target
+from stack.supervisor import Stack
+from tests.harness import LOOPBACK, free_ports
+from tests.support.otlp import OtlpReceiver
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("till_order", "order_history")
+MODES = ("off", "metrics", "metrics+tracing")
+SERVICES = ("auth", "staff", "orders", "realtime")
+
+
+def mode_settings(data_dir: Path, mode: str, otlp_endpoint: str | None) -> dict:
+    metrics_ports = free_ports(5)
+    on = mode != "off"
+    addrs = [f"{LOOPBACK}:{port}" if on else "" for port in metrics_ports]
+    return {
+        "auth_metrics_addr": addrs[0], "staff_metrics_addr": addrs[1],
+        "orders_metrics_addr": addrs[2], "realtime_metrics_addr": addrs[3],
+        "realtime_metrics_addrs": [addrs[3]] if on else [], "envoy_metrics_addr": addrs[4],
+        "otel_sample_ratio": 1.0 if mode == "metrics+tracing" else 0.0,
+        "otel_exporter_otlp_endpoint": otlp_endpoint if mode == "metrics+tracing" else None,
+    }
+
+
+async def scrape_every(settings, seconds: float, stop: asyncio.Event) -> None:
+    targets = [addr for addr in (settings.auth_metrics_addr, settings.staff_metrics_addr,
+                                 settings.orders_metrics_addr, settings.realtime_metrics_addr,
+                                 settings.envoy_metrics_addr) if addr]
+    async with httpx.AsyncClient(timeout=5) as client:
+        while not stop.is_set():
+            for target in targets:
+                await client.get(f"http://{target}/metrics")
+            try:
+                await asyncio.wait_for(stop.wait(), seconds)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def measure_mode(mode: str, *, rounds: int, seconds: float, rate: float,
+                       executor: ProcessPoolExecutor) -> dict:
+    data_dir = Path(tempfile.mkdtemp(prefix="posmesh-bench-obs-"))
+    receiver = OtlpReceiver()
+    await receiver.__aenter__()
+    settings = bench_settings(data_dir).model_copy(
+        update=mode_settings(data_dir, mode, receiver.endpoint))
+    stack = Stack(settings)
+    stop_scraping = asyncio.Event()
+    scraper = None
+    try:
+        await stack.start()
+        world = await build_world(stack.edge_url, str(stack.ca_file), stack.mail_dir, 2)
+        if mode != "off":
+            scraper = asyncio.create_task(scrape_every(stack.settings, 5.0, stop_scraping))
+        target = Target("127.0.0.1", stack.settings.edge_port, str(stack.ca_file))
+        pids = stack.pids()
+        loop = asyncio.get_running_loop()
+        results: dict = {}
+        for scenario in SCENARIOS:
+            per_round = []
+            for number in range(rounds + 1):  # the first round warms up and is not counted
+                spec = HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0,
+                                connections=2, world=world, seed=zlib.crc32(scenario.encode()),
+                                start_at=time.monotonic() + 1.0)
+                before = {name: process_cpu_seconds(pids[name][0])
+                          for name in (*SERVICES, "envoy")}
+                outcome = await loop.run_in_executor(executor, run_http, spec)
+                after = {name: process_cpu_seconds(pids[name][0])
+                         for name in (*SERVICES, "envoy")}
+                answered = len(outcome.recorder.ok_latencies)
+                errors = sum(outcome.recorder.errors.values())
+                services = sum(after[name] - before[name] for name in SERVICES)
+                envoy = after["envoy"] - before["envoy"]
+                if number == 0:
+                    continue
+                per_round.append({
+                    "requests": answered, "errors": errors,
+                    "services_us_per_request": round(services / max(1, answered) * 1e6, 1),
+                    "envoy_us_per_request": round(envoy / max(1, answered) * 1e6, 1)})
+            results[scenario] = {
+                "rounds": per_round,
+                "services_us_per_request": statistics.median(
+                    r["services_us_per_request"] for r in per_round),
+                "envoy_us_per_request": statistics.median(
+                    r["envoy_us_per_request"] for r in per_round)}
+            print(f"  {mode:16} {scenario:14} services {results[scenario]['services_us_per_request']:7.0f} "
+                  f"µs/request, Envoy {results[scenario]['envoy_us_per_request']:5.0f} µs/request "
+                  f"(rounds {[r['services_us_per_request'] for r in per_round]})", flush=True)
+        if mode == "metrics+tracing":
+            results["spans_received"] = len(receiver.spans)
+        return results
+    finally:
+        stop_scraping.set()
+        if scraper is not None:
+            await asyncio.gather(scraper, return_exceptions=True)
+        await stack.stop()
+        await receiver.__aexit__(None, None, None)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def report(results: dict, command: str, about: dict) -> str:
+    lines = ["# Observability overhead: CPU per request", "",
+             f"Command: `{command}`", "",
+             f"Machine: {about}", "",
+             "| scenario | mode | services µs/request | Envoy µs/request | services vs off |",
+             "|---|---|---|---|---|"]
+    for scenario in SCENARIOS:
+        base = results["off"][scenario]["services_us_per_request"]
+        for mode in MODES:
+            row = results[mode][scenario]
+            delta = (row["services_us_per_request"] - base) / base * 100 if base else 0.0
+            lines.append(f"| {scenario} | {mode} | {row['services_us_per_request']:.0f} | "
+                         f"{row['envoy_us_per_request']:.0f} | {delta:+.1f} % |")
+    lines += ["", "Medians of the rounds; per-round figures in observability.json. Modes run one "
+              "after the other on a shared 2-core machine, so rounds differ by several per cent "
+              "from noise alone."]
+    return "\n".join(lines) + "\n"
+
+
+async def main_async(args) -> None:
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    with ProcessPoolExecutor(1, mp_context=context, initializer=warm_up_process) as executor:
+        for mode in MODES:
+            print(f"mode {mode}: starting a stack...", flush=True)
+            results[mode] = await measure_mode(mode, rounds=args.rounds, seconds=args.seconds,
+                                               rate=args.rate, executor=executor)
+    command = "python -m bench.observability " + " ".join(sys.argv[1:])
+    about = machine.summary_line(machine.describe())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "observability.json").write_text(json.dumps(
+        {"command": command, "machine": about, "results": results}, indent=1, default=str))
+    text = report(results, command, about)
+    (RESULTS / "observability.md").write_text(text)
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    import uvloop
+
+    uvloop.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
