@@ -2,6 +2,7 @@
 and tracing (exported at 100 %) on.
 
     .venv/bin/python -m bench.observability [--rounds 3] [--seconds 8] [--rate 100]
+    .venv/bin/python -m bench.observability --micro    # the RED interceptor alone, no stack
 
 Each mode runs on a stack of its own, started the same way (bench/stackrun.py, one realtime
 process), seeded with the same small world, then driven by a generator process at a fixed rate
@@ -140,6 +141,98 @@ async def measure_mode(mode: str, *, rounds: int, seconds: float, rate: float,
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+class _PassThrough:
+    """An interceptor that only wraps each call, as the services' others do: the baseline, so the
+    figure is what adding the RED interceptor to a server that already has interceptors costs."""
+
+    def __new__(cls):
+        import grpc
+
+        class PassThrough(grpc.aio.ServerInterceptor):
+            async def intercept_service(self, continuation, details):
+                handler = await continuation(details)
+                inner = handler.unary_unary
+
+                async def wrapped(request, ctx):
+                    return await inner(request, ctx)
+                return grpc.unary_unary_rpc_method_handler(
+                    wrapped, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+        return PassThrough()
+
+
+async def interceptor_cost(calls: int = 3000, blocks: int = 8) -> dict:
+    """CPU per unary call of in-process gRPC servers (client and server in this process) with a
+    pass-through interceptor, and with it plus the RED interceptor; blocks alternate so both see
+    the same machine. The difference is the RED interceptor's cost per call."""
+    import grpc
+
+    from posmesh.common.rpc_metrics import RedMetrics, RpcMetricsInterceptor
+
+    async def echo(request: bytes, ctx) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "posmesh.bench.v1.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    servers, channels = {}, {}
+    for name, interceptors in (("without", [_PassThrough()]),
+                               ("with", [_PassThrough(), RpcMetricsInterceptor(RedMetrics())])):
+        server = grpc.aio.server(interceptors=interceptors)
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers[name] = server
+        channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    per_call: dict[str, list[float]] = {"without": [], "with": []}
+    try:
+        for block in range(blocks + 1):
+            for name in (("without", "with") if block % 2 else ("with", "without")):
+                call = channels[name].unary_unary("/posmesh.bench.v1.Echo/Echo")
+                started = time.process_time()
+                for _ in range(calls):
+                    await call(b"x")
+                if block:  # the first block of each warms up
+                    per_call[name].append((time.process_time() - started) / calls * 1e6)
+    finally:
+        for name in servers:
+            await channels[name].close()
+            await servers[name].stop(None)
+    without, with_ = statistics.median(per_call["without"]), statistics.median(per_call["with"])
+    deltas = [w - wo for w, wo in zip(per_call["with"], per_call["without"])]
+    return {"calls_per_block": calls, "blocks": blocks,
+            "without_us_per_call": round(without, 1), "with_us_per_call": round(with_, 1),
+            "interceptor_us_per_call": round(statistics.median(deltas), 1),
+            "deltas_us": [round(d, 1) for d in deltas]}
+
+
+async def wrapper_cost(calls: int = 100_000, repeats: int = 7) -> dict:
+    """The RED interceptor's own work per call, without gRPC around it: a handler awaited
+    directly vs through the interceptor's wrapper (clock reads, the code, the histogram), best of
+    `repeats` runs (the minimum is the figure least disturbed by other processes)."""
+    from posmesh.common.rpc_metrics import RedMetrics, _timed_unary
+
+    class Context:
+        def code(self):
+            return None
+
+    async def handler(request, ctx):
+        return request
+
+    timed = _timed_unary(handler, ("unary", "posmesh.bench.v1.Echo", "Echo"), RedMetrics())
+    ctx = Context()
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, call in (("bare", handler), ("wrapped", timed)):
+            started = time.perf_counter()
+            for _ in range(calls):
+                await call(b"x", ctx)
+            elapsed = (time.perf_counter() - started) / calls * 1e6
+            best[name] = min(best.get(name, elapsed), elapsed)
+    return {"calls": calls, "repeats": repeats, "bare_us": round(best["bare"], 3),
+            "wrapped_us": round(best["wrapped"], 3),
+            "red_us_per_call": round(best["wrapped"] - best["bare"], 3)}
+
+
 def report(results: dict, command: str, about: dict) -> str:
     lines = ["# Observability overhead: CPU per request", "",
              f"Command: `{command}`", "",
@@ -147,12 +240,26 @@ def report(results: dict, command: str, about: dict) -> str:
              "| scenario | mode | services µs/request | Envoy µs/request | services vs off |",
              "|---|---|---|---|---|"]
     for scenario in SCENARIOS:
+        if "off" not in results:
+            break
         base = results["off"][scenario]["services_us_per_request"]
         for mode in MODES:
             row = results[mode][scenario]
             delta = (row["services_us_per_request"] - base) / base * 100 if base else 0.0
             lines.append(f"| {scenario} | {mode} | {row['services_us_per_request']:.0f} | "
                          f"{row['envoy_us_per_request']:.0f} | {delta:+.1f} % |")
+    work = results.get("red_work")
+    if work:
+        lines += ["", f"The RED interceptor's own work per call (its wrapper around a handler, "
+                  f"no gRPC; best of {work['repeats']} runs of {work['calls']}): "
+                  f"**{work['red_us_per_call']} µs**."]
+    micro = results.get("interceptor")
+    if micro:
+        lines += ["", f"The RED interceptor alone (in-process unary calls, client and server in one "
+                  f"process, medians of {micro['blocks']} alternating blocks of "
+                  f"{micro['calls_per_block']}): {micro['without_us_per_call']} µs per call "
+                  f"without, {micro['with_us_per_call']} µs with: "
+                  f"**{micro['interceptor_us_per_call']} µs** per call."]
     lines += ["", "Medians of the rounds; per-round figures in observability.json. Modes run one "
               "after the other on a shared 2-core machine, so rounds differ by several per cent "
               "from noise alone."]
@@ -161,7 +268,11 @@ def report(results: dict, command: str, about: dict) -> str:
 
 async def main_async(args) -> None:
     context = multiprocessing.get_context("spawn")
-    results = {}
+    results = {"red_work": await wrapper_cost(), "interceptor": await interceptor_cost()}
+    print(f"RED interceptor's own work: {results['red_work']}", flush=True)
+    print(f"RED interceptor in a gRPC server: {results['interceptor']}", flush=True)
+    if args.micro:
+        return
     with ProcessPoolExecutor(1, mp_context=context, initializer=warm_up_process) as executor:
         for mode in MODES:
             print(f"mode {mode}: starting a stack...", flush=True)
@@ -183,6 +294,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    parser.add_argument("--micro", action="store_true",
+                        help="only the RED interceptor's own cost (seconds, no stack)")
     import uvloop
 
     uvloop.run(main_async(parser.parse_args()))

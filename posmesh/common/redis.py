@@ -27,22 +27,6 @@ from posmesh.common.settings import Settings
 SOCKET_TIMEOUT = 1.0
 
 
-class _Timings:
-    """Label children per command, resolved once (commands come from a fixed set in the code)."""
-
-    def __init__(self) -> None:
-        self._seconds: dict[str, object] = {}
-
-    def seconds(self, command: str):
-        child = self._seconds.get(command)
-        if child is None:
-            child = self._seconds[command] = REDIS_CALL_SECONDS.labels(command)
-        return child
-
-
-_timings = _Timings()
-
-
 def _command_name(args: tuple) -> str:
     name = args[0] if args else "UNKNOWN"
     if isinstance(name, bytes):
@@ -63,7 +47,7 @@ class MeteredRedis(aioredis.Redis):
             REDIS_ERRORS.labels(command, type(exc).__name__).inc()
             raise
         finally:
-            _timings.seconds(command).observe(time.perf_counter() - start)
+            REDIS_CALL_SECONDS.observe((command,), time.perf_counter() - start)
 
     def pipeline(self, transaction: bool = True, shard_hint=None) -> "MeteredPipeline":
         return MeteredPipeline(self.connection_pool, self.response_callbacks, transaction,
@@ -80,7 +64,7 @@ class MeteredPipeline(Pipeline):
             REDIS_ERRORS.labels(command, type(exc).__name__).inc()
             raise
         finally:
-            _timings.seconds(command).observe(time.perf_counter() - start)
+            REDIS_CALL_SECONDS.observe((command,), time.perf_counter() - start)
 
 
 def create_redis(settings: Settings, *, decode_responses: bool = False,

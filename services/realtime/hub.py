@@ -28,21 +28,20 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 import grpc
-from prometheus_client import Histogram
 
 from opentelemetry import trace
 
 from posmesh.common import telemetry
-from posmesh.common.metrics import FAST_BUCKETS
+from posmesh.common.metrics import FAST_BUCKETS, LoopHistogram, register
 from services.realtime import protocol
 from services.realtime.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
 _tracer = trace.get_tracer("posmesh.realtime.hub")
-FANOUT_SECONDS = Histogram("posmesh_realtime_fanout_seconds", "Time to queue one order event "
-                           "on every live socket of its restaurant in this process.",
-                           buckets=FAST_BUCKETS)
+FANOUT_SECONDS = register(LoopHistogram(
+    "posmesh_realtime_fanout_seconds", "Time to queue one order event on every live socket of "
+    "its restaurant in this process.", (), FAST_BUCKETS))
 
 RING_SIZE = 128  # recent frames kept per restaurant for cheap resumes
 LINGER_SECONDS = 30.0  # keep a feed this long after its last socket leaves (quick reconnects)
@@ -311,7 +310,7 @@ class RestaurantFeed:
                 conn.delivered = sequence
                 if conn.push_event(frame):
                     delivered += 1
-        FANOUT_SECONDS.observe(time.perf_counter() - started)
+        FANOUT_SECONDS.observe((), time.perf_counter() - started)
         stats.deliveries += delivered
         self._hold_for_catching_up(sequence, frame)
         return delivered
