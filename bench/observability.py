@@ -5,8 +5,9 @@ and tracing (exported at 100 %) on.
     .venv/bin/python -m bench.observability --micro    # the RED interceptor alone, no stack
 
 Each mode runs on a stack of its own, started the same way (bench/stackrun.py, one realtime
-process), seeded with the same small world, then driven by a generator process at a fixed rate
-with the same requests (bench/scenarios.py: `till_order`, a POST /api/v1/orders with 4 lines,
+process) and seeded with the same small world; the three stacks run side by side and their rounds
+alternate in a rotating order, each driven by a generator process at a fixed rate with the same
+requests (bench/scenarios.py: `till_order`, a POST /api/v1/orders with 4 lines,
 and `order_history`, a filtered GET). CPU per request is the CPU time (schedstat, nanoseconds)
 of every service process, and of Envoy, over a round divided by the requests it answered.
 
@@ -16,7 +17,7 @@ of every service process, and of Envoy, over a round divided by the requests it 
 - metrics+tracing: as metrics, plus every span exported over OTLP to a receiver in the bench
   process (Envoy's too), as docker-compose runs with Jaeger.
 
-The modes run one after the other on a shared machine: read the per-round figures for noise.
+On a shared machine, read the per-round figures for noise.
 Results: bench/results/observability.{json,md}.
 """
 
@@ -80,65 +81,95 @@ async def scrape_every(settings, seconds: float, stop: asyncio.Event) -> None:
                 pass
 
 
-async def measure_mode(mode: str, *, rounds: int, seconds: float, rate: float,
-                       executor: ProcessPoolExecutor) -> dict:
-    data_dir = Path(tempfile.mkdtemp(prefix="posmesh-bench-obs-"))
-    receiver = OtlpReceiver()
-    await receiver.__aenter__()
-    settings = bench_settings(data_dir).model_copy(
-        update=mode_settings(data_dir, mode, receiver.endpoint))
-    stack = Stack(settings)
-    stop_scraping = asyncio.Event()
-    scraper = None
+class ModeStack:
+    """One mode's stack, seeded, with its scraper (when metrics are on) and OTLP receiver."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.data_dir = Path(tempfile.mkdtemp(prefix="posmesh-bench-obs-"))
+        self.receiver = OtlpReceiver()
+        self.stack: Stack | None = None
+        self.world = None
+        self._stop_scraping = asyncio.Event()
+        self._scraper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.receiver.__aenter__()
+        settings = bench_settings(self.data_dir).model_copy(
+            update=mode_settings(self.data_dir, self.mode, self.receiver.endpoint))
+        self.stack = Stack(settings)
+        await self.stack.start()
+        self.world = await build_world(self.stack.edge_url, str(self.stack.ca_file),
+                                       self.stack.mail_dir, 2)
+        if self.mode != "off":
+            self._scraper = asyncio.create_task(
+                scrape_every(self.stack.settings, 5.0, self._stop_scraping))
+
+    async def stop(self) -> None:
+        self._stop_scraping.set()
+        if self._scraper is not None:
+            await asyncio.gather(self._scraper, return_exceptions=True)
+        if self.stack is not None:
+            await self.stack.stop()
+        await self.receiver.__aexit__(None, None, None)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    async def round(self, scenario: str, *, seconds: float, rate: float,
+                    executor: ProcessPoolExecutor) -> dict:
+        assert self.stack is not None
+        target = Target("127.0.0.1", self.stack.settings.edge_port, str(self.stack.ca_file))
+        pids = self.stack.pids()
+        spec = HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=2,
+                        world=self.world, seed=zlib.crc32(scenario.encode()),
+                        start_at=time.monotonic() + 1.0)
+        parts = (*SERVICES, "envoy")
+        before = {name: process_cpu_seconds(pids[name][0]) for name in parts}
+        outcome = await asyncio.get_running_loop().run_in_executor(executor, run_http, spec)
+        after = {name: process_cpu_seconds(pids[name][0]) for name in parts}
+        answered = len(outcome.recorder.ok_latencies)
+        services = sum(after[name] - before[name] for name in SERVICES)
+        return {"requests": answered, "errors": sum(outcome.recorder.errors.values()),
+                "services_us_per_request": round(services / max(1, answered) * 1e6, 1),
+                "envoy_us_per_request": round((after["envoy"] - before["envoy"])
+                                              / max(1, answered) * 1e6, 1)}
+
+
+async def measure(*, rounds: int, seconds: float, rate: float,
+                  executor: ProcessPoolExecutor) -> dict:
+    """Every mode's stack runs at once (idle but for its round); the rounds of the modes
+    alternate, in a rotating order, so slow drifts of the machine's load hit every mode alike."""
+    stacks = [ModeStack(mode) for mode in MODES]
     try:
-        await stack.start()
-        world = await build_world(stack.edge_url, str(stack.ca_file), stack.mail_dir, 2)
-        if mode != "off":
-            scraper = asyncio.create_task(scrape_every(stack.settings, 5.0, stop_scraping))
-        target = Target("127.0.0.1", stack.settings.edge_port, str(stack.ca_file))
-        pids = stack.pids()
-        loop = asyncio.get_running_loop()
-        results: dict = {}
+        for stack in stacks:
+            print(f"mode {stack.mode}: starting and seeding a stack...", flush=True)
+            await stack.start()
+        results: dict = {mode: {} for mode in MODES}
         for scenario in SCENARIOS:
-            per_round = []
-            for number in range(rounds + 1):  # the first round warms up and is not counted
-                spec = HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0,
-                                connections=2, world=world, seed=zlib.crc32(scenario.encode()),
-                                start_at=time.monotonic() + 1.0)
-                before = {name: process_cpu_seconds(pids[name][0])
-                          for name in (*SERVICES, "envoy")}
-                outcome = await loop.run_in_executor(executor, run_http, spec)
-                after = {name: process_cpu_seconds(pids[name][0])
-                         for name in (*SERVICES, "envoy")}
-                answered = len(outcome.recorder.ok_latencies)
-                errors = sum(outcome.recorder.errors.values())
-                services = sum(after[name] - before[name] for name in SERVICES)
-                envoy = after["envoy"] - before["envoy"]
-                if number == 0:
-                    continue
-                per_round.append({
-                    "requests": answered, "errors": errors,
-                    "services_us_per_request": round(services / max(1, answered) * 1e6, 1),
-                    "envoy_us_per_request": round(envoy / max(1, answered) * 1e6, 1)})
-            results[scenario] = {
-                "rounds": per_round,
-                "services_us_per_request": statistics.median(
-                    r["services_us_per_request"] for r in per_round),
-                "envoy_us_per_request": statistics.median(
-                    r["envoy_us_per_request"] for r in per_round)}
-            print(f"  {mode:16} {scenario:14} services {results[scenario]['services_us_per_request']:7.0f} "
-                  f"µs/request, Envoy {results[scenario]['envoy_us_per_request']:5.0f} µs/request "
-                  f"(rounds {[r['services_us_per_request'] for r in per_round]})", flush=True)
-        if mode == "metrics+tracing":
-            results["spans_received"] = len(receiver.spans)
+            rounds_of = {mode: [] for mode in MODES}
+            for number in range(rounds + 1):  # round 0 warms every stack up and is not counted
+                order = stacks[number % len(stacks):] + stacks[:number % len(stacks)]
+                for stack in order:
+                    figures = await stack.round(scenario, seconds=seconds, rate=rate,
+                                                executor=executor)
+                    if number:
+                        rounds_of[stack.mode].append(figures)
+            for mode in MODES:
+                per_round = rounds_of[mode]
+                results[mode][scenario] = {
+                    "rounds": per_round,
+                    "services_us_per_request": statistics.median(
+                        r["services_us_per_request"] for r in per_round),
+                    "envoy_us_per_request": statistics.median(
+                        r["envoy_us_per_request"] for r in per_round)}
+                print(f"  {mode:16} {scenario:14} services "
+                      f"{results[mode][scenario]['services_us_per_request']:7.0f} µs/request, "
+                      f"Envoy {results[mode][scenario]['envoy_us_per_request']:5.0f} µs/request "
+                      f"(rounds {[r['services_us_per_request'] for r in per_round]})", flush=True)
+        results["metrics+tracing"]["spans_received"] = len(stacks[-1].receiver.spans)
         return results
     finally:
-        stop_scraping.set()
-        if scraper is not None:
-            await asyncio.gather(scraper, return_exceptions=True)
-        await stack.stop()
-        await receiver.__aexit__(None, None, None)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        for stack in stacks:
+            await stack.stop()
 
 
 class _PassThrough:
@@ -260,9 +291,10 @@ def report(results: dict, command: str, about: dict) -> str:
                   f"{micro['calls_per_block']}): {micro['without_us_per_call']} µs per call "
                   f"without, {micro['with_us_per_call']} µs with: "
                   f"**{micro['interceptor_us_per_call']} µs** per call."]
-    lines += ["", "Medians of the rounds; per-round figures in observability.json. Modes run one "
-              "after the other on a shared 2-core machine, so rounds differ by several per cent "
-              "from noise alone."]
+    lines += ["", "Medians of the rounds (the modes' rounds alternate); per-round figures in "
+              "observability.json. On a shared 2-core machine rounds differ by several per cent "
+              "from noise alone: compare the per-round figures before trusting a small "
+              "difference."]
     return "\n".join(lines) + "\n"
 
 
@@ -274,11 +306,9 @@ async def main_async(args) -> None:
     if args.micro:
         return
     with ProcessPoolExecutor(1, mp_context=context, initializer=warm_up_process) as executor:
-        for mode in MODES:
-            print(f"mode {mode}: starting a stack...", flush=True)
-            results[mode] = await measure_mode(mode, rounds=args.rounds, seconds=args.seconds,
-                                               rate=args.rate, executor=executor)
-    command = "python -m bench.observability " + " ".join(sys.argv[1:])
+        results.update(await measure(rounds=args.rounds, seconds=args.seconds, rate=args.rate,
+                                     executor=executor))
+    command = " ".join([".venv/bin/python -m bench.observability", *sys.argv[1:]])
     about = machine.summary_line(machine.describe())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "observability.json").write_text(json.dumps(
