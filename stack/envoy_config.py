@@ -227,6 +227,9 @@ def _cluster(name: str, addrs: list[str], *, http2: bool, max_in_flight: int = 0
     }
 
 
+JWKS_SOURCE_CLUSTER = "auth_jwks"
+
+
 def jwks_socket(settings: Settings) -> str:
     """Abstract unix socket of Envoy's loopback-only JWKS listener (no port, no file)."""
     return f"@posmesh-edge-{settings.edge_port}-jwks"
@@ -253,6 +256,8 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
         _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
                  http2=True),
         _cluster("realtime_ws", ws_addrs, http2=False),
+        # The edge's own fetch of the signing keys: never behind the callers' admission budget.
+        _cluster(JWKS_SOURCE_CLUSTER, [settings.auth_addr], http2=True),
     ]
     streamed = {cluster for _, cluster in routes.grpc_streaming} | {
         route.cluster for route in routes.http if route.streaming}
@@ -277,6 +282,7 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
         clusters=clusters,
         otel=otel,
         jwks_socket=jwks_socket(settings),
+        jwks_source_cluster=JWKS_SOURCE_CLUSTER,
         websocket_prefixes=WEBSOCKET_PREFIXES,
         grpc_health_prefix=GRPC_HEALTH_PREFIX,
         security_headers=SECURITY_HEADERS,

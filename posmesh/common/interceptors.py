@@ -74,10 +74,13 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
     ):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
-    # Raw asyncpg (the orders hot path): a lost connection, a server shutting down or starting up.
-    if isinstance(exc, (asyncpg.exceptions.PostgresConnectionError,
-                        asyncpg.exceptions.OperatorInterventionError,
-                        asyncpg.exceptions.InterfaceError)):
+    # Raw asyncpg (the orders hot path), or asyncpg's error under SQLAlchemy's wrapper when
+    # SQLAlchemy does not know it as a disconnect (a backend ended by an immediate stop): a lost
+    # connection, a server shutting down, starting up or out of resources.
+    lost = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.PostgresSystemError,
+            asyncpg.exceptions.InterfaceError)
+    if any(isinstance(cause, lost) for cause in _causes(exc)):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
@@ -87,6 +90,19 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
         return Unavailable("DEPENDENCY_UNAVAILABLE", "a dependency is unavailable; retry shortly",
                            retryable="true")
     return None
+
+
+def _causes(exc: BaseException, depth: int = 4):
+    """The exception and what it wraps: SQLAlchemy's `orig`, and the chained cause."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending and len(seen) < depth * 3:
+        current = pending.pop()
+        if current is None or any(current is known for known in seen):
+            continue
+        seen.append(current)
+        pending += [getattr(current, "orig", None), current.__cause__]
+    return seen
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:

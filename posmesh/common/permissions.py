@@ -175,7 +175,10 @@ SHED_FIRST = frozenset({
     _STAFF + "ListMyInvitations", _AUTH + "GetMe", _AUTH + "ListSessions",
     _REALTIME + "GetPresence", "/posmesh.health.v1.SystemHealthService/GetSystemHealth",
 })
-NEVER_SHED = frozenset(method for method in PERMISSIONS if not method.startswith("/posmesh."))
+# Never shed: health checks, and the signing keys, which the edge refetches when its cache expires
+# while every signed-in request of a burst waits on them (one refused fetch is a wave of 401s).
+NEVER_SHED = frozenset(method for method in PERMISSIONS if not method.startswith("/posmesh.")) | {
+    _AUTH + "GetJwks"}
 PERMISSIONS = {
     method: replace(rule, priority=None if method in NEVER_SHED else
                     Priority.CRITICAL if method in SHED_LAST else

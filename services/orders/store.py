@@ -48,9 +48,10 @@ NOTIFY_CHANNEL = "orders_events"
 
 _UNAVAILABLE_ERRORS = (
     asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
+    # Class 57: shutting down, starting up, or a backend killed by a crash or an immediate stop.
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, out of memory
+    asyncpg.exceptions.PostgresSystemError,
     asyncpg.exceptions.InterfaceError,
     OSError,
 )

@@ -31,8 +31,9 @@ CLIENTS = 5  # HTTP/2 connections; Envoy allows 100 streams on each
 # An admitted request may wait for a connection (DB_POOL_TIMEOUT is 10 s); bounded means well below.
 BOUNDED_SECONDS = 5.0
 # A refusal is made before any work: it comes back at once (the bench's target is 20 ms on a
-# quiet machine; a test shares the machine with the whole stack and the 500 requests).
-REFUSED_WITHIN_SECONDS = 1.0
+# quiet machine; here one client process times 500 requests on a machine the whole stack
+# shares): far sooner than an admitted request could fail waiting for a connection (10 s).
+REFUSED_WITHIN_SECONDS = 3.0
 
 
 async def _database_connections(stack, stop: asyncio.Event, peaks: list[int]) -> None:

@@ -180,5 +180,6 @@ async def test_calls_to_other_services_get_only_what_remains_of_the_request(orde
         await channel.close()
         await server.stop(None)
 
-    assert 0.5 < seen[0] <= 0.8
+    # grpc-timeout travels in whole units rounded up, so the callee may see a hair more than 0.8 s
+    assert 0.5 < seen[0] <= 0.81
     assert seen[1] > 9  # the channel's default deadline (clients.DEFAULT_TIMEOUT_SECONDS)

@@ -209,11 +209,22 @@ async def test_a_huge_restaurant_header_is_not_echoed_whole_in_the_error(channel
     asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
     asyncpg.exceptions.InterfaceError("connection is closed"),
+    asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
 ])
 def test_a_lost_asyncpg_connection_is_a_retryable_database_unavailable(exc):
     error = infrastructure_error(exc)
     assert error is not None and error.code == grpc.StatusCode.UNAVAILABLE
     assert error.reason == "DATABASE_UNAVAILABLE"
+
+
+def test_an_outage_wrapped_by_sqlalchemy_is_a_retryable_database_unavailable():
+    """SQLAlchemy's asyncpg adapter wraps errors it does not know as disconnects in a plain
+    DBAPIError; the asyncpg error under it still says what happened."""
+    adapted = Exception("adapted by sqlalchemy")
+    adapted.__cause__ = asyncpg.exceptions.CrashShutdownError("terminating connection")
+    error = infrastructure_error(sqlalchemy.exc.DBAPIError("SELECT 1", {}, adapted))
+    assert error is not None and error.reason == "DATABASE_UNAVAILABLE"
 
 
 def test_an_asyncpg_query_error_is_not_mistaken_for_an_outage():
