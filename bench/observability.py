@@ -288,9 +288,11 @@ def report(results: dict, command: str, about: dict) -> str:
     if micro:
         lines += ["", f"The RED interceptor alone (in-process unary calls, client and server in one "
                   f"process, medians of {micro['blocks']} alternating blocks of "
-                  f"{micro['calls_per_block']}): {micro['without_us_per_call']} µs per call "
-                  f"without, {micro['with_us_per_call']} µs with: "
-                  f"**{micro['interceptor_us_per_call']} µs** per call."]
+                  f"{micro['calls_per_block']}, after a pass-through interceptor like the "
+                  f"services' others): {micro['without_us_per_call']} µs per call without, "
+                  f"{micro['with_us_per_call']} µs with; median of the per-block differences "
+                  f"{micro['interceptor_us_per_call']} µs (differences {micro['deltas_us']}: "
+                  "where they swing by more than the median, the machine's noise decides it)."]
     lines += ["", "Medians of the rounds (the modes' rounds alternate); per-round figures in "
               "observability.json. On a shared 2-core machine rounds differ by several per cent "
               "from noise alone: compare the per-round figures before trusting a small "
@@ -300,6 +302,7 @@ def report(results: dict, command: str, about: dict) -> str:
 
 async def main_async(args) -> None:
     context = multiprocessing.get_context("spawn")
+    about = machine.summary_line(machine.describe())  # the load average before the run
     results = {"red_work": await wrapper_cost(), "interceptor": await interceptor_cost()}
     print(f"RED interceptor's own work: {results['red_work']}", flush=True)
     print(f"RED interceptor in a gRPC server: {results['interceptor']}", flush=True)
@@ -309,7 +312,6 @@ async def main_async(args) -> None:
         results.update(await measure(rounds=args.rounds, seconds=args.seconds, rate=args.rate,
                                      executor=executor))
     command = " ".join([".venv/bin/python -m bench.observability", *sys.argv[1:]])
-    about = machine.summary_line(machine.describe())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "observability.json").write_text(json.dumps(
         {"command": command, "machine": about, "results": results}, indent=1, default=str))

@@ -185,13 +185,17 @@ def _loud(headline: str, details: str) -> None:
 
 
 def _metrics_banner(stack) -> str:
-    """Where Prometheus scrapes (docs/observability.md)."""
-    from stack.prometheus_config import scrape_jobs
+    """Where Prometheus scrapes (docs/observability.md), and a config that scrapes them all."""
+    from stack import prometheus_config
 
+    targets = stack.metrics_targets()
+    config = prometheus_config.render(stack.settings, stack.data_dir / "prometheus",
+                                      targets=targets)
     lines = [f"  metrics ({job}){' ' * (23 - len(job))} "
-             + " ".join(f"http://{target}/metrics" for target in targets)
-             for job, targets in scrape_jobs(stack.settings).items()]
-    return "\n".join(lines) + "\n  Prometheus config               posmesh prometheus-config\n"
+             + " ".join(f"http://{target}/metrics" for target in addrs)
+             for job, addrs in targets.items()]
+    return "\n".join(lines) + (f"\n  Prometheus config               prometheus "
+                               f"--config.file={_relative(config)}\n")
 
 
 def _relative(path: Path) -> str:

@@ -116,6 +116,7 @@ class Stack:
         self.certs: DevCerts | None = None
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
+        self._metrics_addrs: dict[str, str] = {}  # service process -> its metrics address
         self.started_in: float | None = None
         self._failed: asyncio.Future[ChildDied] | None = None
         self._stopping = False
@@ -294,14 +295,39 @@ class Stack:
         if name.startswith("realtime-"):
             service = "realtime"
             index = int(name.split("-")[1]) - 1
-            metrics_addrs = self.settings.realtime_metrics_addrs
             overrides = {"REALTIME_ADDR": self.addr(name),
-                         "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index],
-                         # No metrics page unless REALTIME_METRICS_ADDRS gives it an address.
-                         "REALTIME_METRICS_ADDR": (metrics_addrs[index]
-                                                   if index < len(metrics_addrs) else "")}
+                         "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
+        overrides.update(self._metrics_override(name))
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
+
+    def metrics_addr(self, name: str) -> str:
+        """The metrics address of one service process ('' when off): the setting for the first
+        process of a service; for the others ('realtime-2', 'orders-2', ...) the N-th of
+        REALTIME_METRICS_ADDRS, else a free loopback port, kept across restarts."""
+        if name not in self._metrics_addrs:
+            service, _, number = name.partition("-")
+            addr = self.settings.metrics_addr(service)
+            if number and addr:
+                listed = self.settings.realtime_metrics_addrs if service == "realtime" else []
+                index = int(number) - 1
+                addr = listed[index] if index < len(listed) else f"127.0.0.1:{free_port()}"
+            self._metrics_addrs[name] = addr
+        return self._metrics_addrs[name]
+
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """Every process's metrics address by job (service, and `envoy`): Prometheus' targets."""
+        targets: dict[str, list[str]] = {}
+        for name in self.service_names:
+            if addr := self.metrics_addr(name):
+                targets.setdefault(name.partition("-")[0], []).append(addr)
+        if self.settings.envoy_metrics_addr:
+            targets["envoy"] = [self.settings.envoy_metrics_addr]
+        return targets
+
+    def _metrics_override(self, name: str) -> dict[str, str]:
+        service, _, number = name.partition("-")
+        return {f"{service.upper()}_METRICS_ADDR": self.metrics_addr(name)} if number else {}
 
     def _mail_child(self) -> Child:
         argv = [sys.executable, "-m", "stack.cli", "mail-server",

@@ -37,7 +37,7 @@ def value(samples: dict[str, list], sample_name: str, **labels: str) -> float:
 
 
 def targets(stack) -> dict[str, list[str]]:
-    return stack.settings.metrics_targets()
+    return {job: addrs for job, addrs in stack.metrics_targets().items() if job != "envoy"}
 
 
 async def test_every_service_process_serves_a_metrics_page_of_its_own(stack):
@@ -49,7 +49,7 @@ async def test_every_service_process_serves_a_metrics_page_of_its_own(stack):
             info = [sample.labels["service"] for sample in samples["posmesh_process_info"]]
             found[addr] = info
             assert info == [service]
-    assert len(found) == 3 + len(stack.settings.realtime_metrics_addrs) == 5
+    assert len(found) == 3 + len(stack.metrics_targets()["realtime"]) == 5
 
 
 async def test_red_metrics_count_each_rpc_by_service_method_and_code(stack, edge):
@@ -100,7 +100,7 @@ async def test_socket_and_outbox_metrics_move_when_an_order_reaches_a_kitchen_sc
     party = await open_restaurant(edge)
     dish = await add_menu_item(edge, party.manager)
     kitchen = await signed_in(stack, party.manager, "kitchen")
-    realtime_before = [await scrape(addr) for addr in stack.settings.realtime_metrics_addrs]
+    realtime_before = [await scrape(addr) for addr in stack.metrics_targets()["realtime"]]
     orders_before = await scrape(stack.settings.orders_metrics_addr)
 
     await place_order(edge, party.staff, [line(dish)])
@@ -110,7 +110,7 @@ async def test_socket_and_outbox_metrics_move_when_an_order_reaches_a_kitchen_sc
     assert value(orders_after, "posmesh_outbox_published_events_total") > \
         value(orders_before, "posmesh_outbox_published_events_total")
     assert "posmesh_outbox_lag_seconds" in orders_after
-    realtime_after = [await scrape(addr) for addr in stack.settings.realtime_metrics_addrs]
+    realtime_after = [await scrape(addr) for addr in stack.metrics_targets()["realtime"]]
     kitchens = sum(value(samples, "posmesh_realtime_connections", connection_type="kitchen")
                    for samples in realtime_after)
     assert kitchens >= 1

@@ -55,7 +55,8 @@ class Prometheus:
 async def prometheus(stack) -> AsyncIterator[Prometheus]:
     _, server = ensure_prometheus_tools()
     folder = stack.data_dir / "prometheus-e2e"
-    config = prometheus_config.render(stack.settings, folder, scrape_interval=SCRAPE_INTERVAL)
+    config = prometheus_config.render(stack.settings, folder, scrape_interval=SCRAPE_INTERVAL,
+                                      targets=stack.metrics_targets())
     port = free_ports(1)[0]
     process = subprocess.Popen(
         [server, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
@@ -84,7 +85,7 @@ async def prometheus(stack) -> AsyncIterator[Prometheus]:
 
 
 async def test_prometheus_scrapes_every_service_process_and_envoy(stack, prometheus):
-    jobs = prometheus_config.scrape_jobs(stack.settings)
+    jobs = stack.metrics_targets()
     up = await prometheus.eventually(
         "up", lambda result: len(result) == sum(map(len, jobs.values()))
         and all(item["value"][1] == "1" for item in result))
@@ -140,7 +141,7 @@ async def exposed_families(stack) -> set[str]:
     """Every metric family the stack's metrics pages declare (with or without samples yet)."""
     names: set[str] = set()
     async with httpx.AsyncClient(timeout=5) as client:
-        for targets in prometheus_config.scrape_jobs(stack.settings).values():
+        for targets in stack.metrics_targets().values():
             for target in targets:
                 text = (await client.get(f"http://{target}/metrics")).text
                 for family in text_string_to_metric_families(text):

@@ -151,7 +151,7 @@ def slow_consumers(metrics: str) -> int:
 async def total_slow_consumers(stack) -> int:
     total = 0
     async with httpx.AsyncClient(timeout=5) as client:
-        for addr in stack.settings.realtime_metrics_addrs:
+        for addr in stack.metrics_targets()["realtime"]:
             total += slow_consumers((await client.get(f"http://{addr}/metrics")).text)
     return total
 
