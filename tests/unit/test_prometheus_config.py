@@ -56,3 +56,19 @@ def test_the_rendered_config_scrapes_each_job_and_loads_the_rules(tmp_path: Path
             for job in config["scrape_configs"]} == targets
     assert config["rule_files"] == ["rules.yml"]
     assert (path.parent / "rules.yml").read_text() == prometheus_config.RULES.read_text()
+
+
+def test_make_run_prints_every_metrics_address_and_writes_a_config_for_them(tmp_path: Path):
+    from stack.cli import _metrics_banner
+
+    settings, extra = stack_settings(tmp_path, database_url=None, realtime_replicas=2)
+    stack = Stack(settings, extra_realtime_addrs=extra)
+
+    banner = _metrics_banner(stack)
+
+    for addrs in stack.metrics_targets().values():
+        for addr in addrs:
+            assert f"http://{addr}/metrics" in banner
+    config = yaml.safe_load((stack.data_dir / "prometheus" / "prometheus.yml").read_text())
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(stack.metrics_targets())
+    assert "--config.file=" in banner
