@@ -8,9 +8,10 @@ sockets, admission lanes) see it without locks. docs/observability.md lists ever
 Labels are bounded: method names, status codes, reasons and connection types come from fixed
 sets; no label ever carries a user, session or restaurant id.
 
-Hot paths record with the cheapest primitives: a label child is resolved once per key and kept
-(`Child`), and state that already exists as a number (pool sizes, socket counts, admission
-lanes) is read at scrape time instead of being counted per request.
+Hot paths record with the cheapest primitives: latencies go into `LoopHistogram`s (plain lists
+owned by the event loop, no lock), and state that already exists as a number (pool sizes, socket
+counts, admission lanes) is read at scrape time instead of being counted per request. Rare events
+(errors, refusals, lockouts) use prometheus_client's Counter.
 """
 
 from __future__ import annotations
@@ -63,8 +64,6 @@ for _priority in ("critical", "normal", "sheddable"):
 DEADLINES_EXCEEDED = Counter(
     "posmesh_deadline_exceeded", "Calls abandoned at their deadline (DEADLINE_EXCEEDED).")
 
-# --- Redis (posmesh/common/redis.py) -----------------------------------------------------------
-
 class LoopHistogram(Collector):
     """A histogram for hot paths of the event loop: prometheus_client's Histogram.observe takes a
     lock (about 8 µs on the development VM); this keeps a plain list of bucket counts per label
@@ -99,6 +98,8 @@ class LoopHistogram(Collector):
             family.add_metric(list(labels), buckets, total)
         yield family
 
+
+# --- Redis (posmesh/common/redis.py) -----------------------------------------------------------
 
 REDIS_CALL_SECONDS = LoopHistogram(
     "posmesh_redis_call_seconds", "Redis commands and pipelines, by command, from the client.",
