@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from bench import ceiling, edge_check, machine, overload, report, signup_flood, targets
+from bench import (ceiling, cpu_per_rpc, edge_check, machine, mesh_cost, overload, replicas,
+                   report, signup_flood, targets)
 from bench.fanout import Trigger, analyse, create_orders
 from bench.loadgen import HttpLoad, HttpResult, run_http, warm_up_process
 from bench.openloop import Recorder, percentile, summarise
@@ -32,6 +33,8 @@ from bench.posday import DaySpec, run_day
 from bench.seed import build_world, edge_client
 from bench.sockets import SocketHolder, raise_fd_limit
 from bench.stackrun import BENCH_OVERRIDES, System, running, start_local
+from posmesh.common.settings import REPLICATED_SERVICES
+from stack.supervisor import SERVICES
 from bench.verification import VerificationSpec, measure
 from bench.world import Target, World
 
@@ -78,6 +81,18 @@ class Profile:
     edge_check_rounds: int = 2
     edge_check_s: float = 3
     edge_check_rate: float = 100
+    # One orders process against all (bench/replicas.py): alternating rounds at these rates.
+    replicas: replicas.ReplicasSpec = replicas.ReplicasSpec(rates=(300, 1000), rounds=3,
+                                                            seconds=10, warmup=2)
+    # The orders process's CPU per request per RPC (bench/cpu_per_rpc.py).
+    cpu: cpu_per_rpc.CpuSpec = cpu_per_rpc.CpuSpec(requests=1000, rounds=5)
+    # What mTLS inside costs (bench/mesh_cost.py): rounds per scenario, each this long, at this
+    # rate per stack.
+    mesh_tls_rounds: int = 6
+    mesh_tls_s: float = 5
+    # Below saturation on 2 cores with both stacks loaded at once: a saturated round measures
+    # queueing, not the cost of a request.
+    mesh_tls_rate: float = 40
     # Phases left out unless `--only` names them.
     only_when_asked: frozenset[str] = frozenset()
 
@@ -106,9 +121,11 @@ QUICK = Profile(
     flood=signup_flood.FloodSpec(login_rate=25, rounds=1, seconds=4, warmup=1),
     overload=overload.OverloadSpec(seconds=4, warmup=1, capacity_if_unknown=300),
     edge_check_rounds=3, edge_check_s=3,
+    replicas=replicas.ReplicasSpec(rates=(1000,), rounds=1, seconds=4, warmup=1),
+    cpu=cpu_per_rpc.CpuSpec(requests=300, rounds=3),
     # Differences of a few µs per request need the full run's rounds; and the quick run must
     # stay near 2 minutes.
-    only_when_asked=frozenset({"edge_check"}),
+    only_when_asked=frozenset({"edge_check", "replicas", "cpu_per_rpc", "mesh_tls"}),
 )
 
 
@@ -170,9 +187,10 @@ class Bench:
         names: dict[int, str] = {}
         if self.system.stack is not None:
             for name, pids in self.system.stack.pids().items():
+                service = name.partition("-")[0]  # replicas count as their service
                 for pid in pids:
-                    names[pid] = "realtime" if name.startswith("realtime") else name
-                    if name == "auth":  # its new-password hashing process (and its helper)
+                    names[pid] = service if service in SERVICES else name
+                    if service == "auth":  # its new-password hashing process (and its helper)
                         try:
                             children = psutil.Process(pid).children(recursive=True)
                         except psutil.Error:
@@ -298,6 +316,20 @@ class Bench:
             f"{s['factor']}× {s['achieved_rps']}/s ({s['goodput_ratio']:.0%})"
             for s in result["runs"].values()))
 
+    async def run_replicas(self) -> None:
+        stack = self.system.stack
+        if stack is None or len(stack.replicas("orders")) < 2:
+            self.results["notes"].append("Phase replicas needs a local stack with ORDERS_REPLICAS "
+                                         "≥ 2 (`--replicas 2`); skipped.")
+            log("  skipped: needs a local stack with ORDERS_REPLICAS >= 2")
+            return
+        self.results["replicas"] = result = await replicas.run(self, self.profile.replicas)
+        for rate, medians in result["rates"].items():
+            log(f"  mix at {rate}/s, medians of {result['rounds']} rounds: " + "; ".join(
+                f"{n} orders process(es) {medians[str(n)]['achieved_rps']}/s p95 "
+                f"{medians[str(n)]['p95_ms']} ms" for n in result["orders_processes"])
+                + f"; goodput ×{medians['goodput_ratio']}")
+
     async def run_verification(self) -> None:
         from stack.supervisor import settings_env
 
@@ -322,6 +354,12 @@ class Bench:
             self.results["workloads"][name] = summary
             if name == "create_order":
                 await self.close_orders()
+
+    async def run_cpu_per_rpc(self) -> None:
+        """The orders process's CPU per request, per RPC, against the committed "before"."""
+        self.results["cpu_per_rpc"] = result = await cpu_per_rpc.run(self, self.profile.cpu)
+        for line in cpu_per_rpc.table(result):
+            log("  " + line)
 
     async def run_edge_check(self) -> None:
         """The unknown-field check's cost: the same requests through two Envoys from the edge's
@@ -353,6 +391,71 @@ class Bench:
             await asyncio.gather(*(envoy.stop() for envoy in envoys))
             await self.close_orders()
         self.results["edge_check"] = results
+
+    @property
+    def mesh_dir(self) -> str:
+        """The mesh certificates of a local stack with MESH_TLS on ("" otherwise)."""
+        from posmesh.common import mesh_tls
+
+        settings = self.system.settings
+        if self.system.stack is None or not settings.mesh_tls:
+            return ""
+        return str(mesh_tls.mesh_dir(settings).resolve())
+
+    async def run_mesh_tls(self) -> None:
+        """What mTLS on the internal hops costs: the same requests through the bench stack and a
+        plaintext twin of it, at the same moments (bench/mesh_cost.py)."""
+        if self.system.stack is None:
+            self.results["notes"].append("The cost of mTLS inside needs a local stack (a plaintext "
+                                         "twin beside it): not measured.")
+            return
+        p = self.profile
+        log("  starting the plaintext twin (MESH_TLS=false) ...")
+        twin, folder = await mesh_cost.start_plaintext_twin(self.system.stack)
+        host, port = self.system.edge_host_port
+        targets = (Target(host, port, self.system.ca_file),
+                   Target("127.0.0.1", twin.settings.edge_port, str(twin.ca_file)))
+        stacks = (self.system.stack, twin)
+        results = {}
+        try:
+            for scenario in mesh_cost.SCENARIOS:
+                await self._mesh_tls_round(scenario, targets, stacks, 1.0, 0)  # warm, unmeasured
+                rounds = [await self._mesh_tls_round(scenario, targets, stacks, p.mesh_tls_s, n)
+                          for n in range(p.mesh_tls_rounds)]
+                results[scenario] = summary = mesh_cost.summarise(scenario, p.mesh_tls_rate, rounds)
+                log(f"  {scenario}: {summary['cpu_us_mtls']} µs CPU/request with mTLS inside, "
+                    f"{summary['cpu_us_plaintext']} without: +{summary['delta_us']} µs "
+                    f"({summary['delta_percent']} %); p99 {summary['p99_ms_mtls']} vs "
+                    f"{summary['p99_ms_plaintext']} ms (rounds {summary['delta_us_per_round']})")
+        finally:
+            await twin.stop()
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            await self.close_orders()
+        self.results["mesh_tls"] = results
+
+    async def _mesh_tls_round(self, scenario: str, targets: tuple[Target, Target], stacks,
+                              seconds: float, number: int) -> mesh_cost.Round:
+        rate = self.profile.mesh_tls_rate
+        start_at = time.monotonic() + 1.0
+        specs = [HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=1,
+                          world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF,
+                          start_at=start_at)
+                 for target in targets]
+        order = [0, 1] if number % 2 == 0 else [1, 0]
+        pids = [mesh_cost.stack_pids(stack) for stack in stacks]
+        before = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
+        outcomes = await self._pool(run_http, *(specs[k] for k in order))
+        after = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
+        mtls, plain = outcomes[order.index(0)], outcomes[order.index(1)]
+        return mesh_cost.Round(
+            mtls_requests=len(mtls.recorder.ok_latencies),
+            plain_requests=len(plain.recorder.ok_latencies),
+            mtls_cpu_s=after[0] - before[0], plain_cpu_s=after[1] - before[1],
+            mtls_p99_ms=percentile(sorted(mtls.recorder.latencies), 0.99) * 1000,
+            plain_p99_ms=percentile(sorted(plain.recorder.latencies), 0.99) * 1000,
+            errors=sum(mtls.recorder.errors.values()) + sum(plain.recorder.errors.values()))
 
     async def _edge_check_round(self, scenario: str, targets: tuple[Target, Target],
                                 pids: tuple[int, int], seconds: float, number: int
@@ -546,7 +649,8 @@ class Bench:
         envoy_pid = self.system.pid_of("envoy")
         envoy = psutil.Process(envoy_pid) if envoy_pid else None
         holders = [SocketHolder(self.system.edge_url, self.system.ca_file,
-                                self.system.settings.realtime_ws_addr) for _ in range(p.holders)]
+                                self.system.settings.realtime_ws_addr, self.mesh_dir)
+                   for _ in range(p.holders)]
         # Envoy holds two descriptors per proxied socket (client side and upstream) and admits
         # at most 10,000 downstream connections.
         self.edge_socket_capacity = min(ENVOY_MAX_DOWNSTREAM - 10,
@@ -660,7 +764,8 @@ class Bench:
 
     async def _trigger(self, place, token: str, count: int, spacing: float, via: str):
         trigger = Trigger(self.edge, token, place.menu_item_ids, count, spacing, via=via,
-                          orders_addr=self.system.settings.orders_addr)
+                          orders_addr=self.system.settings.orders_addr,
+                          mesh_dir=self.mesh_dir)
         [made] = await self._pool(create_orders, trigger)
         return made
 
@@ -769,9 +874,13 @@ async def run(args: argparse.Namespace) -> int:
         description = f"running stack at {args.url}"
     else:
         log("starting the local stack (embedded PostgreSQL and Redis, 4 services, Envoy) ...")
-        system = await start_local()
-        description = ("local stack via stack.supervisor.Stack, one realtime process, temp data dir; "
-                       "bench overrides: " + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
+        system = await start_local(args.replicas)
+        processes = {s: system.settings.replicas(s) for s in REPLICATED_SERVICES}
+        description = ("local stack via stack.supervisor.Stack, one realtime process, "
+                       + ", ".join(f"{n} {s}" for s, n in processes.items())
+                       + " processes, temp data dir; bench overrides: "
+                       + ", ".join(f"{k}={v}" for k, v in BENCH_OVERRIDES.items()))
+        log(f"  processes: {processes}")
         log(f"  up in {system.stack.started_in:.1f} s at {system.edge_url}")
     _stop_on_signals(system)
     context = multiprocessing.get_context("spawn")
@@ -788,6 +897,7 @@ async def run(args: argparse.Namespace) -> int:
         stack={"description": description, "argon2": {
             "memory_kib": settings.argon2_memory_kib, "time_cost": settings.argon2_time_cost,
             "parallelism": settings.argon2_parallelism},
+            "replicas": {s: settings.replicas(s) for s in REPLICATED_SERVICES},
             "overrides": BENCH_OVERRIDES if not args.url else {}},
         generator={"processes": "1–4", "client": "asyncio + h2 (HTTP/2, TLS), websockets"})
     try:
@@ -795,8 +905,10 @@ async def run(args: argparse.Namespace) -> int:
         phases = [("seed", bench.seed), ("ceiling", bench.run_ceiling),
                   ("verification", bench.run_verification), ("auth", bench.run_auth),
                   ("signup_flood", bench.run_signup_flood),
-                  ("orders", bench.run_orders), ("edge_check", bench.run_edge_check),
+                  ("orders", bench.run_orders), ("cpu_per_rpc", bench.run_cpu_per_rpc),
+                  ("edge_check", bench.run_edge_check), ("mesh_tls", bench.run_mesh_tls),
                   ("mix", bench.run_mix), ("overload", bench.run_overload),
+                  ("replicas", bench.run_replicas),
                   # Sockets before the POS day: the realtime process's memory is measured from
                   # a baseline no earlier workload has grown.
                   ("websockets", bench.run_websockets), ("pos_day", bench.run_pos_day)]
@@ -822,7 +934,8 @@ async def run(args: argparse.Namespace) -> int:
     checks = targets.evaluate(results)
     # A run of some phases is named by them, so one phase's run does not replace another's.
     name = results["date"] + ("" if profile.name == "full" else f"-{profile.name}") + \
-        ("-" + "-".join(sorted(args.only.split(","))) if args.only else "")
+        ("-" + "-".join(sorted(args.only.split(","))) if args.only else "") + \
+        (f"-replicas{args.replicas}" if args.replicas else "")
     out_dir = Path(args.out) if args.out else RESULTS_DIR
     paths = report.write(results, checks, out_dir, name=name,
                          update_latest=profile.name == "full" and not args.only)
@@ -834,6 +947,11 @@ async def run(args: argparse.Namespace) -> int:
     for line in report.workloads_table(results):
         print(line)
     print()
+    if results.get("cpu_per_rpc"):
+        print("orders CPU per request (µs), median of the rounds:")
+        for line in cpu_per_rpc.table(results["cpu_per_rpc"]):
+            print(line)
+        print()
     if results["failures"]:
         print("phases that failed: " + json.dumps(results["failures"], indent=1))
     log(f"done in {results['elapsed_s']} s; wrote " + ", ".join(str(p) for p in paths.values()))
@@ -851,11 +969,15 @@ def main(argv: list[str] | None = None) -> None:
                                            "seed reads its verification links (default: "
                                            "<data dir>/mail)")
     parser.add_argument("--only", help="comma-separated phases: ceiling, verification, auth, "
-                                       "signup_flood, orders, edge_check, mix, overload "
-                                       "(after mix: 2× and 4× its capacity), pos_day, websockets")
+                                       "signup_flood, orders, cpu_per_rpc, edge_check, mix, overload "
+                                       "(after mix: 2× and 4× its capacity), replicas (one orders "
+                                       "process against all), pos_day, websockets")
     parser.add_argument("--restaurants", type=int, default=RESTAURANTS,
                         help=f"restaurants to spread the load over (default {RESTAURANTS}, as the issues ask)")
     parser.add_argument("--out", help=f"results directory (default {RESULTS_DIR})")
+    parser.add_argument("--replicas", type=int,
+                        help="processes each of auth, staff and orders in the local stack "
+                             "(default: AUTH/STAFF/ORDERS_REPLICAS, one per core)")
     args = parser.parse_args(argv)
     try:
         import uvloop

@@ -31,6 +31,7 @@ class Trigger:
     spacing: float  # seconds between creates (0: back to back, one in flight)
     via: str = "edge"  # or "grpc"
     orders_addr: str = ""
+    mesh_dir: str = ""  # the mesh certificates ("grpc" calls hold the edge's); "": plaintext
 
 
 def create_orders(trigger: Trigger) -> list[tuple[str, float, float]]:
@@ -49,7 +50,19 @@ async def _create_orders(trigger: Trigger) -> list[tuple[str, float, float]]:
         from posmesh.orders.v1 import orders_pb2 as pb
         from posmesh.orders.v1 import orders_pb2_grpc
 
-        async with grpc.aio.insecure_channel(trigger.orders_addr) as channel:
+        if trigger.mesh_dir:
+            from pathlib import Path
+
+            folder = Path(trigger.mesh_dir)
+            credentials = grpc.ssl_channel_credentials(
+                (folder / "ca.pem").read_bytes(), (folder / "edge-key.pem").read_bytes(),
+                (folder / "edge.pem").read_bytes())
+            channel = grpc.aio.secure_channel(
+                trigger.orders_addr, credentials,
+                options=[("grpc.ssl_target_name_override", "orders.posmesh.local")])
+        else:
+            channel = grpc.aio.insecure_channel(trigger.orders_addr)
+        async with channel:
             stub = orders_pb2_grpc.OrderServiceStub(channel)
             metadata = (("authorization", f"Bearer {trigger.token}"),)
             for _ in range(trigger.count):

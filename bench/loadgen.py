@@ -44,6 +44,7 @@ class HttpLoad:
     shards: int = 1
     start_at: float = 0.0  # time.monotonic() at which to begin
     timeout: float = 15.0
+    count: int = 0  # > 0: exactly this many requests, `concurrency` at a time (no schedule)
     extra: dict = field(default_factory=dict)
 
 
@@ -73,8 +74,8 @@ async def _run_http(spec: HttpLoad) -> HttpResult:
     if delay > 0:
         await asyncio.sleep(delay)
     try:
-        if spec.scenario == "cancel":
-            recorder, duration = await run_batch(fire, count=len(spec.extra["orders"]),
+        if spec.count or spec.scenario == "cancel":
+            recorder, duration = await run_batch(fire, count=spec.count or len(spec.extra["orders"]),
                                                  concurrency=spec.concurrency)
         elif spec.concurrency:
             recorder, duration = await run_closed_loop(fire, concurrency=spec.concurrency,

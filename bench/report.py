@@ -94,6 +94,43 @@ def edge_check_table(results: dict) -> list[str]:
     return out
 
 
+def cpu_per_rpc_table(results: dict) -> list[str]:
+    from bench import cpu_per_rpc
+
+    result = results.get("cpu_per_rpc")
+    if not result:
+        return []
+    return ["", "## The orders process's CPU per request, per RPC", "",
+            f"Each RPC through the edge (JSON, transcoded), {result['requests_per_round']} requests "
+            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds; the orders "
+            f"process's CPU time over the batch less its idle rate "
+            f"({result['idle_us_per_s']} µs/s), per successful request; median of the rounds "
+            "(bench/cpu_per_rpc.py)." + (f" Before: `{result['before_file']}`."
+                                          if result.get("compared") else ""), ""
+            ] + cpu_per_rpc.table(result)
+def mesh_tls_table(results: dict) -> list[str]:
+    """What mTLS on the internal hops costs: CPU per request and p99, with and without."""
+    mesh = results.get("mesh_tls")
+    if not mesh:
+        return []
+    out = ["", "## Mutual TLS inside the mesh", "",
+           "The same requests, at the same moments, through the bench stack (MESH_TLS on: Envoy -> "
+           "services and service -> service over mTLS) and a plaintext twin of it on the same "
+           "PostgreSQL and Redis (bench/mesh_cost.py). CPU per request: Envoy and the four "
+           "services of a stack over a round divided by the requests it answered. Medians over "
+           "the rounds.", "",
+           "| request | rate per stack | rounds × requests | CPU µs/request mTLS | plaintext | "
+           "mTLS µs | % | p99 ms mTLS | plaintext | errors | per-round mTLS µs |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in mesh.values():
+        out.append(f"| {s['request']} | {s['rate_per_stack']:g}/s | {s['rounds']} × "
+                   f"{s['requests_per_stack'] // max(1, s['rounds'])} | {s['cpu_us_mtls']} | "
+                   f"{s['cpu_us_plaintext']} | {s['delta_us']} | {s['delta_percent']} | "
+                   f"{s['p99_ms_mtls']} | {s['p99_ms_plaintext']} | {s['errors']} | "
+                   f"{', '.join(map(str, s['delta_us_per_round']))} |")
+    return out
+
+
 def overload_table(results: dict) -> list[str]:
     overload = results.get("overload")
     if not overload:
@@ -140,7 +177,9 @@ def markdown(results: dict, checks: list[Check]) -> str:
                     f"{h.get('failed', '—')} failed. Ratios above use the Python generator's "
                     f"ceiling, the same client as every workload."]
     out += cpu_table(results)
+    out += cpu_per_rpc_table(results)
     out += edge_check_table(results)
+    out += mesh_tls_table(results)
     steps = results.get("workloads", {}).get("orders_mix_steps") or []
     if steps:
         out += ["", "## Orders mix: step search", "",

@@ -189,6 +189,26 @@ class Scenarios:
             return await self._call("GET", ORDER_HISTORY_PATH, headers)
         return fire
 
+    def _get_menu(self) -> Fire:
+        async def fire(i: int) -> Outcome:
+            restaurant, headers = self._staff_headers(self.rng.randrange(1 << 20))
+            return await self._call("GET", f"/api/v1/restaurants/{restaurant.id}/menu", headers)
+        return fire
+
+    def _add_items(self) -> Fire:
+        """One line added to each of the given orders (at the version given)."""
+        orders = self.extra["orders"]  # [(restaurant id, order id, version)]
+        restaurants = {r.id: r for r in self.world.restaurants}
+
+        async def fire(i: int) -> Outcome:
+            restaurant_id, order_id, version = orders[i]
+            restaurant = restaurants[restaurant_id]
+            body = json.dumps({"version": version, "lines": [
+                {"menu_item_id": self.rng.choice(restaurant.menu_item_ids), "quantity": 1}]})
+            return await self._call("POST", f"/api/v1/orders/{order_id}/items",
+                                    [bearer(restaurant.staff[0].access_token), JSON], body.encode())
+        return fire
+
     def _orders_mix(self) -> Fire:
         list_active, get_order, create_order = self._list_active(), self._get_order(), self._create_order()
 

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -74,11 +75,20 @@ class _Stats:
 class Holder:
     """Runs inside the holder process."""
 
-    def __init__(self, edge_url: str, ca_file: str, realtime_ws_addr: str = "") -> None:
+    def __init__(self, edge_url: str, ca_file: str, realtime_ws_addr: str = "",
+                 mesh_dir: str = "") -> None:
         self.edge_url = edge_url
         self.realtime_ws_addr = realtime_ws_addr
         self.context = ssl.create_default_context(cafile=ca_file)
         self.context.set_alpn_protocols(["http/1.1"])
+        # Straight to the realtime port: mutual TLS with the edge's mesh certificate (the only
+        # identity that port accepts); plaintext when the stack runs with MESH_TLS=false.
+        self.direct_context = None
+        if mesh_dir:
+            folder = Path(mesh_dir)
+            self.direct_context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+            self.direct_context.load_cert_chain(folder / "edge.pem", folder / "edge-key.pem")
+            self.direct_context.set_alpn_protocols(["http/1.1"])
         self.sockets: list[ClientConnection] = []
         self.tasks: list[asyncio.Task] = []
         self.receipts: dict[str, array.array] = defaultdict(lambda: array.array("d"))
@@ -117,11 +127,12 @@ class Holder:
 
     async def _upgrade(self, spec: SocketSpec) -> tuple[ClientConnection | None, str]:
         if spec.direct:
-            url = f"ws://{self.realtime_ws_addr}/ws/{spec.connection_type}/{spec.restaurant_id}"
+            scheme = "wss" if self.direct_context is not None else "ws"
+            url = f"{scheme}://{self.realtime_ws_addr}/ws/{spec.connection_type}/{spec.restaurant_id}"
         else:
             url = ws_url(self.edge_url, spec.connection_type, spec.restaurant_id)
         try:
-            ws = await connect(url, ssl=None if spec.direct else self.context,
+            ws = await connect(url, ssl=self.direct_context if spec.direct else self.context,
                                compression=None, ping_interval=None,
                                open_timeout=60, close_timeout=2, max_size=1 << 20,
                                additional_headers={"authorization": f"Bearer {spec.token}"})
@@ -200,13 +211,13 @@ class Holder:
         return {"closed": len(self.sockets)}
 
 
-def _holder_main(pipe, edge_url: str, ca_file: str, realtime_ws_addr: str) -> None:
+def _holder_main(pipe, edge_url: str, ca_file: str, realtime_ws_addr: str, mesh_dir: str = "") -> None:
     import uvloop
 
     raise_fd_limit()
 
     async def serve() -> None:
-        holder = Holder(edge_url, ca_file, realtime_ws_addr)
+        holder = Holder(edge_url, ca_file, realtime_ws_addr, mesh_dir)
         loop = asyncio.get_running_loop()
         while True:
             command, args = await loop.run_in_executor(None, pipe.recv)
@@ -237,11 +248,13 @@ def _holder_main(pipe, edge_url: str, ca_file: str, realtime_ws_addr: str) -> No
 class SocketHolder:
     """The orchestrator's handle on one holder process."""
 
-    def __init__(self, edge_url: str, ca_file: str, realtime_ws_addr: str = "") -> None:
+    def __init__(self, edge_url: str, ca_file: str, realtime_ws_addr: str = "",
+                 mesh_dir: str = "") -> None:
         context = multiprocessing.get_context("spawn")
         self._pipe, child = context.Pipe()
         self.process = context.Process(target=_holder_main,
-                                       args=(child, edge_url, str(ca_file), realtime_ws_addr),
+                                       args=(child, edge_url, str(ca_file), realtime_ws_addr,
+                                             mesh_dir),
                                        daemon=True)
         self.process.start()
         self._lock = asyncio.Lock()

@@ -81,7 +81,8 @@ class System:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def bench_settings(data_dir: Path) -> Settings:
+def bench_settings(data_dir: Path, replicas: int | None = None) -> Settings:
+    """`replicas`: processes each of auth, staff and orders (None: the default, one per core)."""
     edge, admin, auth, staff, orders, realtime, realtime_ws = free_ports(7)
     values: dict[str, object] = {
         "POSMESH_DATA_DIR": str(data_dir),
@@ -99,14 +100,16 @@ def bench_settings(data_dir: Path) -> Settings:
         "OTEL_EXPORTER_OTLP_ENDPOINT": None,
         **BENCH_OVERRIDES,
     }
+    if replicas is not None:
+        values.update(AUTH_REPLICAS=replicas, STAFF_REPLICAS=replicas, ORDERS_REPLICAS=replicas)
     return Settings(**values)
 
 
-async def start_local() -> System:
+async def start_local(replicas: int | None = None) -> System:
     # Outside pytest's and the repo's trees: embedded PostgreSQL runs as a user of its own that
     # must traverse the path.
     data_dir = Path(tempfile.mkdtemp(prefix="posmesh-bench-"))
-    settings = bench_settings(data_dir)
+    settings = bench_settings(data_dir, replicas)
     stack = Stack(settings)
     try:
         await stack.start()

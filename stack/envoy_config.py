@@ -25,11 +25,12 @@ from urllib.parse import urlsplit
 
 import jinja2
 
-from posmesh.common import permissions
+from posmesh.common import mesh_tls, permissions
 from posmesh.common.admission import Priority
 from posmesh.common.settings import Settings
 from stack import api_docs, codegen, known_fields
 from stack.certs import ensure_dev_certs
+from stack.mesh_certs import ensure_mesh_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.j2"
@@ -212,12 +213,16 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _cluster(name: str, addrs: list[str], *, http2: bool, max_in_flight: int = 0) -> dict:
+def _cluster(name: str, addrs: list[str], *, http2: bool, max_in_flight: int = 0,
+             peers: tuple[str, ...] = ()) -> dict:
     """`max_in_flight`: unary calls one upstream process admits per lane (ADMISSION_MAX_IN_FLIGHT);
     the cluster's circuit breakers allow that times its upstreams per priority. 0: no admission
-    limit (streams, WebSockets, health probes)."""
+    limit (streams, WebSockets, health probes). `peers`: the mesh services behind it (mutual TLS
+    to them, their certificates checked for their SPIFFE ids); none for outside services."""
     upstreams = [_upstream(addr) for addr in addrs]
     return {
+        "peers": [mesh_tls.spiffe_id(peer) for peer in peers],
+        "sni": mesh_tls.server_name(peers[0]) if len(peers) == 1 else "",
         "name": name,
         "upstreams": upstreams,
         # Containers name each other by DNS; local runs use IP literals.
@@ -244,25 +249,32 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     descriptor = out_dir / "posmesh.pb"
     shutil.copyfile(codegen.DESCRIPTOR_SET, descriptor)
     certs = ensure_dev_certs(settings.certs_dir)
+    if settings.mesh_tls and settings.mesh_certs_dir is None and settings.mesh_cert_file is None:
+        ensure_mesh_certs(mesh_tls.mesh_dir(settings))
     routes = edge_routes(descriptor)
     published = api_docs.write(out_dir / "api", descriptor)
     ws_addrs = settings.realtime_ws_addrs or [settings.realtime_ws_addr]
     admitted = settings.admission_max_in_flight
     clusters = [
-        _cluster("auth", [settings.auth_addr], http2=True, max_in_flight=admitted),
-        _cluster("staff", [settings.staff_addr], http2=True, max_in_flight=admitted),
-        _cluster("orders", [settings.orders_addr], http2=True, max_in_flight=admitted),
-        _cluster("realtime", [settings.realtime_addr], http2=True, max_in_flight=admitted),
-        _cluster("health", [settings.service_addr(s) for s in HEALTH_CLUSTER_SERVICES],
-                 http2=True),
-        _cluster("realtime_ws", ws_addrs, http2=False),
+        # Every replica is an endpoint: Envoy picks one per request (HTTP/2 multiplexes calls
+        # to each), and the breakers admit ADMISSION_MAX_IN_FLIGHT per replica.
+        _cluster(name, settings.service_addrs(name), http2=True, max_in_flight=admitted,
+                 peers=(name,)) for name in ("auth", "staff", "orders")
+    ] + [
+        _cluster("realtime", [settings.realtime_addr], http2=True, max_in_flight=admitted,
+                 peers=("realtime",)),
+        _cluster("health", [a for s in HEALTH_CLUSTER_SERVICES for a in settings.service_addrs(s)],
+                 http2=True, peers=HEALTH_CLUSTER_SERVICES),
+        _cluster("realtime_ws", ws_addrs, http2=False, peers=("realtime",)),
         # The edge's own fetch of the signing keys: never behind the callers' admission budget.
-        _cluster(JWKS_SOURCE_CLUSTER, [settings.auth_addr], http2=True),
+        _cluster(JWKS_SOURCE_CLUSTER, settings.service_addrs("auth"), http2=True, peers=("auth",)),
     ]
     streamed = {cluster for _, cluster in routes.grpc_streaming} | {
         route.cluster for route in routes.http if route.streaming}
     clusters += [_cluster(streams_cluster(c["name"]), [f"{u.host}:{u.port}" for u in c["upstreams"]],
-                          http2=True) for c in list(clusters) if streams_cluster(c["name"]) in streamed]
+                          http2=True, peers=(c["name"],))
+                 for c in list(clusters) if streams_cluster(c["name"]) in streamed]
+    mesh = _mesh_secrets(settings, out_dir) if settings.mesh_tls else None
     otel = None
     if settings.otel_exporter_otlp_endpoint:
         parts = urlsplit(settings.otel_exporter_otlp_endpoint)
@@ -293,10 +305,30 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
         reject_unknown_fields=reject_unknown_fields,
         unknown_fields_lua=unknown_fields_lua(descriptor),
         unknown_fields_namespace=UNKNOWN_FIELDS_NAMESPACE,
+        mesh=mesh,
     )
     path = out_dir / "envoy.yaml"
     path.write_text(text)
     return path
+
+
+def _mesh_secrets(settings: Settings, out_dir: Path) -> dict:
+    """The edge's mesh certificate and trust bundle as SDS resources in files. Envoy watches the
+    certificates' folder and re-reads both when a file is moved into it (a rotation)."""
+    files = mesh_tls.files_for(settings, mesh_tls.EDGE)
+    secret_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+    certificate = {"resources": [{
+        "@type": secret_type, "name": "mesh_certificate",
+        "tls_certificate": {"certificate_chain": {"filename": str(files.cert_file.resolve())},
+                            "private_key": {"filename": str(files.key_file.resolve())}}}]}
+    trust = {"resources": [{
+        "@type": secret_type, "name": "mesh_trust",
+        "validation_context": {"trusted_ca": {"filename": str(files.ca_file.resolve())}}}]}
+    paths = {"certificate_sds": out_dir / "mesh-certificate.json", "trust_sds": out_dir / "mesh-trust.json"}
+    paths["certificate_sds"].write_text(json.dumps(certificate, indent=2))
+    paths["trust_sds"].write_text(json.dumps(trust, indent=2))
+    return {**{key: path.resolve() for key, path in paths.items()},
+            "watched_dir": files.cert_file.resolve().parent}
 
 
 def unknown_fields_lua(descriptor_set: Path) -> str:

@@ -44,7 +44,7 @@ BY_ACCESS: dict[Access, tuple[str, ...]] = {
     Access.PUBLIC: (),
     Access.SIGNED_IN: _TOKEN,
     Access.RESTAURANT: (*_TOKEN, "NO_RESTAURANT_CONTEXT", "ROLE_FORBIDDEN"),
-    Access.INTERNAL: ("INTERNAL_ONLY",),
+    Access.INTERNAL: ("INTERNAL_ONLY", "CALLER_FORBIDDEN"),
 }
 # A restaurant named in the path, body or X-Restaurant-Id that is not the token's.
 TENANT_CHECKED = ("TENANT_MISMATCH", "NO_RESTAURANT_CONTEXT")

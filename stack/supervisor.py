@@ -3,7 +3,8 @@ child processes.
 
 `posmesh run` and the test suite's `stack` fixture both use `Stack`, so tests exercise exactly
 what a developer runs. A child that exits unexpectedly is recorded as the stack's failure
-(`wait_failed()`), with the last lines of its log.
+(`wait_failed()`), with the last lines of its log. A service process that crashes is started
+again instead (its replicas, if any, serve meanwhile); only a crash loop fails the stack.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from posmesh.common.settings import Settings
-from stack import codegen, envoy_config
+from posmesh.common import clients, mesh_tls
+from posmesh.common.settings import REPLICATED_SERVICES, Settings
+from stack import codegen, db_roles, envoy_config, redis_acl
 from stack.certs import DevCerts, ensure_dev_certs
-from stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, port_open
+from stack.mesh_certs import ensure_mesh_certs
+from stack.embedded import (DEFAULT_MAX_CONNECTIONS, EmbeddedPostgres, EmbeddedRedis, free_port,
+                            port_open)
 
 log = logging.getLogger("posmesh.stack")
 
@@ -34,6 +39,13 @@ SERVICES = ("auth", "staff", "orders", "realtime")
 MAIL_SERVER = "mail"  # the dev mail server's child name
 STOP_TIMEOUT_SECONDS = 10.0
 TAIL_LINES = 40
+# A crashed service process is started again after a backoff (RESTART_FIRST_DELAY_SECONDS,
+# doubling); one that crashes CRASH_LOOP_LIMIT times within CRASH_LOOP_WINDOW_SECONDS fails the
+# stack instead.
+RESTART_FIRST_DELAY_SECONDS = 0.2
+RESTART_MAX_DELAY_SECONDS = 5.0
+CRASH_LOOP_LIMIT = 5
+CRASH_LOOP_WINDOW_SECONDS = 60.0
 
 
 def _die_with_supervisor() -> Callable[[], None] | None:
@@ -68,6 +80,40 @@ def settings_env(settings: Settings) -> dict[str, str | None]:
     return env
 
 
+def replica_addrs(settings: Settings) -> dict[str, list[str]]:
+    """AUTH_ADDRS, STAFF_ADDRS, ORDERS_ADDRS as settings updates: the first replica at *_ADDR,
+    the others on free ports of its host (loopback when *_ADDR names a host); a list set by hand
+    is kept, and must have one address per replica."""
+    updates: dict[str, list[str]] = {}
+    for service in REPLICATED_SERVICES:
+        count, given = settings.replicas(service), getattr(settings, f"{service}_addrs")
+        if given:
+            if len(given) != count:
+                raise ValueError(f"{service.upper()}_ADDRS lists {len(given)} addresses for "
+                                 f"{service.upper()}_REPLICAS={count}")
+            continue
+        first = settings.service_addr(service)
+        host = first.rpartition(":")[0].strip("[]")
+        try:
+            ip_address(host)
+        except ValueError:
+            host = "127.0.0.1"
+        updates[f"{service}_addrs"] = [first, *(_join(host, free_port(host)) for _ in range(count - 1))]
+    return updates
+
+
+def postgres_connections(settings: Settings) -> int:
+    """max_connections for the embedded PostgreSQL: every database process's pool at full size
+    (auth, staff and orders, each replica) plus headroom for migrations, psql and health."""
+    processes = sum(settings.replicas(service) for service in REPLICATED_SERVICES)
+    return max(DEFAULT_MAX_CONNECTIONS,
+               processes * (settings.db_pool_size + settings.db_max_overflow) + 60)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class Child:
     name: str
@@ -78,6 +124,9 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     stopping: bool = False
+    restartable: bool = False  # a service process: started again when it crashes
+    crashed_at: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=CRASH_LOOP_LIMIT))
+    _restart: asyncio.Task | None = None
     _pump: asyncio.Task | None = None
     _waiter: asyncio.Task | None = None
 
@@ -114,9 +163,15 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.mail_port: int | None = None  # the dev mail server's, when SMTP_URL is unset
         self.certs: DevCerts | None = None
+        self.db_roles: db_roles.DatabaseRoles | None = None
+        self.redis_urls: dict[str, str] = {}  # service -> its ACL user's URL
+        self._redis_users: str | None = None  # the prefix of users added to an outside Redis
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
         self._metrics_addrs: dict[str, str] = {}  # service process -> its metrics address
+        # Service processes that crashed and were started again (the test suite fails a test
+        # during which one crashed unless the test caused it).
+        self.crashes: list[ChildDied] = []
         self.started_in: float | None = None
         self._failed: asyncio.Future[ChildDied] | None = None
         self._stopping = False
@@ -133,10 +188,44 @@ class Stack:
         return self.certs.ca_file
 
     def addr(self, name: str) -> str:
-        """gRPC address of a service process ('realtime-2' for the second realtime)."""
-        if name.startswith("realtime-"):
-            return self.extra_realtime_addrs[int(name.split("-")[1]) - 2]
-        return self.settings.service_addr(name)
+        """gRPC address of a service process ('realtime-2' for the second realtime, 'orders-2'
+        for the second orders replica)."""
+        service, _, number = name.partition("-")
+        if service == "realtime" and number:
+            return self.extra_realtime_addrs[int(number) - 2]
+        return self.settings.service_addrs(service)[int(number or 1) - 1]
+
+    def replicas(self, service: str) -> list[str]:
+        """The process names of `service`: 'orders', 'orders-2', ..."""
+        count = self.realtime_replicas if service == "realtime" else self.settings.replicas(service)
+        return [service, *(f"{service}-{n}" for n in range(2, count + 1))]
+
+    async def stop_every(self, service: str) -> None:
+        """Every process of `service` (the service is down)."""
+        await asyncio.gather(*(self.stop_service(name) for name in self.replicas(service)))
+
+    async def start_every(self, service: str) -> None:
+        await asyncio.gather(*(self.start_service(name) for name in self.replicas(service)))
+
+    def mesh_files(self, identity: str) -> mesh_tls.MeshFiles:
+        """The key and certificate `identity` ('edge', 'staff', ...) holds in the mesh."""
+        return mesh_tls.files_for(self.settings, identity)
+
+    def channel(self, name: str, *, as_identity: str = mesh_tls.EDGE) -> grpc.aio.Channel:
+        """A channel to a service process ('realtime-2' too) holding `as_identity`'s certificate
+        (plaintext when MESH_TLS=false). The caller closes it."""
+        service = name.split("-")[0]
+        if not self.settings.mesh_tls:
+            return grpc.aio.insecure_channel(self.addr(name), options=clients.CHANNEL_OPTIONS)
+        credentials = mesh_tls.channel_credentials(self.mesh_files(as_identity).read())
+        options = [*clients.CHANNEL_OPTIONS,
+                   ("grpc.ssl_target_name_override", mesh_tls.server_name(service))]
+        return grpc.aio.secure_channel(self.addr(name), credentials, options=options)
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Passwords made on first run (0600): the database roles', Redis users'."""
+        return self.data_dir / "secrets"
 
     @property
     def mail_dir(self) -> Path:
@@ -145,7 +234,7 @@ class Stack:
 
     @property
     def service_names(self) -> list[str]:
-        return [*SERVICES, *(f"realtime-{n}" for n in range(2, self.realtime_replicas + 1))]
+        return [name for service in SERVICES for name in self.replicas(service)]
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -164,25 +253,40 @@ class Stack:
         except BaseException:
             await self.stop()
             raise
-        self.started_in = time.monotonic() - started
+        self.started_in = time.monotonic() - started  # from now on a crashed service restarts
 
     def _prepare(self) -> None:
         """Blocking steps before any child starts: stores, certificates, code, Envoy config."""
         updates: dict[str, object] = {"data_dir": self.data_dir}
         if not self.settings.database_url:
-            self.postgres = EmbeddedPostgres(self.data_dir / "pgdata")
+            self.postgres = EmbeddedPostgres(self.data_dir / "pgdata",
+                                             max_connections=postgres_connections(self.settings))
             updates["database_url"] = self.postgres.start()
-        if not self.settings.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db")
-            updates["redis_url"] = self.redis.start()
+        embedded_redis = not self.settings.redis_url
+        redis_users = redis_acl.user_prefix(self.data_dir, embedded=embedded_redis)
+        if embedded_redis:
+            self.redis = EmbeddedRedis(self.data_dir / "redis" / "redis.db",
+                                       acl=redis_acl.config_lines(redis_users, self.secrets_dir))
+            updates["redis_url"] = redis_acl.admin_url(self.redis.start(), self.secrets_dir)
         if not self.settings.smtp_url:
             self.mail_port = free_port()
             updates["smtp_url"] = f"smtp://127.0.0.1:{self.mail_port}"
         self.settings = self.settings.model_copy(update=updates)
+        # Least privilege: each service connects as its own role; the owner role migrates first.
+        self.db_roles = db_roles.bootstrap(self.settings.database_url, self.secrets_dir)
+        db_roles.migrate(self.db_roles.owner_url)
+        if not embedded_redis:
+            redis_acl.add_users(self.settings.redis_url, redis_users, self.secrets_dir)
+            self._redis_users = redis_users
+        self.redis_urls = redis_acl.service_urls(self.settings.redis_url, redis_users,
+                                                 self.secrets_dir)
         self.certs = ensure_dev_certs(self.settings.certs_dir)
+        if self.settings.mesh_tls:
+            ensure_mesh_certs(mesh_tls.mesh_dir(self.settings))
         codegen.ensure_generated()
         if self.realtime_replicas > 1 and len(self.settings.realtime_ws_addrs) < self.realtime_replicas:
             raise ValueError("REALTIME_WS_ADDRS must list one WebSocket address per realtime process")
+        self.settings = self.settings.model_copy(update=replica_addrs(self.settings))
         self.envoy_config = envoy_config.render(self.settings, self.data_dir / "envoy")
         envoy_config.validate(self.envoy_config)
 
@@ -199,6 +303,9 @@ class Stack:
             await self._terminate(self.children[MAIL_SERVER])
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
+        if self._redis_users is not None:
+            await asyncio.to_thread(redis_acl.remove_users, self.settings.redis_url, self._redis_users)
+            self._redis_users = None
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
 
@@ -217,10 +324,29 @@ class Stack:
     # --- fault controls (tests) --------------------------------------------------------------
 
     async def stop_service(self, name: str) -> None:
+        """One process ('orders' is the first orders replica; `stop_every` stops them all)."""
         await self._terminate(self.children[name])
+
+    async def crash_service(self, name: str) -> None:
+        """SIGKILL one service process as a crash would end it: the supervisor starts it again
+        (and records it in `crashes`)."""
+        process = self.children[name].process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+
+    async def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        child = self.children[name]
+        deadline = time.monotonic() + timeout
+        while not (child.running and await self._service_ready(name)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not become ready:\n{child.last_lines()}")
+            await asyncio.sleep(0.1)
 
     async def start_service(self, name: str, timeout: float = 60.0) -> None:
         child = self.children[name]
+        if child._restart is not None:
+            child._restart.cancel()
         if child.running:
             return
         await self._spawn(child)
@@ -260,7 +386,17 @@ class Stack:
         await asyncio.to_thread(postgres.restart)
 
     def service_log(self, name: str) -> str:
+        """One process's log so far ('orders' is the first orders replica)."""
         return self.children[name].log_file.read_text(errors="replace")
+
+    def log_offsets(self, service: str) -> dict[str, int]:
+        """Where each process of `service` has got to in its log (for `logs_since`)."""
+        return {name: len(self.service_log(name)) for name in self.replicas(service)}
+
+    def logs_since(self, offsets: dict[str, int]) -> str:
+        """What those processes logged since `offsets`, one after another; dict.fromkeys(
+        stack.replicas(service), 0) for everything every replica logged."""
+        return "".join(self.service_log(name)[offset:] for name, offset in offsets.items())
 
     def pids(self) -> dict[str, list[int]]:
         pids = {name: [child.process.pid] for name, child in self.children.items()
@@ -286,20 +422,30 @@ class Stack:
                 env.pop(key, None)
             else:
                 env[key] = value
+        # The superuser URL stays with the supervisor: a service gets its own role's.
+        env.pop("DATABASE_URL", None)
+        env.pop("REDIS_URL", None)
         env.update(overrides or {})
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def _service_child(self, name: str) -> Child:
-        service, overrides = name, {}
-        if name.startswith("realtime-"):
-            service = "realtime"
+        service, _, number = name.partition("-")
+        overrides: dict[str, str] = {}
+        if service == "realtime" and number:
             index = int(name.split("-")[1]) - 1
             overrides = {"REALTIME_ADDR": self.addr(name),
                          "REALTIME_WS_ADDR": self.settings.realtime_ws_addrs[index]}
+        elif service in REPLICATED_SERVICES and number:
+            overrides = {f"{service.upper()}_ADDR": self.addr(name)}
+        if self.db_roles is not None and service in self.db_roles.service_urls:
+            overrides["DATABASE_URL"] = self.db_roles.service_urls[service]
+        if service in self.redis_urls:
+            overrides["REDIS_URL"] = self.redis_urls[service]
         overrides.update(self._metrics_override(name))
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
-                     self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo)
+                     self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo,
+                     restartable=True)
 
     def metrics_addr(self, name: str) -> str:
         """The metrics address of one service process ('' when off): the setting for the first
@@ -376,12 +522,31 @@ class Stack:
         if child.stopping or self._stopping:
             return
         died = ChildDied(child, returncode)
+        now = time.monotonic()
+        child.crashed_at.append(now)
+        recent = sum(1 for moment in child.crashed_at if now - moment < CRASH_LOOP_WINDOW_SECONDS)
+        # One that cannot start at all (a bad setting) fails the start instead.
+        if child.restartable and self.started_in is not None and recent < CRASH_LOOP_LIMIT:
+            delay = min(RESTART_FIRST_DELAY_SECONDS * 2 ** (recent - 1), RESTART_MAX_DELAY_SECONDS)
+            log.error("%s\nstarting it again in %.1fs", died, delay)
+            self.crashes.append(died)
+            child._restart = asyncio.create_task(self._restart_after(child, delay))
+            return
         log.error("%s", died)
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(died)
 
+    async def _restart_after(self, child: Child, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if child.stopping or self._stopping or child.running:
+            return
+        child._restart = None
+        await self._spawn(child)
+
     async def _terminate(self, child: Child) -> None:
         child.stopping = True
+        if child._restart is not None:
+            child._restart.cancel()
         process = child.process
         if process is None or process.returncode is not None:
             return
@@ -401,7 +566,7 @@ class Stack:
 
     async def _service_ready(self, name: str) -> bool:
         try:
-            async with grpc.aio.insecure_channel(self.addr(name)) as channel:
+            async with self.channel(name) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1)
         except grpc.aio.AioRpcError:

@@ -2,7 +2,7 @@
 
     async def test_something(stack, edge, mailbox):
         reply = await edge.get("/api/v1/health")          # httpx over TLS through Envoy
-        channel = grpc.aio.insecure_channel(stack.addr("auth"))  # a service directly
+        channel = stack.channel("auth")  # a service directly, with the edge's mesh certificate
         await stack.stop_service("auth"); await stack.start_service("auth")
         await stack.stop_redis(); await stack.start_redis(); await stack.restart_postgres()
         await stack.stop_mail_server(); await stack.start_mail_server()     # same port and store
@@ -10,8 +10,8 @@
         await mailbox.wait_for(to=email, subject_contains="Confirm")  # what the stack really sent
 
 Real PostgreSQL (embedded, or a fresh database on DATABASE_URL's server), real Redis (embedded, or
-REDIS_URL), the dev mail server (real SMTP, every mail stored), four services plus a second
-realtime process, and Envoy. Nothing starts unless a test asks for `stack` (or `edge`,
+REDIS_URL), the dev mail server (real SMTP, every mail stored), two processes each of auth,
+staff and orders (`stack.replicas("orders")` names them), two realtime processes, and Envoy. Nothing starts unless a test asks for `stack` (or `edge`,
 `mailbox`), so unit-test runs stay fast.
 """
 
@@ -59,10 +59,14 @@ async def stack() -> AsyncIterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def _stack_stays_up(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A service that crashes during a test fails that test loudly, with its last log lines."""
+    """A service that crashes during a test fails that test loudly, with its last log lines
+    (also when the supervisor started it again; a test that crashes one on purpose takes its
+    crash out of `stack.crashes`)."""
+    system = request.getfixturevalue("stack") if "stack" in request.fixturenames else None
+    crashes_before = len(system.crashes) if system is not None else 0
     yield
-    if "stack" in request.fixturenames:
-        died = request.getfixturevalue("stack").failure
+    if system is not None:
+        died = system.failure or next(iter(system.crashes[crashes_before:]), None)
         if died is not None:
             pytest.fail(str(died), pytrace=False)
 

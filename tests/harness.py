@@ -41,9 +41,11 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2
-                  ) -> tuple[Settings, list[str]]:
-    """Settings for a test stack and the gRPC addresses of the extra realtime processes."""
+def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replicas: int = 2,
+                   replicas: int = 2) -> tuple[Settings, list[str]]:
+    """Settings for a test stack and the gRPC addresses of the extra realtime processes.
+    `replicas`: processes of each of auth, staff and orders (not the machine's core count, so
+    every machine tests the same system; the supervisor picks their ports)."""
     ports = free_ports(6 + 2 * realtime_replicas + 3 + realtime_replicas + 1)
     edge, admin, auth, staff, orders = ports[:5]
     metrics = [f"{LOOPBACK}:{port}" for port in ports[6 + 2 * realtime_replicas:]]
@@ -61,6 +63,9 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "REALTIME_ADDR": realtime_grpc[0],
         "REALTIME_WS_ADDR": realtime_ws[0],
         "REALTIME_WS_ADDRS": ",".join(realtime_ws),
+        "AUTH_REPLICAS": replicas,
+        "STAFF_REPLICAS": replicas,
+        "ORDERS_REPLICAS": replicas,
         # Every process's metrics page (auth, staff, orders, then each realtime).
         "AUTH_METRICS_ADDR": metrics[0],
         "STAFF_METRICS_ADDR": metrics[1],
@@ -141,3 +146,6 @@ async def drop_database(base_url: str, test_url: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+    from stack.db_roles import drop_roles
+
+    await drop_roles(_asyncpg_dsn(base_url), name)

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from posmesh.common import context, metrics, permissions, security_events
+from posmesh.common import callers, context, mesh_tls, metrics, permissions, security_events
 from posmesh.common.admission import REQUEST_START_HEADER, Admission, deadline_exceeded, queued_seconds
 from posmesh.common.authn import Authenticator
 from posmesh.common.errors import (
@@ -79,7 +79,7 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
     # connection, a server shutting down, starting up or out of resources.
     lost = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.PostgresSystemError,
-            asyncpg.exceptions.InterfaceError)
+            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
     if any(isinstance(cause, lost) for cause in _causes(exc)):
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
@@ -281,6 +281,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                                                 via_edge=via_edge,
                                                 user_agent=metadata.get("user-agent", "")))
         context.set_caller(None)
+        _check_caller(ctx, method, ip)
         if rule is None:
             raise PermissionDenied("ROLE_FORBIDDEN", f"{method} has no entry in the permission table")
         if rule.access is permissions.Access.PUBLIC:
@@ -338,6 +339,24 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         except Unauthenticated:
             return
         context.set_caller(_caller_of(claims, ip))
+
+
+def _check_caller(ctx: grpc.aio.ServicerContext, method: str, ip: str) -> None:
+    """The caller table (posmesh/common/callers.py) against the peer's mesh certificate. A
+    service with MESH_TLS on has no plaintext port, so every call it serves is checked; only a
+    plaintext server (MESH_TLS=false, measurements) has no peer certificate to check."""
+    auth = ctx.auth_context() or {}
+    if b"ssl" not in auth.get("transport_security_type", ()):
+        return
+    spiffe = mesh_tls.peer_spiffe_id(ctx, auth)
+    caller = mesh_tls.name_of(spiffe) if spiffe else None
+    if callers.may_call(caller, method):
+        return
+    shown = caller or spiffe or "a caller without a mesh identity"
+    security_events.record("CALLER_FORBIDDEN", severity=security_events.CRITICAL, ip=ip,
+                           method=method, caller=shown)
+    raise PermissionDenied("CALLER_FORBIDDEN", f"{shown} may not call {method}",
+                           caller=shown, method=method)
 
 
 def _caller_of(claims, ip: str) -> context.Caller:

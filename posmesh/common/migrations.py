@@ -9,6 +9,9 @@ A service runs `await run_migrations(settings, Path(__file__).parent, "auth")` o
 
 Concurrent starts (several processes of one service, or every service at once) are serialised by
 a PostgreSQL advisory lock per schema, so `upgrade head` runs once and the others find it done.
+With least-privilege roles (stack/db_roles.py) the owner role migrates before the services start
+(`posmesh run` does it; `posmesh migrate` in a deployment); a service's own role then finds its
+schema at head and changes nothing (it could not: it has no DDL rights).
 """
 
 from __future__ import annotations
@@ -66,7 +69,13 @@ async def _run_online(context: Any, url: str, schema: str, options: dict) -> Non
             lock = {"key": f"posmesh-migrations:{schema}"}
             await connection.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), lock)
             try:
-                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                exists = await connection.scalar(
+                    text("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = :schema)"),
+                    {"schema": schema})
+                if not exists:
+                    # A role without CREATE on the database (a service's own, stack/db_roles.py)
+                    # never gets here: the bootstrap made the schema for the owner role.
+                    await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
                 await connection.commit()
 
                 def upgrade(sync_connection) -> None:

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from posmesh.common import clients, db, metrics, rpc_metrics, telemetry
+from posmesh.common import clients, db, mesh_tls, metrics, rpc_metrics, telemetry
 from posmesh.common import certificate_metrics as certificates
 from posmesh.common.health import SystemHealth
 from posmesh.common.settings import Settings
@@ -96,7 +96,12 @@ async def run_grpc_service(
         [*names, system_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     bind = address or settings.service_addr(name)
-    server.add_insecure_port(bind)
+    if settings.mesh_tls:
+        # Mutual TLS only: no plaintext port exists (posmesh/common/mesh_tls.py).
+        server.add_secure_port(bind, mesh_tls.server_credentials(mesh_tls.files_for(settings, name)))
+    else:
+        log.warning("%s: MESH_TLS=false, serving plaintext gRPC (measurements only)", name)
+        server.add_insecure_port(bind)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,7 +111,8 @@ async def run_grpc_service(
     await server.start()
     for service in ("", *names, system_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s serving gRPC on %s", name, bind, extra={"services": names})
+    log.info("%s serving gRPC on %s (%s)", name, bind, "mTLS" if settings.mesh_tls else "plaintext",
+             extra={"services": names})
     try:
         await stop.wait()
     finally:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from typing import Annotated, Literal
+
+
+# Stateless services `posmesh run` starts several processes of (realtime: REALTIME_WS_ADDRS).
+REPLICATED_SERVICES = ("auth", "staff", "orders")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -17,6 +30,9 @@ class Settings(BaseSettings):
     env: str = Field("development", alias="POSMESH_ENV")
     data_dir: Path = Field(Path(".posmesh"), alias="POSMESH_DATA_DIR")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    # A folder of files named after settings (e.g. /run/secrets/DATABASE_URL): their contents
+    # are the values of settings not set in the environment. How containers get secrets.
+    secrets_dir: Path | None = Field(None, alias="POSMESH_SECRETS_DIR")
 
     # Backing stores: embedded (real) servers are started by `posmesh run` when these are unset.
     database_url: str | None = Field(None, alias="DATABASE_URL")
@@ -39,6 +55,16 @@ class Settings(BaseSettings):
     realtime_ws_addrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list, alias="REALTIME_WS_ADDRS"
     )
+    # Replicas of the stateless services: how many processes of each `posmesh run` starts (by
+    # default one per CPU core). The first binds *_ADDR, the others free loopback ports; *_ADDRS
+    # lists every replica (the supervisor fills it in): Envoy and the other services' channels
+    # balance over it. Empty: *_ADDR alone.
+    auth_replicas: int = Field(default_factory=cpu_count, alias="AUTH_REPLICAS", ge=1)
+    staff_replicas: int = Field(default_factory=cpu_count, alias="STAFF_REPLICAS", ge=1)
+    orders_replicas: int = Field(default_factory=cpu_count, alias="ORDERS_REPLICAS", ge=1)
+    auth_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="AUTH_ADDRS")
+    staff_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="STAFF_ADDRS")
+    orders_addrs: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="ORDERS_ADDRS")
 
     # Edge.
     edge_host: str = Field("0.0.0.0", alias="EDGE_HOST")
@@ -71,6 +97,17 @@ class Settings(BaseSettings):
     # A call whose caller sent no deadline runs for at most this long.
     request_deadline_seconds: float = Field(10.0, alias="REQUEST_DEADLINE_SECONDS", gt=0)
     # --- end platform edge ---
+
+    # Mutual TLS inside the mesh (posmesh/common/mesh_tls.py, docs/security.md). Each process
+    # proves who it is with its certificate from the mesh CA; plaintext is refused. Off only to
+    # measure what it costs (bench), never outside development.
+    mesh_tls: bool = Field(True, alias="MESH_TLS")
+    # Where `<name>.pem`, `<name>-key.pem` and ca.pem are (default <data dir>/certs/mesh, made
+    # on first run); or this process's own files, e.g. container secrets.
+    mesh_certs_dir: Path | None = Field(None, alias="MESH_CERTS_DIR")
+    mesh_ca_file: Path | None = Field(None, alias="MESH_CA_FILE")
+    mesh_cert_file: Path | None = Field(None, alias="MESH_CERT_FILE")
+    mesh_key_file: Path | None = Field(None, alias="MESH_KEY_FILE")
 
     # Tokens.
     jwt_issuer: str = Field("https://auth.posmesh.local", alias="JWT_ISSUER")
@@ -227,8 +264,9 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_sample_ratio: float = Field(1.0, alias="OTEL_SAMPLE_RATIO")
 
-    @field_validator("cors_allowed_origins", "realtime_ws_addrs", "realtime_metrics_addrs",
-                     "metrics_certificate_files", mode="before")
+    @field_validator("cors_allowed_origins", "realtime_ws_addrs", "auth_addrs", "staff_addrs",
+                     "orders_addrs", "realtime_metrics_addrs", "metrics_certificate_files",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -241,6 +279,12 @@ class Settings(BaseSettings):
         if any("*" in origin for origin in origins):
             raise ValueError("CORS_ALLOWED_ORIGINS must list exact origins; wildcards are refused")
         return origins
+
+    @model_validator(mode="after")
+    def _mesh_tls_outside_development(self) -> "Settings":
+        if not self.mesh_tls and self.env != "development":
+            raise ValueError("MESH_TLS=false is for measurements in development only")
+        return self
 
     @property
     def is_development(self) -> bool:
@@ -262,6 +306,15 @@ class Settings(BaseSettings):
     def service_addr(self, service: str) -> str:
         return getattr(self, f"{service}_addr")
 
+    def service_addrs(self, service: str) -> list[str]:
+        """Every replica's address (REPLICATED services; others: their one address)."""
+        if service in REPLICATED_SERVICES:
+            return getattr(self, f"{service}_addrs") or [self.service_addr(service)]
+        return [self.service_addr(service)]
+
+    def replicas(self, service: str) -> int:
+        return getattr(self, f"{service}_replicas") if service in REPLICATED_SERVICES else 1
+
     def metrics_addr(self, service: str) -> str:
         return getattr(self, f"{service}_metrics_addr")
 
@@ -274,4 +327,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment's settings; with POSMESH_SECRETS_DIR, also from files in that folder."""
+    import os
+
+    folder = os.environ.get("POSMESH_SECRETS_DIR") or None
+    return Settings(_secrets_dir=folder) if folder else Settings()

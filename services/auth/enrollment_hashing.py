@@ -11,6 +11,9 @@ hash. New passwords get the time between sign-ins, and at most ENROLLMENT_HASHES
 it: even paused during sign-ins, a hash running between them evicts the caches the next sign-in
 needs, so their rate is what a flood may cost the sign-ins. Beyond it the bounded queue refuses
 fast with SERVER_BUSY (retryable) instead of growing.
+
+With several auth replicas on one machine, a sign-in in any of them stops every replica's child
+(services/auth/hashing_pause.py, the `machine` pause).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from argon2 import PasswordHasher, Type
 
 from posmesh.common.errors import Unavailable
 from posmesh.common.settings import Settings
+from services.auth.hashing_pause import MachineHashingPause
 from services.auth.passwords import Argon2Parameters
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,7 @@ class EnrollmentHashing:
     `close()` on shutdown. The child starts on first use (and again if it died)."""
 
     def __init__(self, parameters: Argon2Parameters, *, max_pending: int,
-                 per_second: float) -> None:
+                 per_second: float, machine: MachineHashingPause | None = None) -> None:
         parameters.check_owasp_minimum()
         self.parameters = parameters
         self._max_pending = max(1, max_pending)
@@ -79,12 +83,14 @@ class EnrollmentHashing:
         self._child_pid: int | None = None
         self._starting = asyncio.Lock()
         self._paused = False
+        self._machine = machine  # registers the child, which sign-ins of every replica stop
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "EnrollmentHashing":
+    def from_settings(cls, settings: Settings, *, machine: MachineHashingPause | None = None
+                      ) -> "EnrollmentHashing":
         return cls(Argon2Parameters.from_settings(settings),
                    max_pending=settings.enrollment_hash_max_pending,
-                   per_second=settings.enrollment_hashes_per_second)
+                   per_second=settings.enrollment_hashes_per_second, machine=machine)
 
     def refuse_if_full(self) -> None:
         """SERVER_BUSY now when a hash would be refused: before a request spends its limits."""
@@ -121,6 +127,8 @@ class EnrollmentHashing:
                     initializer=_start_child)
                 pid = await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
                 self._executor, self._child_pid = executor, pid
+                if self._machine is not None:
+                    self._machine.add_child(pid)  # stopped at once if a sign-in runs
                 if self._paused:  # a sign-in began while the child was starting
                     self._signal(signal.SIGSTOP)
             return self._executor
@@ -144,6 +152,8 @@ class EnrollmentHashing:
             pass
 
     def _discard_executor(self) -> None:
+        if self._machine is not None and self._child_pid is not None:
+            self._machine.remove_child(self._child_pid)
         executor, self._executor, self._child_pid = self._executor, None, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)

@@ -28,6 +28,7 @@ from services.auth import keys
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.accounts import Accounts
 from services.auth.enrollment_hashing import EnrollmentHashing
+from services.auth.hashing_pause import MachineHashingPause
 from services.auth.identity_store import IdentityStore
 from services.auth.memberships import Memberships
 from services.auth.passwords import PasswordHashing
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "auth"
 KEY_CHECK_INTERVAL_SECONDS = 1.0
+HASHING_PAUSE_FILE = "auth-hashing-pause.json"  # in <data dir>/run/
 # Ended sessions (and their spent refresh tokens) are kept this long for investigations.
 KEEP_ENDED_SESSIONS = timedelta(days=7)
 
@@ -92,8 +94,10 @@ async def serve(settings: Settings) -> None:
     authenticator = Authenticator(build_verifier(settings, keyset), revoked)
     revocation_log = RevocationLog(engine, settings)
     revocation_follower = follow_revocations(settings, revoked, revocation_log)
-    enrollment_hashing = EnrollmentHashing.from_settings(settings)
-    sign_in_hashing = PasswordHashing.from_settings(settings, pauses=enrollment_hashing)
+    # Sign-ins in any auth process of this machine pause every process's new-password hashing.
+    hashing_pause = MachineHashingPause(settings.data_dir / "run" / HASHING_PAUSE_FILE)
+    enrollment_hashing = EnrollmentHashing.from_settings(settings, machine=hashing_pause)
+    sign_in_hashing = PasswordHashing.from_settings(settings, pauses=hashing_pause)
     revocations = RevocationPublisher(redis, settings, revoked)
     user_events = UserEventPublisher(redis, AUTH_STREAM)
     limiter = LoginLimiter(redis, settings)
@@ -141,6 +145,7 @@ async def serve(settings: Settings) -> None:
         security_events.configure(None)
         sign_in_hashing.close()
         enrollment_hashing.close()
+        hashing_pause.close()
 
     await run_grpc_service("auth", settings, register=register,
                            interceptors=server_interceptors(authenticator, Admission.from_settings(settings)), engine=engine,

@@ -53,7 +53,9 @@ _UNAVAILABLE_ERRORS = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, out of memory
     asyncpg.exceptions.PostgresSystemError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection broken mid-protocol
     OSError,
+    EOFError,  # the server closed the socket mid-read
 )
 
 

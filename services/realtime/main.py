@@ -9,7 +9,7 @@ import logging
 
 from websockets.asyncio.server import serve as ws_serve
 
-from posmesh.common import clients, metrics, security_events, telemetry
+from posmesh.common import clients, mesh_tls, metrics, security_events, telemetry
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
@@ -63,9 +63,16 @@ async def serve(settings: Settings) -> None:
     user_events.start()
     gateway.start()
     host, _, port = settings.realtime_ws_addr.rpartition(":")
+    ssl_context = None
+    process_request = gateway.process_request
+    if settings.mesh_tls:
+        # Behind Envoy, mutual TLS like every gRPC hop: only the edge's certificate opens a socket.
+        ssl_context = mesh_tls.ServerSSLContext(mesh_tls.files_for(settings, "realtime")).context
+        process_request = only_from_edge(gateway.process_request)
     ws_server = await ws_serve(
         gateway.handler, host, int(port),
-        process_request=gateway.process_request,
+        ssl=ssl_context,
+        process_request=process_request,
         compression=None,  # permessage-deflate costs ~36 KiB per idle socket
         ping_interval=None,  # application-level pings (gateway ticker) also keep Envoy's idle timer
         ping_timeout=None,
@@ -98,6 +105,20 @@ async def serve(settings: Settings) -> None:
     await run_grpc_service("realtime", settings, register=register,
                            interceptors=server_interceptors(authenticator, Admission.from_settings(settings)), redis=redis,
                            revocations=auth.revocations, on_shutdown=shutdown)
+
+
+def only_from_edge(process_request):
+    """Refuses (403, and a security event) an upgrade whose TLS peer is not the edge."""
+    from http import HTTPStatus
+
+    def check(ws, request):
+        caller = mesh_tls.peer_name_of_transport(ws.transport)
+        if caller != mesh_tls.EDGE:
+            security_events.record("CALLER_FORBIDDEN", severity=security_events.CRITICAL,
+                                   caller=caller or "unknown", method="realtime WebSocket")
+            return ws.respond(HTTPStatus.FORBIDDEN, "only the edge may open WebSockets here\n")
+        return process_request(ws, request)
+    return check
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import asyncio
 import statistics
 import time
 
-import grpc
 
 from posmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from tests.support.accounts import login, register_and_login
@@ -44,7 +43,7 @@ async def test_a_burst_of_logins_does_not_block_other_requests_to_the_auth_servi
         reply = await edge_http1.get("/.well-known/jwks.json")
         assert reply.status_code == 200
 
-    async with grpc.aio.insecure_channel(stack.addr("auth")) as channel:
+    async with stack.channel("auth") as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         await stub.GetJwks(auth_pb2.GetJwksRequest(), timeout=5)  # connected before the burst
 

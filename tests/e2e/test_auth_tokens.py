@@ -37,7 +37,7 @@ async def test_every_malformed_token_is_refused_on_a_protected_route(edge, edge_
 
 
 async def test_every_malformed_token_is_refused_by_the_service_itself(stack, signed_in):
-    async with grpc.aio.insecure_channel(stack.addr("auth")) as channel:
+    async with stack.channel("auth") as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         for case in malformed_tokens(stack, signed_in.access_token):
             if case.name == "too_long_100kb":

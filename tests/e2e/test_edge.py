@@ -85,6 +85,25 @@ def test_config_validates_for_containers_with_tracing(tmp_path):
     assert "otel_collector" in clusters
 
 
+def test_every_replica_is_an_endpoint_and_the_breakers_admit_the_limit_per_replica(tmp_path):
+    orders = ["127.0.0.1:50053", "127.0.0.1:50063", "127.0.0.1:50073"]
+    config = _render(tmp_path, ORDERS_REPLICAS=3, ORDERS_ADDRS=",".join(orders),
+                     STAFF_REPLICAS=1, ADMISSION_MAX_IN_FLIGHT=32)
+
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name in ("orders", "orders_streams"):
+        endpoints = [e["endpoint"]["address"]["socket_address"]
+                     for e in clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+        assert [f"{a['address']}:{a['port_value']}" for a in endpoints] == orders
+        assert clusters[name]["lb_policy"] == "LEAST_REQUEST"
+    breakers = clusters["orders"]["circuit_breakers"]["thresholds"]
+    assert {(b["priority"], b["max_requests"], b["max_pending_requests"]) for b in breakers} == {
+        ("DEFAULT", 96, 96), ("HIGH", 96, 96)}
+    assert {b["max_requests"] for b in clusters["staff"]["circuit_breakers"]["thresholds"]} == {32}
+    health = clusters["health"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert len(health) == 1 + 1 + 3  # auth (AUTH_ADDRS unset: AUTH_ADDR alone), staff, orders
+
+
 def test_every_http_binding_routes_to_its_own_service(tmp_path):
     routes, _ = _edge(_render(tmp_path))
     derived = envoy_config.edge_routes(codegen.DESCRIPTOR_SET)
@@ -368,8 +387,8 @@ async def test_traceparent_and_client_address_reach_the_service(stack, edge):
     await edge.post("/api/v1/auth/login", json={"email": "trace@example.com", "password": "x" * 12},
                     headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
 
-    lines = [json.loads(line) for line in stack.service_log("auth").splitlines()
-             if trace_id in line]
+    auth_logs = stack.logs_since(dict.fromkeys(stack.replicas("auth"), 0))
+    lines = [json.loads(line) for line in auth_logs.splitlines() if trace_id in line]
     assert lines, "no auth log line carries the trace id sent through the edge"
     assert any(line.get("ip") == "127.0.0.1" for line in lines)
 

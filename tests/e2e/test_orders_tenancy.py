@@ -123,7 +123,7 @@ async def test_the_internal_feed_is_not_reachable_through_the_edge(stack, two):
 
 async def test_a_user_stream_of_another_restaurant_over_grpc_is_refused(stack, two):
     a, b, _, _ = two
-    async with grpc.aio.insecure_channel(stack.addr("orders")) as channel:
+    async with stack.channel("orders") as channel:
         stub = orders_pb2_grpc.OrderServiceStub(channel)
         call = stub.WatchOrders(pb.WatchOrdersRequest(restaurant_id=a.restaurant_id),
                                 metadata=b.owner.grpc_metadata, timeout=5)

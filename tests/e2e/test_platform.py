@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
-import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +22,7 @@ from tests.support.stacks import with_embedded_servers
 
 SERVICES = {"auth", "staff", "orders", "realtime"}
 ROOT = Path(__file__).resolve().parents[2]
+STAFF_REPLICAS = 2  # what `posmesh run` starts in these tests (the default is one per core)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ async def test_health_lists_every_service_and_dependency_to_a_manager(edge, mana
 async def test_every_database_service_reports_the_pool_it_really_uses(stack, service):
     from posmesh.health.v1 import health_pb2 as system_pb2, health_pb2_grpc as system_pb2_grpc
 
-    async with grpc.aio.insecure_channel(stack.addr(service)) as channel:
+    async with stack.channel(service) as channel:
         reply = await system_pb2_grpc.SystemHealthServiceStub(channel).GetSystemHealth(
             system_pb2.GetSystemHealthRequest(), timeout=5)
 
@@ -74,7 +74,7 @@ async def test_legacy_health_path_answers_the_same(edge_http1):
 
 async def test_each_service_serves_standard_grpc_health(stack):
     for name in stack.service_names:
-        async with grpc.aio.insecure_channel(stack.addr(name)) as channel:
+        async with stack.channel(name) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=2)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
@@ -112,13 +112,13 @@ async def _health_until(edge, headers: dict[str, str], status: str, when: str, *
 
 async def test_health_is_answered_while_one_database_service_is_down(stack, edge,
                                                                      manager_headers):
-    await stack.stop_service("staff")
+    await stack.stop_every("staff")
     try:
         await _health_until(edge, manager_headers, "DEGRADED", "with staff stopped",
                             component="staff")
         replies = [await edge.get("/api/v1/health", headers=manager_headers) for _ in range(4)]
     finally:
-        await stack.start_service("staff")
+        await stack.start_every("staff")
 
     for reply in replies:
         assert reply.status_code == 200
@@ -185,7 +185,8 @@ async def _embedded_postgres_allows_every_pool_at_full_size(stack):
     finally:
         await connection.close()
     per_process = stack.settings.db_pool_size + stack.settings.db_max_overflow
-    assert limit >= 3 * per_process + 50
+    processes = sum(len(stack.replicas(service)) for service in ("auth", "staff", "orders"))
+    assert limit >= processes * per_process + 50
 
 
 # --- `posmesh run`: the supervisor as a newcomer uses it ----------------------------------------
@@ -201,6 +202,7 @@ def _cli_env(folder: Path, database_url: str | None) -> dict[str, str]:
         "ORDERS_ADDR": settings.orders_addr, "REALTIME_ADDR": settings.realtime_addr,
         "REALTIME_WS_ADDR": settings.realtime_ws_addr,
         "REALTIME_WS_ADDRS": settings.realtime_ws_addr,
+        "AUTH_REPLICAS": "2", "STAFF_REPLICAS": str(STAFF_REPLICAS), "ORDERS_REPLICAS": "2",
     })
     if database_url:
         env["DATABASE_URL"] = database_url
@@ -250,7 +252,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
 async def test_posmesh_run_stops_everything_cleanly_on_sigterm(cli_dir, cli_database):
     process, out = await _run_cli_until_up(cli_dir, cli_database)
     children = _descendants(process.pid)
-    assert len(children) >= 6  # four services, the mail server and Envoy
+    # Two processes each of auth, staff and orders, realtime, the mail server and Envoy.
+    assert len(children) >= 9
+    assert len(_serving(process, "orders")) == 2
     banner = out.read_text().split("posmesh is up")[1]
     assert f"every mail is kept in {cli_dir / 'data' / 'mail'}/" in banner
     assert "posmesh mail last --to ADDRESS" in banner
@@ -262,17 +266,36 @@ async def test_posmesh_run_stops_everything_cleanly_on_sigterm(cli_dir, cli_data
     assert not [child for child in children if child.is_running()]
 
 
-async def test_posmesh_run_reports_a_dead_child_loudly_and_stops(cli_dir, cli_database):
-    process, out = await _run_cli_until_up(cli_dir, cli_database)
-    staff = next(child for child in _descendants(process.pid)
-                 if "serve" in child.cmdline() and "staff" in child.cmdline())
-    others = [child for child in _descendants(process.pid) if child.pid != staff.pid]
+def _serving(process: asyncio.subprocess.Process, service: str) -> list[psutil.Process]:
+    serving = []
+    for child in _descendants(process.pid):
+        try:
+            if child.cmdline()[-2:] == ["serve", service]:
+                serving.append(child)
+        except psutil.Error:  # ended (or a zombie not yet reaped) since it was listed
+            continue
+    return serving
 
+
+async def test_posmesh_run_restarts_a_crashed_service_and_stops_loudly_when_envoy_dies(
+        cli_dir, cli_database):
+    process, out = await _run_cli_until_up(cli_dir, cli_database)
+    (staff, *_) = _serving(process, "staff")
     staff.kill()
+    deadline = time.monotonic() + 30
+    while not (len(_serving(process, "staff")) == STAFF_REPLICAS
+               and out.read_text(errors="replace").count("staff serving gRPC") > STAFF_REPLICAS):
+        assert process.returncode is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"staff was not started again:\n{out.read_text()[-3000:]}"
+        await asyncio.sleep(0.2)
+    assert "starting it again" in out.read_text().split("exited with code -9")[1]
+
+    envoy = next(child for child in _descendants(process.pid) if child.name() == "envoy")
+    others = [child for child in _descendants(process.pid) if child.pid != envoy.pid]
+    envoy.kill()
     assert await asyncio.wait_for(process.wait(), 30) == 1
     report = out.read_text()
-    assert "staff exited unexpectedly" in report
-    assert "staff serving gRPC" in report.split("staff exited unexpectedly")[1]  # its last lines
+    assert "envoy exited unexpectedly" in report
     await asyncio.sleep(0.5)
     assert not [child for child in others if child.is_running()]
 

@@ -93,7 +93,9 @@ async def test_prometheus_scrapes_every_service_process_and_envoy(stack, prometh
     by_job: dict[str, int] = {}
     for item in up:
         by_job[item["metric"]["job"]] = by_job.get(item["metric"]["job"], 0) + 1
-    assert by_job == {"auth": 1, "staff": 1, "orders": 1, "realtime": 2, "envoy": 1}
+    assert by_job == {job: len(addrs) for job, addrs in jobs.items()}
+    assert set(by_job) == {"auth", "staff", "orders", "realtime", "envoy"}
+    assert by_job["realtime"] == 2 and by_job["orders"] == stack.settings.replicas("orders")
 
 
 async def test_series_exist_and_move_when_an_order_reaches_a_kitchen_screen(

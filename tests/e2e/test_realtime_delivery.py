@@ -98,8 +98,8 @@ async def test_an_orders_restart_mid_stream_loses_nothing(stack, edge, party, di
     before = [await place_order(edge, party.staff, [line(dish)]) for _ in range(2)]
     first = ids(await sock.events(2))
 
-    await stack.stop_service("orders")
-    await stack.start_service("orders")
+    await stack.stop_every("orders")
+    await stack.start_every("orders")
     # At once, while realtime may still be reconnecting its stream.
     after = [await place_order(edge, party.staff, [line(dish)]) for _ in range(3)]
     events = await sock.events(3, timeout=15)
@@ -115,7 +115,7 @@ async def test_two_realtime_processes_both_deliver(stack, edge, party, dish):
              for _ in range(6)]
     per_process = []
     for addr in stack.settings.realtime_ws_addrs:
-        health = await process_health(addr)
+        health = await process_health(stack, addr)
         per_process.append(health["presence"].get(party.restaurant_id, {}).get("kitchen", 0))
     assert len(per_process) == 2 and all(count >= 1 for count in per_process), per_process
     assert sum(per_process) == 6
@@ -129,7 +129,7 @@ async def kitchen_counts(stack, restaurant_id: str) -> list[int]:
     """Kitchen sockets of the restaurant on each realtime process."""
     counts = []
     for addr in stack.settings.realtime_ws_addrs:
-        presence = (await process_health(addr))["presence"]
+        presence = (await process_health(stack, addr))["presence"]
         counts.append(presence.get(restaurant_id, {}).get("kitchen", 0))
     return counts
 

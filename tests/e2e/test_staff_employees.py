@@ -197,7 +197,8 @@ async def test_a_manager_cannot_escalate_anyone_to_owner_or_manager(edge, stack)
     assert roles == {owner.employee_id: ("owner", 1), manager.employee_id: ("manager", ACCEPTED),
                      staff.employee_id: ("staff", ACCEPTED)}
     # Each denial is a security event (the staff service logs it as it sends it to auth).
-    denials = [json.loads(line) for line in stack.service_log("staff").splitlines()
+    staff_logs = stack.logs_since(dict.fromkeys(stack.replicas("staff"), 0))
+    denials = [json.loads(line) for line in staff_logs.splitlines()
                if '"ACCESS_DENIED"' in line and manager.user_id in line]
     assert len(denials) >= len(attempts)
     assert {"staff.CreateEmployee", "staff.UpdateEmployee", "staff.DeleteEmployee"} <= {

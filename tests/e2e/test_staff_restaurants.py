@@ -166,7 +166,7 @@ async def test_bad_values_in_an_update_are_400_and_change_nothing(edge):
 @pytest.mark.fault
 async def test_while_auth_is_down_creating_a_restaurant_is_a_retryable_503_and_creates_nothing(edge, stack):
     owner, restaurant = await create_restaurant_as_owner(edge)
-    await stack.stop_service("auth")
+    await stack.stop_every("auth")
     try:
         response = await edge.post("/api/v1/restaurants", headers=owner.headers, json={
             "name": "Opened During Outage", "timezone": "Europe/London", "currency": "GBP"})
@@ -179,7 +179,7 @@ async def test_while_auth_is_down_creating_a_restaurant_is_a_retryable_503_and_c
             "first_name": "Invited", "email": invited_email})
         assert hire.status_code == 200 and hire.json()["state"] == "INVITED", hire.text
     finally:
-        await stack.start_service("auth")
+        await stack.start_every("auth")
     listed = ok(await edge.get("/api/v1/restaurants", headers=owner.headers))["restaurants"]
     assert [r["id"] for r in listed] == [restaurant["id"]]
     employees = ok(await edge.get("/api/v1/employees", headers=owner.headers,

@@ -41,7 +41,7 @@ class GrpcWatch:
     """A WatchOrders call straight to the orders service, collecting events in the background."""
 
     def __init__(self, stack, member, after: str) -> None:
-        self.channel = grpc.aio.insecure_channel(stack.addr("orders"))
+        self.channel = stack.channel("orders")
         stub = orders_pb2_grpc.OrderServiceStub(self.channel)
         self.call = stub.WatchOrders(pb.WatchOrdersRequest(restaurant_id=member.restaurant_id,
                                                            after_event_id=after),
@@ -273,11 +273,11 @@ async def test_a_stream_cut_by_a_restart_ends_with_a_readable_error_line_and_res
         async with asyncio.timeout(10):
             while not lines:
                 await asyncio.sleep(0.05)
-        await stack.stop_service("orders")
+        await stack.stop_every("orders")
         try:
             await asyncio.wait_for(reading, 15)
         finally:
-            await stack.start_service("orders")
+            await stack.start_every("orders")
     assert ndjson_sequences(lines) == [start + 1]
     last = lines[-1]["error"]
     assert last["code"] == 14  # UNAVAILABLE: retry

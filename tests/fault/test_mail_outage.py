@@ -47,7 +47,8 @@ async def test_mail_waits_while_the_mail_server_is_down_and_arrives_once_after(s
     assert sent.attempts >= 3 and sent.last_error is None
     # Marked sent, so no sender will take it again: one copy, now and later.
     assert len(await mailbox.messages(to=address)) == 1
-    assert "mail delivery failed (transport)" in stack.service_log("auth")
+    assert "mail delivery failed (transport)" in stack.logs_since(
+        dict.fromkeys(stack.replicas("auth"), 0))
 
 
 async def _with_attempts(row, attempts: int):

@@ -4,6 +4,7 @@ pools recover on their own (pool_pre_ping), and no order is ever half written.""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -66,10 +67,11 @@ async def test_a_postgres_restart_fails_in_flight_requests_clearly_and_recovers_
 
 
 def unhandled_errors(stack) -> str:
-    """What the services logged as unexpected, for a failure message."""
-    found = [f"\n{name}: {line[:2000]}" for name in ("auth", "staff", "orders")
-             for line in stack.service_log(name).splitlines() if "unhandled error" in line]
-    return "".join(found[:3])
+    """What the processes logged as unexpected (and the edge's 500s), for a failure message."""
+    found = [f"\n{name}: {line[:2000]}" for name in stack.children
+             for line in stack.service_log(name).splitlines()
+             if "unhandled error" in line or re.search(r'"status":\s*"?500\b', line)]
+    return "".join(found[:4])
 
 
 # An overload burst: a stack whose admission limit is small enough that this rate, half of it

@@ -123,8 +123,8 @@ async def test_a_service_restarted_during_a_redis_outage_still_refuses_sessions_
         await _refused_within(edge, during_outage, REFUSED_WITHIN_SECONDS,
                               "a token signed out during the outage refused")
 
-        await stack.stop_service("orders")
-        await stack.start_service("orders")
+        await stack.stop_every("orders")
+        await stack.start_every("orders")
 
         # The new process loaded recent revocations from auth before it served its first call.
         for session in (before_outage, during_outage):

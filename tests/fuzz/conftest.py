@@ -38,9 +38,6 @@ async def fuzz_world(edge) -> FuzzWorld:
                      b_dish, await place_order(edge, b.staff, [line(b_dish)]))
 
 
-SERVICES = ("auth", "staff", "orders", "realtime", "realtime-2")
-
-
 def unhandled_lines(text: str) -> list[str]:
     """Log lines of an exception nobody handled: the interceptor's "unhandled error" (INTERNAL),
     or any record at error level or above."""
@@ -65,10 +62,10 @@ def unhandled_lines(text: str) -> list[str]:
 @pytest.fixture
 def no_unhandled_errors(stack) -> Iterator[None]:
     """Fails the test if any service logged an unhandled exception while it ran."""
-    offsets = {name: len(stack.service_log(name)) for name in SERVICES}
+    offsets = {name: len(stack.service_log(name)) for name in stack.service_names}
     yield
     problems = {}
-    for name in SERVICES:
+    for name in stack.service_names:
         lines = unhandled_lines(stack.service_log(name)[offsets[name]:])
         if lines:
             problems[name] = lines[:5]

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import httpx
 
 from tests.support.restaurants import (
@@ -102,7 +101,7 @@ BEYOND_HEAD = "9" * 18
 def feed_stub(stack):
     from posmesh.orders.v1 import orders_pb2_grpc
 
-    return orders_pb2_grpc.OrderFeedServiceStub(grpc.aio.insecure_channel(stack.addr("orders")))
+    return orders_pb2_grpc.OrderFeedServiceStub(stack.channel("orders", as_identity="realtime"))
 
 
 async def event_head(stack, restaurant_id: str) -> int:

@@ -61,9 +61,20 @@ def token_expiring(stack, token: str, *, seconds: float) -> str:
                       headers={"kid": key.kid, "typ": "JWT"})
 
 
-async def process_health(ws_addr: str) -> dict:
+def direct_client(stack) -> httpx.AsyncClient:
+    """A client of the realtime processes' WebSocket ports themselves (mutual TLS, holding the
+    edge's mesh certificate: the only identity they accept): `https://{ws_addr}/...`."""
+    import ssl
+
+    files = stack.mesh_files("edge")
+    context = ssl.create_default_context(cafile=str(files.ca_file))
+    context.load_cert_chain(files.cert_file, files.key_file)
+    return httpx.AsyncClient(timeout=5, verify=context)
+
+
+async def process_health(stack, ws_addr: str) -> dict:
     """GET /healthz of one realtime process, straight to its WebSocket port."""
-    async with httpx.AsyncClient(timeout=5) as client:
-        reply = await client.get(f"http://{ws_addr}/healthz")
+    async with direct_client(stack) as client:
+        reply = await client.get(f"https://{ws_addr}/healthz")
     reply.raise_for_status()
     return reply.json()

@@ -18,15 +18,17 @@ from tests.support.mail import Mailbox, mailbox_in_use
 
 
 @asynccontextmanager
-async def own_stack(*, embedded_servers: bool = False, **overrides: object) -> AsyncIterator[Stack]:
-    """A whole stack (one realtime process) with `overrides` (Settings field names) applied;
+async def own_stack(*, embedded_servers: bool = False, replicas: int = 1,
+                    **overrides: object) -> AsyncIterator[Stack]:
+    """A whole stack (one realtime process, `replicas` processes of auth, staff and orders:
+    one unless the test is about replicas) with `overrides` (Settings field names) applied;
     while it runs, the mail helpers read its mail. `embedded_servers`: PostgreSQL and Redis of
     its own even when DATABASE_URL / REDIS_URL point at the machine's."""
     external_db = None if embedded_servers else os.environ.get("DATABASE_URL")
     database_url = await create_database(external_db) if external_db else None
     with data_dir() as path:
         settings, extra_realtime = stack_settings(path, database_url=database_url,
-                                                  realtime_replicas=1)
+                                                  realtime_replicas=1, replicas=replicas)
         if embedded_servers:
             overrides = {"redis_url": None, **overrides}
         assert set(overrides) <= set(type(settings).model_fields), overrides

@@ -32,7 +32,9 @@ async def standin_edge(register: Callable[[grpc.aio.Server], None],
             values = {"POSMESH_DATA_DIR": str(folder), "EDGE_HOST": "127.0.0.1",
                       "EDGE_PORT": edge_port, "ENVOY_ADMIN_PORT": admin_port,
                       "AUTH_ADDR": addr, "STAFF_ADDR": addr, "ORDERS_ADDR": addr,
-                      "REALTIME_ADDR": addr, **settings}
+                      "REALTIME_ADDR": addr,
+                      # The stand-in serves plaintext: the edge reaches it without mesh TLS.
+                      "MESH_TLS": False, **settings}
             config = envoy_config.render(Settings(**values), folder / "envoy")
             envoy = await asyncio.create_subprocess_exec(
                 str(envoy_config.envoy_binary()), "-c", str(config), "--disable-hot-restart",

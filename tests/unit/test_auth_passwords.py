@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 
 import pytest
 
 from posmesh.common.errors import Unavailable
 from services.auth.enrollment_hashing import EnrollmentHashing
+from services.auth.hashing_pause import MachineHashingPause
 from services.auth.passwords import Argon2Parameters, PasswordHashing
 
 OWASP = Argon2Parameters(memory_kib=19456, time_cost=2, parallelism=1)
@@ -207,3 +209,56 @@ async def test_new_passwords_are_paced_and_beyond_the_queue_refused_at_once():
     assert len(hashed) == 4 and len(refused) == 3
     assert {r.reason for r in refused} == {"SERVER_BUSY"}
     assert elapsed >= 3 * 0.1  # four starts, a tenth of a second apart
+
+
+# Another auth process of the same machine: runs the commands it reads ("pause", "resume").
+_OTHER_REPLICA = """
+import sys
+from pathlib import Path
+from services.auth.hashing_pause import MachineHashingPause
+pause = MachineHashingPause(Path(sys.argv[1]))
+for command in sys.stdin:
+    getattr(pause, command.strip())()
+    print("ok", flush=True)
+"""
+
+
+async def test_a_sign_in_in_another_auth_replica_pauses_this_ones_new_passwords(tmp_path):
+    """Replicas on one machine share its cores: a sign-in in any auth process stops every auth
+    process's new-password hashing, and one that died signing in holds nobody up."""
+    path = tmp_path / "run" / "pause.json"
+    machine = MachineHashingPause(path)
+    enrollment = EnrollmentHashing(OWASP, max_pending=32, per_second=1000, machine=machine)
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OTHER_REPLICA, str(path),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+
+    async def tell_other(command: str) -> None:
+        other.stdin.write(f"{command}\n".encode())
+        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"ok\n"
+
+    try:
+        await enrollment.hash("warm up")
+        child = enrollment._child_pid
+        await tell_other("pause")  # the other replica begins a sign-in
+        assert await _until(lambda: _process_state(child) == "T")
+        waiting = asyncio.ensure_future(enrollment.hash("newcomer"))
+        await asyncio.sleep(0.3)  # ten times a hash's time
+        assert not waiting.done()
+        await tell_other("resume")
+        assert (await asyncio.wait_for(waiting, 10)).startswith("$argon2id$")
+
+        await tell_other("pause")
+        assert await _until(lambda: _process_state(child) == "T")
+        other.kill()  # died while signing in
+        await other.wait()
+        machine.pause()  # this replica's own sign-in, begun and over
+        machine.resume()
+        assert await _until(lambda: _process_state(child) != "T")
+        assert (await enrollment.hash("after")).startswith("$argon2id$")
+    finally:
+        if other.returncode is None:
+            other.kill()
+            await other.wait()
+        enrollment.close()
+        machine.close()

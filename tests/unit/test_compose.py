@@ -117,6 +117,8 @@ def test_envoy_runs_the_config_the_render_step_writes(compose):
 def test_the_compose_environment_renders_a_valid_edge_config(compose, tmp_path):
     env = {key: value for key, value in compose["services"]["envoy-config"]["environment"].items()}
     env["POSMESH_DATA_DIR"] = str(tmp_path)  # the container's path does not exist here
+    for name in ("MESH_CA_FILE", "MESH_CERT_FILE", "MESH_KEY_FILE", "POSMESH_SECRETS_DIR"):
+        env.pop(name)  # nor do its secrets (/run/secrets): the mesh files are made in tmp_path
     settings = Settings(**env)
 
     envoy_config.validate(envoy_config.render(settings, tmp_path / "envoy"))
@@ -164,3 +166,43 @@ def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboard(com
     uids = {target["datasource"]["uid"] for panel in dashboard["panels"]
             for target in panel.get("targets", [])}
     assert uids == {datasource["uid"]}
+
+
+def _secrets(spec: dict) -> dict[str, str]:
+    """target (the file name in /run/secrets) -> the secret mounted there."""
+    found = {}
+    for item in spec.get("secrets", []):
+        source, target = (item, item) if isinstance(item, str) else (item["source"], item.get("target", item["source"]))
+        found[target] = source
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_mounts_only_its_own_credentials_and_certificate(compose, service):
+    spec = compose["services"][service]
+    mounted = _secrets(spec)
+
+    assert "DATABASE_URL" not in spec["environment"] and "REDIS_URL" not in spec["environment"]
+    assert spec["environment"]["POSMESH_SECRETS_DIR"] == "/run/secrets"
+    assert mounted["REDIS_URL"] == f"{service}-redis-url"
+    assert mounted.get("DATABASE_URL") == (None if service == "realtime" else f"{service}-database-url")
+    assert mounted["mesh-cert.pem"] == f"{service}-cert" and mounted["mesh-key.pem"] == f"{service}-key"
+    assert spec["environment"]["MESH_KEY_FILE"] == "/run/secrets/mesh-key.pem"
+    # Nothing of another service's, nor the superuser's.
+    assert not {source for source in mounted.values()} & {"migrate-database-url", "postgres-password", "db-owner"}
+
+
+def test_every_secret_file_is_one_posmesh_compose_secrets_writes(compose, tmp_path):
+    from stack import compose_secrets
+
+    written = {path.relative_to(tmp_path) for path in compose_secrets.write(tmp_path)}
+    for name, secret in compose["secrets"].items():
+        relative = Path(secret["file"]).relative_to(".posmesh/compose")
+        assert relative in written, name
+    assert ".posmesh/" in (ROOT / ".gitignore").read_text() and ".posmesh" in (ROOT / ".dockerignore").read_text()
+
+
+def test_no_password_is_written_in_the_compose_file():
+    text = (ROOT / "docker-compose.yml").read_text()
+
+    assert "POSTGRES_PASSWORD:" not in text and "posmesh:posmesh@" not in text

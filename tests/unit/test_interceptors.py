@@ -211,6 +211,7 @@ async def test_a_huge_restaurant_header_is_not_echoed_whole_in_the_error(channel
     asyncpg.exceptions.InterfaceError("connection is closed"),
     asyncpg.exceptions.CrashShutdownError("terminating connection because of crash"),
     asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.ProtocolError("got result for unknown protocol state"),
 ])
 def test_a_lost_asyncpg_connection_is_a_retryable_database_unavailable(exc):
     error = infrastructure_error(exc)

@@ -19,10 +19,12 @@ def test_every_process_has_a_metrics_address_of_its_own(tmp_path: Path):
     targets = stack.metrics_targets()
 
     assert targets["realtime"] == settings.realtime_metrics_addrs  # the listed ones, in order
-    assert targets["auth"] == [settings.auth_metrics_addr]
+    for service in ("auth", "staff", "orders"):  # the first at its setting, replicas elsewhere
+        assert targets[service][0] == settings.metrics_addr(service)
+        assert len(targets[service]) == settings.replicas(service)
     assert targets["envoy"] == [settings.envoy_metrics_addr]
     everything = [addr for addrs in targets.values() for addr in addrs]
-    assert len(everything) == len(set(everything)) == 6
+    assert len(everything) == len(set(everything)) == len(stack.service_names) + 1
 
 
 def test_a_replica_without_a_listed_address_gets_a_free_port_kept_across_restarts(tmp_path: Path):

@@ -79,3 +79,48 @@ def test_mail_settings_default_to_the_dev_setup():
     assert settings.smtp_url is None  # `posmesh run` starts the dev mail server
     assert settings.public_url == "https://localhost:8443"
     assert Settings(PUBLIC_BASE_URL="https://pos.example.com/").public_url == "https://pos.example.com"
+
+
+def test_replicas_default_to_one_per_core_and_callers_get_every_replica():
+    from posmesh.common import clients
+    from posmesh.common.settings import cpu_count
+
+    settings = Settings(ORDERS_ADDR="127.0.0.1:50053", ORDERS_ADDRS="127.0.0.1:50053,127.0.0.1:6000",
+                        STAFF_ADDR="127.0.0.1:50052", STAFF_ADDRS="")
+
+    assert settings.auth_replicas == settings.orders_replicas == cpu_count() >= 1
+    assert clients.address("orders", settings) == "ipv4:127.0.0.1:50053,127.0.0.1:6000"
+    assert clients.address("staff", settings) == "127.0.0.1:50052"
+    assert clients.target(["[::1]:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    with pytest.raises(ValueError, match="IP literals"):
+        clients.target(["orders:50053", "orders-2:50053"])
+
+
+def test_the_supervisor_gives_each_replica_a_port_of_its_own_or_refuses_a_short_list():
+    from stack.supervisor import replica_addrs
+
+    settings = Settings(AUTH_REPLICAS=1, STAFF_REPLICAS=2, ORDERS_REPLICAS=3,
+                        ORDERS_ADDR="127.0.0.1:50053", ORDERS_ADDRS="")
+    addrs = replica_addrs(settings)
+
+    assert addrs["auth_addrs"] == [settings.auth_addr]
+    assert addrs["orders_addrs"][0] == "127.0.0.1:50053" and len(set(addrs["orders_addrs"])) == 3
+    with pytest.raises(ValueError, match="ORDERS_ADDRS lists 1 addresses for ORDERS_REPLICAS=3"):
+        replica_addrs(settings.model_copy(update={"orders_addrs": ["127.0.0.1:1"]}))
+def test_secrets_come_from_files_in_the_secrets_dir_unless_the_environment_sets_them(
+        tmp_path, monkeypatch):
+    from posmesh.common.settings import get_settings
+
+    (tmp_path / "DATABASE_URL").write_text("postgresql://auth:from-file@db/posmesh")
+    (tmp_path / "REDIS_URL").write_text("redis://auth:from-file@redis:6379/0")
+    monkeypatch.setenv("POSMESH_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://from-env:6379/0")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+
+    assert settings.database_url == "postgresql://auth:from-file@db/posmesh"
+    assert settings.redis_url == "redis://from-env:6379/0"
