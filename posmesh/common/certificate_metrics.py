@@ -2,8 +2,10 @@
 
 `posmesh_certificate_expiry_timestamp_seconds{certificate}`: the notAfter (Unix seconds) of the
 first certificate of each PEM file in the certs dir (<data dir>/certs: the edge's server.pem and
-the CA, and whatever else is kept there) and in METRICS_CERTIFICATE_FILES. The label is the file
-name: a handful of files, never per request. Files are parsed again only when they change.
+the CA), in the mesh certificates' dir (mesh/: every process's mesh certificate and the mesh CA),
+the mesh files this process was given (MESH_CERT_FILE, MESH_CA_FILE) and METRICS_CERTIFICATE_FILES.
+The label is the path below the certs dir (`server.pem`, `mesh/orders.pem`), else the file name:
+a handful of files, never per request. Files are parsed again only when they change.
 Envoy exports its own view as `envoy_server_days_until_first_cert_expiring`.
 """
 
@@ -24,12 +26,32 @@ log = logging.getLogger(__name__)
 _PEM_SUFFIXES = (".pem", ".crt")
 
 
-def certificate_files(settings: Settings) -> list[Path]:
-    found: list[Path] = []
+def _pem_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir()
+                  if path.suffix in _PEM_SUFFIXES and not path.stem.endswith("key"))
+
+
+def certificate_files(settings: Settings) -> dict[str, Path]:
+    """label -> file, for every certificate file this process can see."""
     certs_dir = settings.certs_dir
-    if certs_dir.is_dir():
-        found += sorted(path for path in certs_dir.iterdir() if path.suffix in _PEM_SUFFIXES)
-    found += [Path(name) for name in settings.metrics_certificate_files]
+    mesh_dir = settings.mesh_certs_dir or certs_dir / "mesh"
+    candidates = [*_pem_files(certs_dir), *_pem_files(mesh_dir),
+                  *(path for path in (settings.mesh_cert_file, settings.mesh_ca_file) if path),
+                  *(Path(name) for name in settings.metrics_certificate_files)]
+    found: dict[str, Path] = {}
+    seen: set[Path] = set()
+    for path in candidates:
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        try:
+            label = str(resolved.relative_to(certs_dir.resolve()))
+        except ValueError:
+            label = path.name
+        found.setdefault(label, path)
     return found
 
 
@@ -62,8 +84,8 @@ class CertificateExpiry(Collector):
             "posmesh_certificate_expiry_timestamp_seconds",
             "When a certificate file's (first) certificate expires, Unix seconds.",
             labels=["certificate"])
-        for path in certificate_files(self._settings):
+        for label, path in certificate_files(self._settings).items():
             not_after = self._not_after(path)
             if not_after is not None:
-                family.add_metric([path.name], not_after)
+                family.add_metric([label], not_after)
         yield family

@@ -100,6 +100,7 @@ async def test_pool_redis_admission_and_certificates_are_exported_by_each_servic
         certificates = {sample.labels["certificate"]: sample.value
                         for sample in samples["posmesh_certificate_expiry_timestamp_seconds"]}
         assert "server.pem" in certificates, f"{service} does not export the edge certificate"
+        assert f"mesh/{service}.pem" in certificates, f"{service} does not export its mesh certificate"
     auth = await scrape_service(stack, "auth")
     assert value(auth, "posmesh_redis_call_seconds_count") > 0
 
