@@ -20,9 +20,10 @@ COPY envoy ./envoy
 RUN pip install --no-deps -e . && python -m stack.codegen
 
 # keys/ and mail/ exist in the image so fresh named volumes mounted there are owned by posmesh too.
-RUN useradd --system --home /var/lib/posmesh posmesh \
+# A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric user (deploy/k8s/).
+RUN useradd --system --uid 10001 --user-group --home /var/lib/posmesh posmesh \
     && mkdir -p /var/lib/posmesh/keys /var/lib/posmesh/mail && chown -R posmesh /var/lib/posmesh
-USER posmesh
+USER 10001
 
 ENTRYPOINT ["posmesh"]
 CMD ["--help"]

@@ -426,7 +426,8 @@ class Bench:
                 log(f"  {scenario}: {summary['cpu_us_mtls']} µs CPU/request with mTLS inside, "
                     f"{summary['cpu_us_plaintext']} without: +{summary['delta_us']} µs "
                     f"({summary['delta_percent']} %); p99 {summary['p99_ms_mtls']} vs "
-                    f"{summary['p99_ms_plaintext']} ms (rounds {summary['delta_us_per_round']})")
+                    f"{summary['p99_ms_plaintext']} ms (rounds {summary['delta_us_per_round']}); "
+                    f"errors {summary['errors_mtls'] or 0} / {summary['errors_plaintext'] or 0}")
         finally:
             await twin.stop()
             import shutil
@@ -455,7 +456,7 @@ class Bench:
             mtls_cpu_s=after[0] - before[0], plain_cpu_s=after[1] - before[1],
             mtls_p99_ms=percentile(sorted(mtls.recorder.latencies), 0.99) * 1000,
             plain_p99_ms=percentile(sorted(plain.recorder.latencies), 0.99) * 1000,
-            errors=sum(mtls.recorder.errors.values()) + sum(plain.recorder.errors.values()))
+            mtls_errors=dict(mtls.recorder.errors), plain_errors=dict(plain.recorder.errors))
 
     async def _edge_check_round(self, scenario: str, targets: tuple[Target, Target],
                                 pids: tuple[int, int], seconds: float, number: int

@@ -132,13 +132,27 @@ def load_before(path: Path = BEFORE_FILE) -> dict | None:
 
 
 def compare(after: dict, before: dict | None) -> dict:
-    """RPC -> {before_us, after_us, ratio (before / after)}."""
+    """RPC -> before and after µs/request and their ratio; also each as a multiple of the trivial
+    RPC measured in the same run, and the ratio of those: on a shared machine, contention from
+    other work inflates every CPU time of a run alike, and the trivial RPC shows by how much."""
     table = {}
+    trivial_after = after["trivial_grpc"]["us"]
+    trivial_before = (before or {}).get("trivial_grpc", {}).get("us")
     for rpc in RPCS:
         now = after["rpcs"].get(rpc, {}).get("us")
         then = (before or {}).get("rpcs", {}).get(rpc, {}).get("us")
-        table[rpc] = {"before_us": then, "after_us": now,
-                      "ratio": round(then / now, 2) if then and now else None}
+        row = {"before_us": then, "after_us": now,
+               "ratio": round(then / now, 2) if then and now else None,
+               "before_x_trivial": round(then / trivial_before, 2) if then and trivial_before else None,
+               "after_x_trivial": round(now / trivial_after, 2) if now and trivial_after else None}
+        row["ratio_x_trivial"] = (round(row["before_x_trivial"] / row["after_x_trivial"], 2)
+                                  if row["before_x_trivial"] and row["after_x_trivial"] else None)
+        table[rpc] = row
+    table["trivial grpc.aio RPC"] = {"before_us": trivial_before, "after_us": trivial_after,
+                                     "ratio": round(trivial_before / trivial_after, 2)
+                                     if trivial_before and trivial_after else None,
+                                     "before_x_trivial": 1.0, "after_x_trivial": 1.0,
+                                     "ratio_x_trivial": 1.0}
     return table
 
 
@@ -169,6 +183,9 @@ async def run(bench, spec: CpuSpec) -> dict:
                      "rps_median": statistics.median(r[rpc]["rps"] for r in rounds)}
     result = {"requests_per_round": spec.requests, "rounds": spec.rounds,
               "concurrency": spec.concurrency, "orders_processes": len(pids),
+              # Mutual TLS between the edge and the services (on since the mesh work; the
+              # before and after files were measured without it, MESH_TLS=false to compare).
+              "mesh_tls": bool(getattr(bench.system.settings, "mesh_tls", False)),
               "idle_us_per_s": round(idle * 1e6), "rpcs": rpcs,
               "trivial_grpc": await trivial_baseline(bench, spec)}
     before = load_before()
@@ -177,25 +194,29 @@ async def run(bench, spec: CpuSpec) -> dict:
     return result
 
 
+def _cell(value, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:g}{suffix}"
+
+
 def table(result: dict) -> list[str]:
     """The per-RPC Markdown table: before, after, ratio (or this run alone)."""
     compared = result.get("compared")
     trivial = result["trivial_grpc"]["us"]
     if compared:
-        lines = ["| RPC | before µs/request | after µs/request | before / after | × trivial RPC |",
-                 "|---|---:|---:|---:|---:|"]
+        lines = ["| RPC | before µs/request | after µs/request | before / after | before × trivial "
+                 "| after × trivial | before / after in trivial RPCs |",
+                 "|---|---:|---:|---:|---:|---:|---:|"]
         for rpc, row in compared.items():
             hot = " (hot)" if rpc in HOT_RPCS else ""
-            after = row["after_us"]
-            lines.append(f"| {rpc}{hot} | {row['before_us'] if row['before_us'] is not None else '—'} | "
-                         f"{after} | {row['ratio'] if row['ratio'] else '—'}× | "
-                         f"{round(after / trivial, 1) if after and trivial else '—'} |")
-    else:
-        lines = ["| RPC | µs/request | × trivial RPC | per round |", "|---|---:|---:|---|"]
-        for rpc, row in result["rpcs"].items():
-            lines.append(f"| {rpc} | {row['us']} | {round(row['us'] / trivial, 1) if trivial else '—'} "
-                         f"| {', '.join(map(str, row['us_per_round']))} |")
-    lines.append(f"| trivial grpc.aio RPC (direct, no interceptor) | | {trivial} | | 1 |"
-                 if compared else f"| trivial grpc.aio RPC (direct, no interceptor) | {trivial} | 1 | "
+            name = f"{rpc} (direct, no interceptor)" if rpc.startswith("trivial") else rpc + hot
+            lines.append(f"| {name} | {_cell(row['before_us'])} | {_cell(row['after_us'])} | "
+                         f"{_cell(row['ratio'], '×')} | {_cell(row['before_x_trivial'])} | "
+                         f"{_cell(row['after_x_trivial'])} | {_cell(row['ratio_x_trivial'], '×')} |")
+        return lines
+    lines = ["| RPC | µs/request | × trivial RPC | per round |", "|---|---:|---:|---|"]
+    for rpc, row in result["rpcs"].items():
+        lines.append(f"| {rpc} | {row['us']} | {round(row['us'] / trivial, 1) if trivial else '—'} "
+                     f"| {', '.join(map(str, row['us_per_round']))} |")
+    lines.append(f"| trivial grpc.aio RPC (direct, no interceptor) | {trivial} | 1 | "
                  f"{', '.join(map(str, result['trivial_grpc']['us_per_round']))} |")
     return lines

@@ -46,6 +46,8 @@ async def start_plaintext_twin(stack: Stack) -> tuple[Stack, Path]:
         "orders_addr": f"{LOOPBACK}:{orders}", "realtime_addr": f"{LOOPBACK}:{realtime}",
         "realtime_ws_addr": f"{LOOPBACK}:{realtime_ws}",
         "realtime_ws_addrs": [f"{LOOPBACK}:{realtime_ws}"],
+        # Replicas of its own (the supervisor picks their ports), as many as the bench stack's.
+        "auth_addrs": [], "staff_addrs": [], "orders_addrs": [],
         "smtp_url": None})
     twin = Stack(settings)
     try:
@@ -57,8 +59,9 @@ async def start_plaintext_twin(stack: Stack) -> tuple[Stack, Path]:
 
 
 def stack_pids(stack: Stack) -> list[int]:
-    pids = stack.pids()
-    return [pid for name in PARTS for pid in pids.get(name, [])]
+    """Envoy and every service process (replicas too: 'auth-2', ...)."""
+    return [pid for name, pids in stack.pids().items() if name.split("-")[0] in PARTS
+            for pid in pids]
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Round:
     plain_cpu_s: float
     mtls_p99_ms: float
     plain_p99_ms: float
-    errors: int
+    mtls_errors: dict[str, int]
+    plain_errors: dict[str, int]
 
     @property
     def mtls_us(self) -> float:
@@ -92,7 +96,8 @@ def summarise(scenario: str, rate: float, rounds: list[Round]) -> dict:
         "rate_per_stack": rate,
         "rounds": len(rounds),
         "requests_per_stack": sum(r.mtls_requests for r in rounds),
-        "errors": sum(r.errors for r in rounds),
+        "errors_mtls": _kinds(r.mtls_errors for r in rounds),
+        "errors_plaintext": _kinds(r.plain_errors for r in rounds),
         "cpu_us_mtls": round(mtls, 1),
         "cpu_us_plaintext": round(plain, 1),
         "delta_us": round(delta, 1),
@@ -102,3 +107,11 @@ def summarise(scenario: str, rate: float, rounds: list[Round]) -> dict:
         "p99_ms_plaintext": round(statistics.median(r.plain_p99_ms for r in rounds), 1),
         "p99_ms_per_round": [[round(r.mtls_p99_ms, 1), round(r.plain_p99_ms, 1)] for r in rounds],
     }
+
+
+def _kinds(per_round) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for errors in per_round:
+        for kind, count in errors.items():
+            total[str(kind)] = total.get(str(kind), 0) + count
+    return total

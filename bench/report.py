@@ -102,8 +102,10 @@ def cpu_per_rpc_table(results: dict) -> list[str]:
         return []
     return ["", "## The orders process's CPU per request, per RPC", "",
             f"Each RPC through the edge (JSON, transcoded), {result['requests_per_round']} requests "
-            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds; the orders "
-            f"process's CPU time over the batch less its idle rate "
+            f"per round, {result['concurrency']} in flight, {result['rounds']} rounds, "
+            f"{result['orders_processes']} orders process(es), mesh TLS "
+            f"{'on' if result.get('mesh_tls') else 'off'}; the orders "
+            f"processes' CPU time over the batch less its idle rate "
             f"({result['idle_us_per_s']} µs/s), per successful request; median of the rounds "
             "(bench/cpu_per_rpc.py)." + (f" Before: `{result['before_file']}`."
                                           if result.get("compared") else ""), ""
@@ -120,15 +122,20 @@ def mesh_tls_table(results: dict) -> list[str]:
            "services of a stack over a round divided by the requests it answered. Medians over "
            "the rounds.", "",
            "| request | rate per stack | rounds × requests | CPU µs/request mTLS | plaintext | "
-           "mTLS µs | % | p99 ms mTLS | plaintext | errors | per-round mTLS µs |",
+           "mTLS µs | % | p99 ms mTLS | plaintext | errors mTLS / plaintext | per-round mTLS µs |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in mesh.values():
         out.append(f"| {s['request']} | {s['rate_per_stack']:g}/s | {s['rounds']} × "
                    f"{s['requests_per_stack'] // max(1, s['rounds'])} | {s['cpu_us_mtls']} | "
                    f"{s['cpu_us_plaintext']} | {s['delta_us']} | {s['delta_percent']} | "
-                   f"{s['p99_ms_mtls']} | {s['p99_ms_plaintext']} | {s['errors']} | "
+                   f"{s['p99_ms_mtls']} | {s['p99_ms_plaintext']} | "
+                   f"{_errors(s.get('errors_mtls'))} / {_errors(s.get('errors_plaintext'))} | "
                    f"{', '.join(map(str, s['delta_us_per_round']))} |")
     return out
+
+
+def _errors(kinds: dict | None) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in (kinds or {}).items()) or "0"
 
 
 def overload_table(results: dict) -> list[str]:

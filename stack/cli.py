@@ -8,6 +8,7 @@
     posmesh compose-secrets      the secret files docker-compose.yml mounts (.posmesh/compose)
     posmesh envoy-config         render and validate the Envoy config, print its path
     posmesh prometheus-config    a prometheus.yml scraping every metrics port, and the rules
+    posmesh probe <service>      its standard health over mTLS: exit 0 when SERVING (k8s probes)
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
     posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
 """
@@ -115,6 +116,36 @@ def mail_server(listen: str, folder: Path | None) -> None:
     from stack import mail_server as server
 
     server.main(listen, folder or get_settings().data_dir / "mail")
+
+
+def probe(service: str, timeout: float) -> int:
+    """The standard grpc.health.v1 Check of `service` at its address, over mutual TLS as
+    `service` itself: 0 when SERVING. A Kubernetes exec probe (deploy/k8s/): the kubelet's own
+    gRPC probe speaks plaintext, which a mesh service refuses."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from posmesh.common import mesh_tls
+    from posmesh.common.settings import get_settings
+
+    settings = get_settings()
+    target = settings.service_addr(service)
+    if settings.mesh_tls:
+        credentials = mesh_tls.channel_credentials(mesh_tls.files_for(settings, service).read())
+        channel = grpc.secure_channel(target, credentials, options=[
+            ("grpc.ssl_target_name_override", mesh_tls.server_name(service))])
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=timeout)
+        except grpc.RpcError as exc:
+            print(f"{service} at {target}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{service} at {target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def envoy_config(out: Path | None, check: bool) -> None:
@@ -279,6 +310,10 @@ def main(argv: list[str] | None = None) -> None:
     compose_parser = commands.add_parser(
         "compose-secrets", help="write the secret files docker-compose.yml mounts")
     compose_parser.add_argument("--out", type=Path, default=Path(".posmesh/compose"))
+    probe_parser = commands.add_parser(
+        "probe", help="exit 0 when a service's standard health answers SERVING (over mTLS)")
+    probe_parser.add_argument("service", choices=SERVICES)
+    probe_parser.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
@@ -319,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
             print(path)
     elif args.command == "certs":
         manage_certs(args.certs_command)
+    elif args.command == "probe":
+        sys.exit(probe(args.service, args.timeout))
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
     elif args.command == "prometheus-config":

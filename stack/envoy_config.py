@@ -286,8 +286,10 @@ def render(settings: Settings, out_dir: Path, *, reject_unknown_fields: bool = T
     )
     text = environment.get_template(TEMPLATE.name).render(
         s=settings,
-        cert_file=certs.cert_file.resolve(),
-        key_file=certs.key_file.resolve(),
+        # absolute(), not resolve(): a Kubernetes Secret volume's files are symlinks into a
+        # folder that is replaced (and deleted) when the Secret changes.
+        cert_file=certs.cert_file.absolute(),
+        key_file=certs.key_file.absolute(),
         descriptor=descriptor.resolve(),
         services=list(EDGE_SERVICES),
         routes=routes,
@@ -319,16 +321,18 @@ def _mesh_secrets(settings: Settings, out_dir: Path) -> dict:
     secret_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
     certificate = {"resources": [{
         "@type": secret_type, "name": "mesh_certificate",
-        "tls_certificate": {"certificate_chain": {"filename": str(files.cert_file.resolve())},
-                            "private_key": {"filename": str(files.key_file.resolve())}}}]}
+        "tls_certificate": {"certificate_chain": {"filename": str(files.cert_file.absolute())},
+                            "private_key": {"filename": str(files.key_file.absolute())}}}]}
     trust = {"resources": [{
         "@type": secret_type, "name": "mesh_trust",
-        "validation_context": {"trusted_ca": {"filename": str(files.ca_file.resolve())}}}]}
+        "validation_context": {"trusted_ca": {"filename": str(files.ca_file.absolute())}}}]}
     paths = {"certificate_sds": out_dir / "mesh-certificate.json", "trust_sds": out_dir / "mesh-trust.json"}
     paths["certificate_sds"].write_text(json.dumps(certificate, indent=2))
     paths["trust_sds"].write_text(json.dumps(trust, indent=2))
     return {**{key: path.resolve() for key, path in paths.items()},
-            "watched_dir": files.cert_file.resolve().parent}
+            # absolute(), not resolve(): in a Kubernetes Secret volume the files are symlinks
+            # through `..data`, which the kubelet swaps (a move in this folder) on a change.
+            "watched_dir": files.cert_file.absolute().parent}
 
 
 def unknown_fields_lua(descriptor_set: Path) -> str:

@@ -12,8 +12,9 @@ Every user may run data commands only: `+@all -@dangerous` (no KEYS, FLUSHALL, C
 DEBUG, MONITOR, CLIENT ...). A channel pattern allows subscribing and publishing alike (Redis ACLs
 do not tell them apart), so users that never publish (staff, orders) lose PUBLISH altogether;
 realtime, which publishes on its control channels, could still publish on auth:revocations (at
-worst a forged logout: docs/security.md). Likewise a key pattern allows reading and writing
-(read-only keys, `%R~`, need Redis 7): realtime reads the two user-event streams it may also write. Embedded Redis gets the users in its config file (so they survive its
+worst a forged logout: docs/security.md). Likewise a key pattern allows reading and writing on
+6.2: there realtime could write the two user-event streams it reads; on Redis 7+ (an outside
+Redis) they are read-only for it (`%R~`). Embedded Redis gets the users in its config file (so they survive its
 restarts) and a password on the default user, which only the stack holds. An outside Redis
 (REDIS_URL) gets them with ACL SETUSER through the URL given, named after the stack so stacks
 sharing one server do not collide, and loses them when the stack stops (`remove_users`).
@@ -34,6 +35,8 @@ SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realtime": (("realtime:*", "auth:user-events", "staff:user-events"),
                  ("auth:revocations", "realtime:control:*")),
 }
+# Keys a user only reads: read-only (`%R~`) on Redis 7+, plain `~` (read and write) before.
+READ_ONLY = {"realtime": frozenset({"auth:user-events", "staff:user-events"})}
 COMMANDS = "+@all -@dangerous"
 PUBLISHERS = frozenset({"auth", "realtime"})
 ADMIN = "default"
@@ -45,9 +48,12 @@ def user_prefix(data_dir: Path, *, embedded: bool) -> str:
     return "posmesh-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:10]
 
 
-def rules(service: str, secret: str) -> str:
+def rules(service: str, secret: str, *, read_only_keys: bool = False) -> str:
+    """The ACL rules of `service`'s user; `read_only_keys` (Redis 7+): READ_ONLY keys as `%R~`."""
     keys, channels = SERVICES[service]
-    return " ".join(["on", f">{secret}", "resetkeys", *(f"~{k}" for k in keys),
+    readers = READ_ONLY.get(service, frozenset()) if read_only_keys else frozenset()
+    return " ".join(["on", f">{secret}", "resetkeys",
+                     *(f"%R~{k}" if k in readers else f"~{k}" for k in keys),
                      "resetchannels", *(f"&{c}" for c in channels), COMMANDS,
                      *([] if service in PUBLISHERS else ["-publish"])])
 
@@ -78,9 +84,11 @@ def add_users(url: str, prefix: str, secrets_dir: Path) -> None:
 
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
+        major = int(str(client.info("server")["redis_version"]).split(".")[0])
         for service in SERVICES:
+            secret = generated_secret(secrets_dir, f"redis-{service}")
             client.execute_command("ACL", "SETUSER", f"{prefix}-{service}", "reset",
-                                   *rules(service, generated_secret(secrets_dir, f"redis-{service}")).split())
+                                   *rules(service, secret, read_only_keys=major >= 7).split())
     finally:
         client.close()
 

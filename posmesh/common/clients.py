@@ -35,7 +35,8 @@ _STREAMING = [
     {"service": "grpc.health.v1.Health", "method": "Watch"},
 ]
 _SERVICE_CONFIG = json.dumps({
-    # Every address of the target gets a connection and calls take turns; one address: as before.
+    # Per call over every address the name resolves to (one pod each behind a headless
+    # Kubernetes Service, deploy/k8s/); one address: as before.
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {

@@ -163,6 +163,18 @@ def _tolerant(deserializer: Callable | None) -> Callable | None:
     return deserialize
 
 
+def _serialized_once(serializer: Callable | None) -> Callable | None:
+    """A unary servicer may answer with the response already serialised (bytes): orders keeps
+    each order as its wire document, so a read sends it on instead of parsing it into a message
+    only to serialise it again."""
+    if serializer is None:
+        return None
+
+    def serialize(response):
+        return response if type(response) is bytes else serializer(response)
+    return serialize
+
+
 def _shown(value: str, limit: int = 64) -> str:
     """A client-supplied value as it may appear in an error message: bounded."""
     return value if len(value) <= limit else value[:limit] + "..."
@@ -184,7 +196,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, rule, metadata),
                 request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer)
+                response_serializer=_serialized_once(handler.response_serializer))
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, rule, metadata),

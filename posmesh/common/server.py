@@ -11,6 +11,7 @@ and a graceful shutdown on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Awaitable, Callable, Iterable, Sequence
@@ -47,6 +48,21 @@ SERVER_OPTIONS: list[tuple[str, object]] = [
 ]
 
 Register = Callable[[grpc.aio.Server], Iterable[str]]
+
+# Young-generation collections every this many net allocations (CPython's default is 700). A
+# request allocates a few thousand short-lived objects that reference counting frees anyway;
+# at the default the collector ran several times per request (measured: docs/bench.md).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Everything loaded so far (modules, descriptors, settings: hundreds of thousands of
+    objects that live as long as the process) is moved out of the collector's sight, so no
+    collection walks it again; and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def run_grpc_service(
@@ -108,6 +124,7 @@ async def run_grpc_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    tune_garbage_collector()
     await server.start()
     for service in ("", *names, system_name):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

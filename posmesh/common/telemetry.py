@@ -1,9 +1,13 @@
 """Structured JSON logs and OpenTelemetry tracing, set up once per process.
 
 Every log record is one JSON line with the service name and, inside a span, its trace and span
-ids, so a log line can be found from a trace and the other way round. Spans are always recorded
-(W3C `traceparent` from Envoy is continued through gRPC, SQLAlchemy and Redis); they are exported
-over OTLP/gRPC only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+ids, so a log line can be found from a trace and the other way round. Trace context (W3C
+`traceparent` from Envoy) is always continued through gRPC, SQLAlchemy and Redis. Spans are
+recorded and exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT is set (a share of the
+traces that start here: OTEL_SAMPLE_RATIO); without an exporter nothing is recorded, because
+nobody would read it: spans are then the SDK's non-recording ones, which still carry the trace
+and span ids that logs and outgoing calls need (recording them cost the orders service about a
+tenth of its CPU per request: docs/bench.md).
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import sys
 import time
 from typing import Any
 
-from opentelemetry import trace
+import grpc
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 
 from posmesh.common.settings import Settings
 
 _configured: str | None = None
+_recording = False  # spans are recorded (an exporter is configured)
 # Attributes every LogRecord has; anything else came from `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -55,10 +61,11 @@ class JsonFormatter(logging.Formatter):
 
 def setup(service: str, settings: Settings) -> None:
     """Logging and tracing for this process; later calls are no-ops."""
-    global _configured
+    global _configured, _recording
     if _configured is not None:
         return
     _configured = service
+    _recording = bool(settings.otel_exporter_otlp_endpoint)
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
@@ -71,7 +78,7 @@ def setup(service: str, settings: Settings) -> None:
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"posmesh-{service}",
                                   "deployment.environment": settings.env}),
-        sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
+        sampler=sampler_for(settings),
     )
     if settings.otel_exporter_otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -90,6 +97,14 @@ def setup(service: str, settings: Settings) -> None:
     RedisInstrumentor().instrument(tracer_provider=provider)
     # Its version guard stops at SQLAlchemy 2.0; the hooks it uses are unchanged in 2.1.
     SQLAlchemyInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
+
+
+def sampler_for(settings: Settings) -> Sampler:
+    """What is recorded: with an exporter, the caller's decision (the edge's traceparent) or
+    OTEL_SAMPLE_RATIO of the traces that start here; without one, nothing (ids still flow)."""
+    if settings.otel_exporter_otlp_endpoint:
+        return ParentBased(TraceIdRatioBased(settings.otel_sample_ratio))
+    return ALWAYS_OFF
 
 
 def current_traceparent() -> str:
@@ -129,10 +144,63 @@ UNTRACED_METHODS = (
 
 
 def server_interceptor():
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+    """OpenTelemetry's gRPC instrumentation when spans are recorded; otherwise the lean
+    TraceContextInterceptor, which keeps the ids and skips what only a recorded span needs."""
+    if not _recording:
+        return TraceContextInterceptor()
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    untraced = filters.any_of(*(filters.full_method_name(name) for name in UNTRACED_METHODS))
-    return aio_server_interceptor(filter_=filters.negate(untraced))
+    return aio_server_interceptor(filter_=traced)
+
+
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class TraceContextInterceptor(grpc.aio.ServerInterceptor):
+    """Without an exporter: the caller's trace context (W3C `traceparent`) is continued and each
+    call runs in a server span, non-recording, so its logs and its calls to other services carry
+    the same ids as with the full instrumentation. The instrumentation's per-call work (span
+    attributes from the peer and the method, a proxy around the servicer context, status
+    bookkeeping) is for recorded spans only and is skipped."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("posmesh.grpc.server", tracer_provider=tracer_provider)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not traced(details):
+            return handler
+        carrier = {key: value for key, value in details.invocation_metadata or ()
+                   if key in _TRACE_HEADERS}
+        parent = propagate.extract(carrier) if carrier else None
+        tracer, name = self._tracer, details.method.lstrip("/")
+        if handler.unary_unary:
+            behaviour = handler.unary_unary
+
+            async def unary(request, ctx):
+                with tracer.start_as_current_span(name, context=parent,
+                                                  kind=trace.SpanKind.SERVER):
+                    return await behaviour(request, ctx)
+            return handler._replace(unary_unary=unary)
+        if handler.unary_stream:
+            stream_behaviour = handler.unary_stream
+
+            async def stream(request, ctx):
+                with tracer.start_as_current_span(name, context=parent,
+                                                  kind=trace.SpanKind.SERVER):
+                    async for response in stream_behaviour(request, ctx):
+                        yield response
+            return handler._replace(unary_stream=stream)
+        return handler
+
+
+_UNTRACED = frozenset(UNTRACED_METHODS)
+
+
+def traced(details) -> bool:
+    """The server interceptor's filter, run on every call: one set lookup (the library's
+    composed filters cost a few percent of a cheap RPC's CPU)."""
+    return getattr(details, "method", None) not in _UNTRACED
 
 
 def client_interceptors() -> list:

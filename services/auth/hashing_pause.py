@@ -63,6 +63,9 @@ class MachineHashingPause:
     def pause(self) -> None:
         """This process began signing in."""
         with self._state() as state:
+            # One that died signing in is no reason to think the children are stopped already.
+            state["signing"] = {pid: started for pid, started in state["signing"].items()
+                                if _alive(pid, started)}
             if not state["signing"]:
                 self._signal_children(state, signal.SIGSTOP)
             state["signing"][self._pid] = self._started

@@ -101,7 +101,7 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
         order = await self._book.create(_actor(), _bearer(), wire.order_draft_input(request))
         return wire.order_to_proto(order)
 
-    async def ListOrders(self, request: pb.ListOrdersRequest, ctx) -> pb.ListOrdersResponse:
+    async def ListOrders(self, request: pb.ListOrdersRequest, ctx) -> bytes:
         filters = OrderFilter(
             statuses=frozenset(wire.status_input(value, f"statuses[{index}]")
                                for index, value in enumerate(request.statuses)),
@@ -111,22 +111,17 @@ class OrderServicer(orders_pb2_grpc.OrderServiceServicer):
                             if request.HasField("created_before") else None))
         page = await self._book.list_orders(_actor(), filters, request.page_size,
                                             request.page_token)
-        response = pb.ListOrdersResponse(next_page_token=page.next_page_token)
-        for document in page.documents:
-            response.orders.add().MergeFromString(document)
-        return response
+        return wire.order_page_bytes(page.documents, page.next_page_token)
 
-    async def ListActiveOrders(self, request: pb.ListActiveOrdersRequest,
-                               ctx) -> pb.ListActiveOrdersResponse:
+    # Reads answer with the stored documents as they are (a serialised response: the shared
+    # interceptor sends bytes on unchanged).
+
+    async def ListActiveOrders(self, request: pb.ListActiveOrdersRequest, ctx) -> bytes:
         page = await self._book.list_active(_actor(), request.page_size, request.page_token)
-        response = pb.ListActiveOrdersResponse(next_page_token=page.next_page_token)
-        for document in page.documents:
-            response.orders.add().MergeFromString(document)
-        return response
+        return wire.order_page_bytes(page.documents, page.next_page_token)
 
-    async def GetOrder(self, request: pb.GetOrderRequest, ctx) -> pb.Order:
-        document = await self._book.get(_actor(), domain.resource_id(request.order_id, "order_id"))
-        return pb.Order.FromString(document)
+    async def GetOrder(self, request: pb.GetOrderRequest, ctx) -> bytes:
+        return await self._book.get(_actor(), domain.resource_id(request.order_id, "order_id"))
 
     async def UpdateOrderStatus(self, request: pb.UpdateOrderStatusRequest, ctx) -> pb.Order:
         order_id = domain.resource_id(request.order_id, "order_id")

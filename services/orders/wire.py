@@ -189,3 +189,32 @@ def category_patch(category: pb.MenuCategory) -> domain.CategoryPatch:
         name=domain.category_name(category.name) if present("name") else None,
         position=domain.category_position(category.position) if present("position") else None,
     )
+
+
+# -- responses from stored documents (serialised once, when the order was written) ---------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_ORDERS_FIELD = b"\x0a"  # field 1 (orders), length-delimited
+_NEXT_PAGE_TOKEN_FIELD = b"\x12"  # field 2 (next_page_token), length-delimited
+
+
+def order_page_bytes(documents: list[bytes], next_page_token: str) -> bytes:
+    """A ListOrdersResponse / ListActiveOrdersResponse (both: `repeated Order orders = 1;
+    string next_page_token = 2;`) in wire form, from the orders' stored documents: the bytes
+    protobuf itself would produce, without parsing each document into a message first."""
+    parts = []
+    for document in documents:
+        parts += (_ORDERS_FIELD, _varint(len(document)), document)
+    if next_page_token:
+        token = next_page_token.encode()
+        parts += (_NEXT_PAGE_TOKEN_FIELD, _varint(len(token)), token)
+    return b"".join(parts)

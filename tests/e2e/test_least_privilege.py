@@ -139,3 +139,26 @@ async def test_no_service_user_may_run_admin_commands(stack, command):
         assert await _redis_refuses(client, *command)
     finally:
         await client.aclose()
+
+
+async def test_realtime_reads_the_user_event_streams_and_writes_them_only_where_acls_cannot_say(
+        stack):
+    """Read-only key patterns exist from Redis 7 (an outside Redis here): there realtime may not
+    write the streams it follows; on 6.2 (the embedded Redis) it can, as docs/security.md says."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(stack.settings.redis_url, socket_timeout=5)
+    realtime = _redis_as(stack, "realtime")
+    try:
+        major = int(str((await admin.info("server"))["redis_version"]).split(".")[0])
+        assert not await _redis_refuses(realtime, "XREVRANGE", "staff:user-events", "+", "-",
+                                        "COUNT", "1")
+        # Not one of realtime's keys at all (and a stream that does not exist).
+        assert await _redis_refuses(realtime, "XTRIM", "auth:user-events-acl-probe", "MAXLEN", "0")
+        # A write that changes nothing when allowed (the stream is far shorter).
+        refused = await _redis_refuses(realtime, "XTRIM", "staff:user-events", "MAXLEN",
+                                       "1000000000")
+        assert refused == (major >= 7 and stack.redis is None), major
+    finally:
+        await admin.aclose()
+        await realtime.aclose()

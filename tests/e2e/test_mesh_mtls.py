@@ -124,6 +124,7 @@ async def test_each_internal_rpc_answers_the_callers_the_table_names_and_no_othe
 
 
 async def test_the_realtime_websocket_port_refuses_plaintext_and_every_caller_but_the_edge(stack):
+    started = time.time()
     addr = stack.settings.realtime_ws_addr
     async with httpx.AsyncClient(timeout=5) as plain:
         with pytest.raises(httpx.HTTPError):
@@ -138,3 +139,13 @@ async def test_the_realtime_websocket_port_refuses_plaintext_and_every_caller_bu
 
     assert refused.status_code == 403
     assert allowed.status_code == 200
+    async with auth_db(stack) as db:
+        for _ in range(50):
+            event = await db.fetchrow(
+                "SELECT source, severity FROM security_events WHERE type = 'CALLER_FORBIDDEN' "
+                "AND details->>'caller' = 'orders' AND details->>'method' = 'realtime WebSocket' "
+                "AND occurred_at >= to_timestamp($1)", started - 1)
+            if event is not None:
+                break
+            await asyncio.sleep(0.1)
+    assert event is not None and (event["source"], event["severity"]) == ("realtime", "critical")

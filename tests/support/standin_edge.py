@@ -33,7 +33,8 @@ async def standin_edge(register: Callable[[grpc.aio.Server], None],
                       "EDGE_PORT": edge_port, "ENVOY_ADMIN_PORT": admin_port,
                       "AUTH_ADDR": addr, "STAFF_ADDR": addr, "ORDERS_ADDR": addr,
                       "REALTIME_ADDR": addr,
-                      # The stand-in serves plaintext: the edge reaches it without mesh TLS.
+                      # One plaintext stand-in plays every service: these tests are about what
+                      # the edge answers itself (mutual TLS inside: tests/e2e/test_mesh_mtls.py).
                       "MESH_TLS": False, **settings}
             config = envoy_config.render(Settings(**values), folder / "envoy")
             envoy = await asyncio.create_subprocess_exec(

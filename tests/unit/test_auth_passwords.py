@@ -252,7 +252,10 @@ async def test_a_sign_in_in_another_auth_replica_pauses_this_ones_new_passwords(
         assert await _until(lambda: _process_state(child) == "T")
         other.kill()  # died while signing in
         await other.wait()
-        machine.pause()  # this replica's own sign-in, begun and over
+        machine.resume()  # (as if this replica's last sign-in just ended)
+        assert await _until(lambda: _process_state(child) != "T")
+        machine.pause()  # this replica's own sign-in: the dead one's entry does not hide it
+        assert await _until(lambda: _process_state(child) == "T")
         machine.resume()
         assert await _until(lambda: _process_state(child) != "T")
         assert (await enrollment.hash("after")).startswith("$argon2id$")

@@ -31,6 +31,22 @@ def sample_order() -> domain.Order:
                             ticket_number=42, business_date=date(2025, 11, 21), now=NOW)
 
 
+@pytest.mark.parametrize("token", ["", "next-page-" + "t" * 200])
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_a_page_built_from_stored_documents_is_what_protobuf_would_send(count, token) -> None:
+    # One document with a note long enough that its length needs a two-byte varint.
+    documents = []
+    for n in range(count):
+        message = pb.Order.FromString(wire.encode_order(sample_order()))
+        message.notes = "n" * 150 * n
+        documents.append(message.SerializeToString())
+    expected = pb.ListActiveOrdersResponse(orders=[pb.Order.FromString(d) for d in documents],
+                                           next_page_token=token)
+    sent = wire.order_page_bytes(documents, token)
+    assert sent == expected.SerializeToString()
+    assert pb.ListOrdersResponse.FromString(sent).orders == expected.orders
+
+
 def test_an_order_document_round_trips_exactly() -> None:
     order = sample_order()
     assert wire.decode_order(wire.encode_order(order)) == order
