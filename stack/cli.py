@@ -7,6 +7,7 @@
     posmesh migrate              database roles (with DATABASE_URL's superuser) and migrations
     posmesh compose-secrets      the secret files docker-compose.yml mounts (.posmesh/compose)
     posmesh envoy-config         render and validate the Envoy config, print its path
+    posmesh prometheus-config    a prometheus.yml scraping every metrics port, and the rules
     posmesh probe <service>      its standard health over mTLS: exit 0 when SERVING (k8s probes)
     posmesh mail [show N | last] the mail the dev mail server stored (newest first)
     posmesh mail-server          the dev mail server alone (what `posmesh run` starts)
@@ -158,6 +159,14 @@ def envoy_config(out: Path | None, check: bool) -> None:
     print(path)
 
 
+def prometheus_config(out: Path | None) -> None:
+    from posmesh.common.settings import get_settings
+    from stack import prometheus_config as prometheus
+
+    settings = get_settings()
+    print(prometheus.render(settings, out or settings.data_dir / "prometheus"))
+
+
 async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
     """Start the stack, report where it is, and supervise it until a signal or a child dies.
     `on_ready(stack)` runs once everything answers (e.g. seeding demo data)."""
@@ -190,6 +199,7 @@ async def run(on_ready: Callable[..., Awaitable[None]] | None = None) -> int:
         f"  health                          curl --cacert {ca} {stack.edge_url}/api/v1/health\n"
         f"  WebSocket                       wss://localhost:{stack.settings.edge_port}/ws/pos/<restaurant_id>\n"
         f"  Envoy admin (this machine only) http://127.0.0.1:{stack.settings.envoy_admin_port}\n"
+        f"{_metrics_banner(stack)}"
         f"  dev CA certificate              {ca}\n"
         f"  processes                       "
         + ", ".join(f"{service} ×{len(stack.replicas(service))}" for service in SERVICES)
@@ -255,6 +265,20 @@ def _loud(headline: str, details: str) -> None:
     print(f"\n{bar}\nposmesh: {headline}\n{bar}\n{details}\n{bar}", file=sys.stderr, flush=True)
 
 
+def _metrics_banner(stack) -> str:
+    """Where Prometheus scrapes (docs/observability.md), and a config that scrapes them all."""
+    from stack import prometheus_config
+
+    targets = stack.metrics_targets()
+    config = prometheus_config.render(stack.settings, stack.data_dir / "prometheus",
+                                      targets=targets)
+    lines = [f"  metrics ({job}){' ' * (23 - len(job))} "
+             + " ".join(f"http://{target}/metrics" for target in addrs)
+             for job, addrs in targets.items()]
+    return "\n".join(lines) + (f"\n  Prometheus config               prometheus "
+                               f"--config.file={_relative(config)}\n")
+
+
 def _relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
@@ -296,6 +320,10 @@ def main(argv: list[str] | None = None) -> None:
     config_parser = commands.add_parser("envoy-config", help="render (and validate) the Envoy config")
     config_parser.add_argument("--out", type=Path, help="folder for envoy.yaml (default <data dir>/envoy)")
     config_parser.add_argument("--no-validate", action="store_true", help="skip `envoy --mode validate`")
+    prometheus_parser = commands.add_parser(
+        "prometheus-config", help="write a prometheus.yml (every metrics target) and the rules")
+    prometheus_parser.add_argument("--out", type=Path,
+                                   help="folder for prometheus.yml (default <data dir>/prometheus)")
     mail_parser = commands.add_parser(
         "mail", help="list the mail the dev mail server stored (newest first), or show one")
     mail_parser.add_argument("--to", help="only mail to this address")
@@ -333,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(probe(args.service, args.timeout))
     elif args.command == "envoy-config":
         envoy_config(args.out, check=not args.no_validate)
+    elif args.command == "prometheus-config":
+        prometheus_config(args.out)
     elif args.command == "mail":
         sys.exit(mail(args))
     elif args.command == "mail-server":

@@ -168,6 +168,7 @@ class Stack:
         self._redis_users: str | None = None  # the prefix of users added to an outside Redis
         self.envoy_config: Path | None = None
         self.children: dict[str, Child] = {}
+        self._metrics_addrs: dict[str, str] = {}  # service process -> its metrics address
         # Service processes that crashed and were started again (the test suite fails a test
         # during which one crashed unless the test caused it).
         self.crashes: list[ChildDied] = []
@@ -441,9 +442,38 @@ class Stack:
             overrides["DATABASE_URL"] = self.db_roles.service_urls[service]
         if service in self.redis_urls:
             overrides["REDIS_URL"] = self.redis_urls[service]
+        overrides.update(self._metrics_override(name))
         return Child(name, [sys.executable, "-m", "stack.cli", "serve", service],
                      self._child_env(overrides), self.data_dir / "logs" / f"{name}.log", self.echo,
                      restartable=True)
+
+    def metrics_addr(self, name: str) -> str:
+        """The metrics address of one service process ('' when off): the setting for the first
+        process of a service; for the others ('realtime-2', 'orders-2', ...) the N-th of
+        REALTIME_METRICS_ADDRS, else a free loopback port, kept across restarts."""
+        if name not in self._metrics_addrs:
+            service, _, number = name.partition("-")
+            addr = self.settings.metrics_addr(service)
+            if number and addr:
+                listed = self.settings.realtime_metrics_addrs if service == "realtime" else []
+                index = int(number) - 1
+                addr = listed[index] if index < len(listed) else f"127.0.0.1:{free_port()}"
+            self._metrics_addrs[name] = addr
+        return self._metrics_addrs[name]
+
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """Every process's metrics address by job (service, and `envoy`): Prometheus' targets."""
+        targets: dict[str, list[str]] = {}
+        for name in self.service_names:
+            if addr := self.metrics_addr(name):
+                targets.setdefault(name.partition("-")[0], []).append(addr)
+        if self.settings.envoy_metrics_addr:
+            targets["envoy"] = [self.settings.envoy_metrics_addr]
+        return targets
+
+    def _metrics_override(self, name: str) -> dict[str, str]:
+        service, _, number = name.partition("-")
+        return {f"{service.upper()}_METRICS_ADDR": self.metrics_addr(name)} if number else {}
 
     def _mail_child(self) -> Child:
         argv = [sys.executable, "-m", "stack.cli", "mail-server",

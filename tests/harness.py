@@ -46,8 +46,10 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
     """Settings for a test stack and the gRPC addresses of the extra realtime processes.
     `replicas`: processes of each of auth, staff and orders (not the machine's core count, so
     every machine tests the same system; the supervisor picks their ports)."""
-    ports = free_ports(6 + 2 * realtime_replicas)
+    ports = free_ports(6 + 2 * realtime_replicas + 3 + realtime_replicas + 1)
     edge, admin, auth, staff, orders = ports[:5]
+    metrics = [f"{LOOPBACK}:{port}" for port in ports[6 + 2 * realtime_replicas:]]
+    envoy_metrics = metrics.pop()
     realtime_grpc = [f"{LOOPBACK}:{port}" for port in ports[5:5 + realtime_replicas]]
     realtime_ws = [f"{LOOPBACK}:{port}" for port in ports[5 + realtime_replicas:5 + 2 * realtime_replicas]]
     values = {
@@ -64,6 +66,13 @@ def stack_settings(data_dir: Path, *, database_url: str | None, realtime_replica
         "AUTH_REPLICAS": replicas,
         "STAFF_REPLICAS": replicas,
         "ORDERS_REPLICAS": replicas,
+        # Every process's metrics page (auth, staff, orders, then each realtime).
+        "AUTH_METRICS_ADDR": metrics[0],
+        "STAFF_METRICS_ADDR": metrics[1],
+        "ORDERS_METRICS_ADDR": metrics[2],
+        "REALTIME_METRICS_ADDR": metrics[3],
+        "REALTIME_METRICS_ADDRS": ",".join(metrics[3:]),
+        "ENVOY_METRICS_ADDR": envoy_metrics,
         "DATABASE_URL": database_url,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         # Traces stay in-process in tests even when the developer's shell exports a collector.

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from posmesh.common.errors import DeadlineExceeded, Unavailable
+from posmesh.common.metrics import ADMISSION_REFUSED, DEADLINES_EXCEEDED, CallbackCollector, gauge_family, register
 from posmesh.common.settings import Settings
 
 RETRY_AFTER_SECONDS = 1
@@ -69,6 +70,7 @@ def overloaded(message: str) -> Unavailable:
 
 
 def deadline_exceeded(budget: float) -> DeadlineExceeded:
+    DEADLINES_EXCEEDED.inc()
     return DeadlineExceeded("DEADLINE_EXCEEDED",
                             f"the request did not finish within its deadline ({budget:.3g} s) and "
                             "was abandoned; retry", retryable="true")
@@ -96,8 +98,17 @@ class Admission:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Admission":
-        return cls(settings.admission_max_in_flight, settings.request_deadline_seconds,
-                   settings.admission_max_queue_ms / 1000)
+        admission = cls(settings.admission_max_in_flight, settings.request_deadline_seconds,
+                        settings.admission_max_queue_ms / 1000)
+        register(CallbackCollector("admission", admission.metric_families))
+        return admission
+
+    def metric_families(self):
+        yield gauge_family("posmesh_admission_in_flight", "Unary calls in flight by lane.",
+                           {("critical",): self.critical.in_flight,
+                            ("other",): self.shared.in_flight}, ("lane",))
+        yield gauge_family("posmesh_admission_max_in_flight", "The limit of each lane "
+                           "(ADMISSION_MAX_IN_FLIGHT).", self.max_in_flight)
 
     def _lane(self, priority: Priority) -> Lane:
         return self.critical if priority is Priority.CRITICAL else self.shared
@@ -108,10 +119,12 @@ class Admission:
         limit = self._sheddable_limit if priority is Priority.SHEDDABLE else lane.limit
         if lane.in_flight >= limit:
             lane.refused += 1
+            ADMISSION_REFUSED.labels(priority.value, "in_flight").inc()
             raise overloaded(f"the service is at capacity ({lane.in_flight} {priority.value} "
                              "calls in flight); retry shortly")
         if queued_seconds > self.queue_age_limits[priority]:
             lane.refused += 1
+            ADMISSION_REFUSED.labels(priority.value, "queue_age").inc()
             raise overloaded(f"the request waited {queued_seconds * 1000:.0f} ms before the "
                              "service could start it; retry shortly")
         lane.in_flight += 1

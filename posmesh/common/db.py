@@ -80,3 +80,11 @@ class EngineProbe:
 
     def pool_stats(self) -> dict[str, int]:
         return pool_stats(self._engine)
+
+    def pool_waiting(self) -> int:
+        """Requests waiting for a connection now (the asyncio queue inside the pool, created
+        on first use)."""
+        from posmesh.common.metrics import queue_waiters
+
+        queue = getattr(self._engine.sync_engine.pool, "_pool", None)
+        return queue_waiters(vars(queue).get("_queue")) if queue is not None else 0

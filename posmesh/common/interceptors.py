@@ -14,7 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from posmesh.common import callers, context, mesh_tls, permissions, security_events
+from posmesh.common import callers, context, mesh_tls, metrics, permissions, security_events
 from posmesh.common.admission import REQUEST_START_HEADER, Admission, deadline_exceeded, queued_seconds
 from posmesh.common.authn import Authenticator
 from posmesh.common.errors import (
@@ -51,6 +51,7 @@ def to_status(error: ApiError) -> grpc.Status:
 
 
 async def abort(ctx: grpc.aio.ServicerContext, error: ApiError) -> None:
+    metrics.count_error(error.code.name, error.reason)
     status = to_status(error)
     trailing = status.trailing_metadata
     if "retry_after_seconds" in error.metadata:

@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from posmesh.common.metrics import SECURITY_EVENTS
+
 log = logging.getLogger("posmesh.security")
 
 INFO, WARNING, CRITICAL = "info", "warning", "critical"
@@ -44,6 +46,7 @@ class _Recorder:
         self.pending: set[asyncio.Task] = set()
 
     def record(self, event: SecurityEvent) -> None:
+        SECURITY_EVENTS.labels(event.type, event.severity).inc()
         log.log(
             logging.ERROR if event.severity == CRITICAL else logging.WARNING,
             "security event %s", event.type,

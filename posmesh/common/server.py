@@ -20,7 +20,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from posmesh.common import clients, db, mesh_tls, telemetry
+from posmesh.common import clients, db, mesh_tls, metrics, rpc_metrics, telemetry
+from posmesh.common import certificate_metrics as certificates
 from posmesh.common.health import SystemHealth
 from posmesh.common.settings import Settings
 from posmesh.health.v1 import health_pb2 as system_pb2
@@ -87,18 +88,25 @@ async def run_grpc_service(
     `engine`'s SQLAlchemy pool, and the process's revocation follower (`revocations`).
     """
     telemetry.setup(name, settings)
+    # RED per RPC only where a metrics page shows it (<SERVICE>_METRICS_ADDR set).
+    metered = [rpc_metrics.RpcMetricsInterceptor()] if settings.metrics_addr(name) else []
     server = grpc.aio.server(
-        interceptors=[telemetry.server_interceptor(), *interceptors], options=SERVER_OPTIONS
+        interceptors=[telemetry.server_interceptor(), *metered, *interceptors],
+        options=SERVER_OPTIONS,
     )
     names = list(register(server))
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    probe = database or (db.EngineProbe(engine) if engine is not None else None)
     system_pb2_grpc.add_SystemHealthServiceServicer_to_server(
-        SystemHealth(name, settings, redis=redis, revocations=revocations,
-                     database=database or (db.EngineProbe(engine) if engine is not None else None)),
-        server
+        SystemHealth(name, settings, redis=redis, revocations=revocations, database=probe), server
     )
+    if probe is not None:
+        metrics.register(metrics.PoolCollector(probe.pool_stats,
+                                               getattr(probe, "pool_waiting", lambda: 0)))
+    metrics.register(certificates.CertificateExpiry(settings))
+    metrics_server = await metrics.serve(name, settings.metrics_addr(name))
     system_name = system_pb2.DESCRIPTOR.services_by_name["SystemHealthService"].full_name
     reflection.enable_server_reflection(
         [*names, system_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -141,4 +149,6 @@ async def run_grpc_service(
         if engine is not None:
             await engine.dispose()
         telemetry.shutdown()
+        if metrics_server is not None:
+            await metrics_server.stop()
         log.info("%s stopped", name)

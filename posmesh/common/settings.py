@@ -245,12 +245,32 @@ class Settings(BaseSettings):
     # One aggregated health check serves every caller of a process for this long.
     health_cache_seconds: float = Field(1.0, alias="HEALTH_CACHE_SECONDS")
 
+    # Metrics (posmesh/common/metrics.py; docs/observability.md): each service process serves
+    # Prometheus text at http://<addr>/metrics. Loopback by default; in a deployment the
+    # operator's network only, never a route of the edge. Empty: no metrics page.
+    auth_metrics_addr: str = Field("127.0.0.1:9101", alias="AUTH_METRICS_ADDR")
+    staff_metrics_addr: str = Field("127.0.0.1:9102", alias="STAFF_METRICS_ADDR")
+    orders_metrics_addr: str = Field("127.0.0.1:9103", alias="ORDERS_METRICS_ADDR")
+    realtime_metrics_addr: str = Field("127.0.0.1:9104", alias="REALTIME_METRICS_ADDR")
+    # One per realtime process, like REALTIME_WS_ADDRS (Prometheus' targets); default: the one.
+    realtime_metrics_addrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="REALTIME_METRICS_ADDRS")
+    # Envoy's metrics for Prometheus: GET /metrics here answers the admin's /stats/prometheus
+    # (the admin stays on 127.0.0.1). Empty: no such listener.
+    envoy_metrics_addr: str = Field("127.0.0.1:9105", alias="ENVOY_METRICS_ADDR")
+    # Certificate files whose expiry every process exports (posmesh_certificate_expiry_*): the
+    # edge's and any other *.pem/*.crt in the certs dir (<data dir>/certs), plus these (comma
+    # separated paths).
+    metrics_certificate_files: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="METRICS_CERTIFICATE_FILES")
+
     # Telemetry: OTLP/gRPC export when set, tracing stays in-process (ids in logs) otherwise.
     otel_exporter_otlp_endpoint: str | None = Field(None, alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_sample_ratio: float = Field(1.0, alias="OTEL_SAMPLE_RATIO")
 
     @field_validator("cors_allowed_origins", "realtime_ws_addrs", "auth_addrs", "staff_addrs",
-                     "orders_addrs", mode="before")
+                     "orders_addrs", "realtime_metrics_addrs", "metrics_certificate_files",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -298,6 +318,15 @@ class Settings(BaseSettings):
 
     def replicas(self, service: str) -> int:
         return getattr(self, f"{service}_replicas") if service in REPLICATED_SERVICES else 1
+
+    def metrics_addr(self, service: str) -> str:
+        return getattr(self, f"{service}_metrics_addr")
+
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """Every service process's metrics address, by service (what Prometheus scrapes)."""
+        targets = {service: [self.metrics_addr(service)] for service in ("auth", "staff", "orders")}
+        targets["realtime"] = self.realtime_metrics_addrs or [self.realtime_metrics_addr]
+        return {service: [addr for addr in addrs if addr] for service, addrs in targets.items()}
 
 
 @lru_cache(maxsize=1)

@@ -107,6 +107,26 @@ def sampler_for(settings: Settings) -> Sampler:
     return ALWAYS_OFF
 
 
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ('' outside one), to store with work that is
+    carried on later by another task or process (the order outbox)."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return ""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def context_of(traceparent: str):
+    """An OpenTelemetry context whose parent is `traceparent` (None when empty or malformed:
+    the span then starts a trace of its own). The sampled flag it carries is followed."""
+    if not traceparent:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    return context if trace.get_current_span(context).get_span_context().is_valid else None
+
+
 def shutdown() -> None:
     """Flush spans still buffered for export."""
     provider = trace.get_tracer_provider()

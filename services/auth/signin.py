@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from posmesh.common import security_events
 from posmesh.common.authn import IDLE_LOCKED, Authenticator, session_locked
 from posmesh.common.context import Caller
-from posmesh.common.errors import NotFound, PermissionDenied, Unauthenticated
+from posmesh.common.errors import ApiError, NotFound, PermissionDenied, Unauthenticated
 from posmesh.common.settings import Settings
 from posmesh.common.tokens import session_revoked
-from services.auth import refresh_tokens
+from services.auth import metrics, refresh_tokens
 from services.auth.access_tokens import AccessTokenIssuer
 from services.auth.device_rules import (
     DEVICE,
@@ -93,9 +93,15 @@ class SignIn:
                     device_label: str = "", user_agent: str = "") -> TokenPair:
         # A sign-in goes before new passwords from start to end (see enrollment_hashing.py).
         with self._passwords.holding_off_new_passwords():
-            return await self._login(email=email, password=password, restaurant_id=restaurant_id,
-                                     client_ip=client_ip, device_label=device_label,
-                                     user_agent=user_agent)
+            try:
+                pair = await self._login(email=email, password=password,
+                                         restaurant_id=restaurant_id, client_ip=client_ip,
+                                         device_label=device_label, user_agent=user_agent)
+            except ApiError as error:
+                metrics.LOGINS.labels(error.reason).inc()
+                raise
+            metrics.LOGINS.labels("OK").inc()
+            return pair
 
     async def _login(self, *, email: str, password: str, restaurant_id: str, client_ip: str,
                      device_label: str, user_agent: str) -> TokenPair:
@@ -122,6 +128,7 @@ class SignIn:
                                    **details)
             lockout = await self._limiter.failed(attempt)
             if lockout is not None:
+                metrics.LOCKOUTS.labels(lockout.subject_kind).inc()
                 security_events.record("LOGIN_LOCKOUT", ip=client_ip,
                                        user_id=user.id if user else "", locked=lockout.subject_kind,
                                        seconds=lockout.seconds, **details)
@@ -226,6 +233,7 @@ class SignIn:
         await self._revocations.publish(revoked, ended_because)
         if ended_because in (MEMBERSHIP_REVOKED, DEVICE_REVOKED):
             raise session_revoked()
+        metrics.REFRESH_REUSE.inc()
         security_events.record(
             REFRESH_REUSED, severity=security_events.CRITICAL, ip=client_ip,
             user_id=session.user_id, restaurant_id=session.restaurant_id,

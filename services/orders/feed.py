@@ -48,14 +48,14 @@ class Subscription:
     overflowed: bool = False  # entries were dropped: catch up from PostgreSQL
     poked: bool = False  # NOTIFY said something committed
 
-    def push(self, sequence: int, event: bytes) -> None:
+    def push(self, sequence: int, event: bytes, traceparent: str = "") -> None:
         try:
-            self.queue.put_nowait((sequence, event))
+            self.queue.put_nowait((sequence, event, traceparent))
         except asyncio.QueueFull:
             self.overflowed = True
         self.wake.set()
 
-    def drain(self) -> list[tuple[int, bytes]]:
+    def drain(self) -> list[tuple[int, bytes, str]]:
         entries = []
         while not self.queue.empty():
             entries.append(self.queue.get_nowait())
@@ -179,11 +179,12 @@ class LiveTail:
                 try:
                     sequence = int(fields[b"seq"])
                     event = fields[b"event"]
+                    traceparent = fields.get(b"tp", b"").decode("ascii")
                 except (KeyError, ValueError):
                     log.error("malformed entry on %s: %r", key, stream_id)
                     continue
                 for subscription in subscribers:
-                    subscription.push(sequence, event)
+                    subscription.push(sequence, event, traceparent)
 
 
 class ResyncRequired(Exception):
@@ -224,7 +225,10 @@ class Feed:
         self.tail.wake_all()
 
     async def watch(self, restaurant_id: str, after_event_id: str,
-                    guard: StreamGuard | None = None) -> AsyncIterator[pb.WatchOrdersResponse]:
+                    guard: StreamGuard | None = None, *, with_trace: bool = False
+                    ) -> AsyncIterator[pb.WatchOrdersResponse]:
+        """`with_trace`: events carry the trace context that caused them (the internal stream
+        realtime reads; never the public WatchOrders)."""
         after = parse_event_id(after_event_id)
         head = await self.store.event_head(restaurant_id)
         if after is None:
@@ -237,7 +241,7 @@ class Feed:
                 return
         subscription = self.tail.subscribe(restaurant_id, head)
         try:
-            async for message in _Watcher(self, subscription, after, guard).run():
+            async for message in _Watcher(self, subscription, after, guard, with_trace).run():
                 yield message
         except ResyncRequired as resync:
             log.info("watch needs a resync: %s", resync, extra={"restaurant_id": restaurant_id})
@@ -265,8 +269,9 @@ class _Watcher:
     """One stream's state: `last`, the sequence of the last event sent."""
 
     def __init__(self, feed: Feed, subscription: Subscription, last: int,
-                 guard: StreamGuard | None) -> None:
+                 guard: StreamGuard | None, with_trace: bool = False) -> None:
         self._feed = feed
+        self._with_trace = with_trace
         self._store = feed.store
         self._sub = subscription
         self._restaurant = subscription.restaurant_id
@@ -322,14 +327,16 @@ class _Watcher:
             self._sub.overflowed = False
             self._sub.drain()
             messages += await self._from_postgres()
-        for sequence, event in self._sub.drain():
+        for sequence, event, traceparent in self._sub.drain():
             if sequence <= self.last:
                 continue  # already sent (replay/live seam, or a duplicate)
             if sequence > self.last + 1:
                 messages += await self._from_postgres(through=sequence - 1)
                 if self.last != sequence - 1:
                     raise ResyncRequired(sequence, f"events {self.last + 1}..{sequence - 1} are gone")
-            messages.append(pb.WatchOrdersResponse(event=pb.OrderEvent.FromString(event)))
+            messages.append(pb.WatchOrdersResponse(
+                event=pb.OrderEvent.FromString(event),
+                traceparent=traceparent if self._with_trace else ""))
             self.last = sequence
         poked, self._sub.poked = self._sub.poked, False
         if not self._feed.tail.healthy:
@@ -361,7 +368,8 @@ class _Watcher:
                     raise ResyncRequired(stored.sequence,
                                          f"events {self.last + 1}..{stored.sequence - 1} are gone")
                 messages.append(pb.WatchOrdersResponse(
-                    event=wire.finished_event(stored.payload, stored.sequence, stored.created_at)))
+                    event=wire.finished_event(stored.payload, stored.sequence, stored.created_at),
+                    traceparent=stored.traceparent if self._with_trace else ""))
                 self.last = stored.sequence
             if len(events) < REPLAY_PAGE:
                 return messages

@@ -19,7 +19,7 @@ from posmesh.orders.v1 import orders_pb2, orders_pb2_grpc
 from services.orders.feed import Feed, LiveTail
 from services.orders.menu import MenuBook
 from services.orders.order_book import OrderBook
-from services.orders.relay import EventSignals, NotificationListener, Relay
+from services.orders.relay import EventSignals, NotificationListener, OutboxLagProbe, Relay
 from services.orders.restaurants import RestaurantDirectory, staff_fetcher
 from services.orders.servicer import MenuServicer, OrderFeedServicer, OrderServicer
 from services.orders.store import SCHEMA, OrdersStore
@@ -48,10 +48,12 @@ async def serve(settings: Settings) -> None:
     signals = EventSignals()
     listener = NotificationListener(settings, signals)
     relay = Relay(settings, store, redis, signals)
+    lag_probe = OutboxLagProbe(store, settings.order_relay_poll_seconds)
     tail = LiveTail(stream_redis, signals, block_seconds=LIVE_BLOCK_SECONDS)
     feed = Feed(settings, store, tail)
     listener.start()
     relay.start()
+    lag_probe.start()
 
     def register(server) -> list[str]:
         orders_pb2_grpc.add_MenuServiceServicer_to_server(
@@ -69,6 +71,7 @@ async def serve(settings: Settings) -> None:
         feed.close()
 
     async def on_shutdown() -> None:
+        await lag_probe.stop()
         await relay.stop()
         await listener.stop()
         await tail.stop()

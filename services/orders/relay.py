@@ -23,6 +23,10 @@ from typing import Callable
 
 import asyncpg
 import redis.exceptions
+from opentelemetry import trace
+from prometheus_client import Counter, Gauge
+
+from posmesh.common import telemetry
 
 from posmesh.common.settings import Settings
 from services.orders import store as store_module, wire
@@ -30,9 +34,28 @@ from services.orders.store import OrdersStore, StoredEvent
 
 log = logging.getLogger(__name__)
 
+PUBLISHED = Counter("posmesh_outbox_published_events",
+                    "Order events the relay put on the restaurants' Redis streams.")
+ROUNDS = Counter("posmesh_outbox_relay_rounds", "Relay rounds by outcome (published: moved a "
+                 "batch; idle: nothing to move; skipped: another process relays; failed).",
+                 ["outcome"])
+LAG = Gauge("posmesh_outbox_lag_seconds", "Age of the oldest committed order event not yet on "
+            "its Redis stream (0 when none waits), sampled every ORDER_RELAY_POLL_SECONDS.")
+BACKLOG = Gauge("posmesh_outbox_unpublished_events", "Committed order events not yet on their "
+                "Redis stream.")
+
 PRUNE_INTERVAL_SECONDS = 3600.0
 PRUNE_BATCH = 5000
 _ALREADY_PUBLISHED = "equal or smaller than the target stream top item"
+
+
+_tracer = trace.get_tracer("posmesh.orders.relay")
+
+
+def _publish_attributes(event: StoredEvent) -> dict:
+    return {"messaging.system": "redis", "messaging.operation.type": "publish",
+            "messaging.destination.name": stream_key(event.restaurant_id),
+            "posmesh.event.sequence": event.sequence}
 
 
 def stream_key(restaurant_id: str) -> str:
@@ -154,6 +177,7 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                ROUNDS.labels("failed").inc()
                 log.warning("outbox relay round failed; retrying in %.1fs", backoff,
                             extra={"error": repr(exc)})
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
@@ -164,23 +188,47 @@ class Relay:
         """Publishes one batch; True when the batch was full (more may be waiting)."""
         async with self._store.relay_round() as round_:
             if round_ is None:
+                ROUNDS.labels("skipped").inc()
                 return False  # another process is relaying
             events = await round_.unpublished(self._batch)
             if not events:
+                ROUNDS.labels("idle").inc()
                 return False
             await self._publish(events)
             await round_.mark_published(events)
         self.published += len(events)
+        PUBLISHED.inc(len(events))
+        ROUNDS.labels("published").inc()
         return len(events) == self._batch
 
     async def _publish(self, events: list[StoredEvent]) -> None:
         pipe = self._redis.pipeline(transaction=False)
+        spans = []
         for event in events:
             message = wire.finished_event(event.payload, event.sequence, event.created_at)
-            pipe.xadd(stream_key(event.restaurant_id),
-                      {"seq": str(event.sequence), "event": message.SerializeToString()},
+            fields = {"seq": str(event.sequence), "event": message.SerializeToString()}
+            parent = telemetry.context_of(event.traceparent)
+            if parent is not None:
+                # A child of the request that wrote the event; the stream entry carries this
+                # span on, so realtime's delivery joins the same trace.
+                span = _tracer.start_span("orders.relay.publish", context=parent,
+                                          kind=trace.SpanKind.PRODUCER,
+                                          attributes=_publish_attributes(event))
+                spans.append(span)
+                with trace.use_span(span):
+                    fields["tp"] = telemetry.current_traceparent()
+            pipe.xadd(stream_key(event.restaurant_id), fields,
                       id=entry_id(event.sequence), maxlen=self._maxlen, approximate=True)
-        results = await pipe.execute(raise_on_error=False)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, repr(exc))
+            raise
+        finally:
+            for span in spans:
+                span.end()
         for event, result in zip(events, results):
             if isinstance(result, redis.exceptions.ResponseError) and _ALREADY_PUBLISHED in str(result):
                 continue  # published before a crash; Redis kept the first copy
@@ -198,3 +246,34 @@ class Relay:
             deleted = await self._store.prune_events(cutoff, PRUNE_BATCH)
             if deleted:
                 log.info("pruned %d published order events older than %s", deleted, cutoff)
+
+
+class OutboxLagProbe:
+    """Samples the outbox backlog for the metrics (posmesh_outbox_lag_seconds), apart from the
+    relay, so a stuck relay still shows its lag growing. Every orders process samples the same
+    table: dashboards and alerts take the max."""
+
+    def __init__(self, store: OrdersStore, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="orders-outbox-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                lag, waiting = await self._store.outbox_backlog()
+                LAG.set(lag)
+                BACKLOG.set(waiting)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is down: nothing commits meanwhile
+                log.debug("outbox lag probe failed: %r", exc)
+            await asyncio.sleep(self._interval)

@@ -177,7 +177,7 @@ class OrderFeedServicer(orders_pb2_grpc.OrderFeedServiceServicer):
                                     ctx) -> AsyncIterator[pb.WatchOrdersResponse]:
         restaurant_id = domain.resource_id(request.restaurant_id, "restaurant_id")
         async for message in with_final_error(
-                self._feed.watch(restaurant_id, request.after_event_id)):
+                self._feed.watch(restaurant_id, request.after_event_id, with_trace=True)):
             yield message
 
 

@@ -24,7 +24,9 @@ from typing import AsyncIterator, Sequence
 import asyncpg
 from opentelemetry import trace
 
+from posmesh.common import telemetry
 from posmesh.common.errors import AlreadyExists, Unavailable
+from posmesh.common.metrics import queue_waiters
 from posmesh.common.settings import Settings
 from services.orders import wire
 from services.orders.domain import (
@@ -113,6 +115,8 @@ class StoredEvent:
     sequence: int
     payload: bytes
     created_at: datetime
+    # The W3C trace context of the request that wrote the event ('' when it had none).
+    traceparent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +171,10 @@ class OrdersStore:
         return {"size": self._steady_size, "checked_out": opened - idle, "checked_in": idle,
                 "overflow": max(0, opened - self._steady_size),
                 "max_overflow": self._pool.get_max_size() - self._steady_size}
+
+    def pool_waiting(self) -> int:
+        """Requests waiting for a pooled connection now (asyncpg hands them out from a queue)."""
+        return queue_waiters(getattr(self._pool, "_queue", None))
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -307,11 +315,11 @@ class OrdersStore:
                            through: int | None = None) -> list[StoredEvent]:
         rows = await self._read(
             "events_after",
-            "SELECT sequence, payload, created_at FROM order_events "
+            "SELECT sequence, payload, created_at, traceparent FROM order_events "
             "WHERE restaurant_id = $1 AND sequence > $2 AND sequence <= $3 "
             "ORDER BY sequence LIMIT $4",
             restaurant_id, after, through if through is not None else 2**62, limit)
-        return [StoredEvent(restaurant_id, row[0], row[1], row[2]) for row in rows]
+        return [StoredEvent(restaurant_id, row[0], row[1], row[2], row[3]) for row in rows]
 
     # -- relay ---------------------------------------------------------------------------------
 
@@ -326,6 +334,16 @@ class OrdersStore:
             locked = await tx.connection.fetchval(
                 "SELECT pg_try_advisory_xact_lock(hashtext($1))", RELAY_LOCK_KEY)
             yield RelayRound(tx.connection) if locked else None
+
+    async def outbox_backlog(self) -> tuple[float, int]:
+        """(seconds since the oldest unpublished event was committed, how many are waiting):
+        (0, 0) when the relay is up to date. The partial index on unpublished events keeps
+        this cheap while the backlog is small."""
+        row = await self._read(
+            "outbox_backlog",
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0), "
+            "count(*) FROM order_events WHERE published_at IS NULL", fetch="fetchrow")
+        return max(0.0, float(row[0])), int(row[1])
 
     async def prune_events(self, older_than: datetime, batch: int) -> int:
         """Deletes published events older than `older_than`, at most `batch` of them."""
@@ -395,7 +413,9 @@ class Transaction:
 
         The counter row stays locked until commit, so sequence numbers have no gaps and commit
         in order: a reader that sees event n has every event before it. Call this last in a
-        transaction to hold the lock briefly. A trigger NOTIFYs the relay on commit.
+        transaction to hold the lock briefly. A trigger NOTIFYs the relay on commit. The
+        current trace context is stored with the event: its publication and delivery join the
+        request's trace.
         """
         order_id = draft.order.id if draft.order is not None else None
         return await self.connection.fetchval(
@@ -403,9 +423,12 @@ class Transaction:
             " INSERT INTO event_sequences AS s (restaurant_id, last_sequence) VALUES ($1, 1)"
             " ON CONFLICT (restaurant_id) DO UPDATE SET last_sequence = s.last_sequence + 1"
             " RETURNING last_sequence) "
-            "INSERT INTO order_events (restaurant_id, sequence, type, order_id, payload, created_at) "
-            "SELECT $1, last_sequence, $2, $3, $4, clock_timestamp() FROM next RETURNING sequence",
-            restaurant_id, draft.type, order_id, wire.event_payload(restaurant_id, draft))
+            "INSERT INTO order_events (restaurant_id, sequence, type, order_id, payload, created_at,"
+            " traceparent) "
+            "SELECT $1, last_sequence, $2, $3, $4, clock_timestamp(), $5 FROM next "
+            "RETURNING sequence",
+            restaurant_id, draft.type, order_id, wire.event_payload(restaurant_id, draft),
+            telemetry.current_traceparent())
 
     # -- menu ----------------------------------------------------------------------------------
 
@@ -488,9 +511,9 @@ class RelayRound:
 
     async def unpublished(self, limit: int) -> list[StoredEvent]:
         rows = await self._connection.fetch(
-            "SELECT restaurant_id, sequence, payload, created_at FROM order_events "
+            "SELECT restaurant_id, sequence, payload, created_at, traceparent FROM order_events "
             "WHERE published_at IS NULL ORDER BY restaurant_id, sequence LIMIT $1", limit)
-        return [StoredEvent(row[0], row[1], row[2], row[3]) for row in rows]
+        return [StoredEvent(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
     async def mark_published(self, events: Sequence[StoredEvent]) -> None:
         await self._connection.execute(

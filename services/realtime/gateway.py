@@ -1,10 +1,10 @@
 """The WebSocket side of the realtime process: upgrade checks, one Connection per socket, the
 ticker (heartbeats, delivery-confirmation pings, saving resume positions), revocations, user
-events for user-scoped sockets, and the process's own health and metrics pages.
+events for user-scoped sockets, the process's own health page and its metrics (served on the
+process's metrics port, posmesh/common/metrics.py).
 
 Only Envoy reaches this listener. It serves the upgrade paths (docs/realtime.md) and, for the
-process's operators, `GET /healthz` (JSON) and `GET /metrics` (Prometheus text); Envoy routes
-neither to the outside. The query string of an upgrade is never read or logged.
+process's operators, `GET /healthz` (JSON); Envoy does not route it to the outside. The query string of an upgrade is never read or logged.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from posmesh.common import security_events
+from posmesh.common.metrics import counter_family, gauge_family
 from posmesh.common.authn import Authenticator
 from posmesh.common.revocations import SessionRevocation
 from posmesh.common.settings import Settings
@@ -140,9 +141,6 @@ class RealtimeGateway:
             healthy = not self.draining
             return _text_response(ws, HTTPStatus.OK if healthy else HTTPStatus.SERVICE_UNAVAILABLE,
                                   json.dumps(self.health()), "application/json")
-        if path == "/metrics":
-            return _text_response(ws, HTTPStatus.OK, self.prometheus(),
-                                  "text/plain; version=0.0.4; charset=utf-8")
         target = protocol.parse_path(path)
         if target is None:
             return _text_response(ws, HTTPStatus.NOT_FOUND, json.dumps({
@@ -293,71 +291,51 @@ class RealtimeGateway:
             "user_events": "FOLLOWING" if self.following_user_events() else "NOT_FOLLOWING",
         }
 
-    def prometheus(self) -> str:
+    def metric_families(self):
+        """This process's WebSocket side for its metrics page (posmesh/common/metrics.py), read
+        at scrape time: the hot paths only add to plain integers. No restaurant label: presence
+        per restaurant is /healthz's and GetPresence's."""
         stats = self.hub.stats
-        lines = [
-            "# HELP posmesh_realtime_connections Authenticated sockets of this process.",
-            "# TYPE posmesh_realtime_connections gauge",
-        ]
-        for kind, count in self.registry.local_totals().items():
-            lines.append(f'posmesh_realtime_connections{{connection_type="{kind}"}} {count}')
-        lines += [
-            "# HELP posmesh_realtime_presence Sockets per restaurant and connection type "
-            "(this process).",
-            "# TYPE posmesh_realtime_presence gauge",
-        ]
-        for restaurant_id, per_type in sorted(self.registry.local_presence().items()):
-            for kind, count in sorted(per_type.items()):
-                lines.append(f'posmesh_realtime_presence{{restaurant_id="{restaurant_id}",'
-                             f'connection_type="{kind}"}} {count}')
-        gauges = {
-            "posmesh_realtime_authenticating": (self.pending.total,
-                                                "Sockets still in the auth handshake."),
-            "posmesh_realtime_feeds": (len(self.hub.feeds), "Upstream order streams."),
-            "posmesh_realtime_catching_up": (self.hub.catching_up(),
-                                             "Sockets replaying missed events."),
-        }
+        counts = self.metrics
+        yield gauge_family("posmesh_realtime_connections", "Authenticated sockets of this "
+                           "process by connection type.",
+                           {(kind,): count for kind, count in self.registry.local_totals().items()},
+                           ("connection_type",))
+        yield gauge_family("posmesh_realtime_authenticating", "Sockets still in the auth "
+                           "handshake.", self.pending.total)
+        yield gauge_family("posmesh_realtime_feeds", "Upstream order streams (restaurants with "
+                           "screens here).", len(self.hub.feeds))
+        yield gauge_family("posmesh_realtime_catching_up", "Sockets replaying missed events.",
+                           self.hub.catching_up())
         counters = {
-            "posmesh_realtime_connections_opened_total": (self.metrics.connections_opened,
-                                                          "Upgrades accepted."),
-            "posmesh_realtime_events_received_total": (stats.events_received,
-                                                       "Order events from upstream."),
-            "posmesh_realtime_deliveries_total": (stats.deliveries,
-                                                  "Event frames written to live sockets."),
-            "posmesh_realtime_upstream_reconnects_total": (stats.upstream_reconnects,
-                                                           "Upstream streams reopened."),
-            "posmesh_realtime_resyncs_total": (stats.resyncs, "resync_required sent."),
-            "posmesh_realtime_catchups_total": (stats.catchups_started, "Private catch-ups."),
-            "posmesh_realtime_ring_replays_total": (stats.ring_replays,
-                                                    "Resumes served from memory."),
-            "posmesh_realtime_slow_consumers_total": (self.metrics.slow_consumers,
-                                                      "Sockets closed as slow consumers."),
-            "posmesh_realtime_invalid_messages_total": (self.metrics.invalid_messages,
-                                                        "Malformed client messages."),
-            "posmesh_realtime_revocation_closes_total": (self.metrics.revocation_closes,
-                                                         "Sockets closed by a revocation."),
-            "posmesh_realtime_refused_origins_total": (self.metrics.refused_origins,
-                                                       "Upgrades refused for their Origin."),
-            "posmesh_realtime_replaced_total": (self.metrics.replaced,
-                                                "Sockets replaced by a newer one of their "
-                                                "session."),
-            "posmesh_realtime_resumed_total": (self.metrics.resumed,
-                                               "Sockets started where their session's previous "
-                                               "socket got to."),
-            "posmesh_realtime_user_events_total": (self.metrics.user_events,
-                                                   "User events written to user-scoped "
-                                                   "sockets."),
+            "posmesh_realtime_connections_opened": (counts.connections_opened, "Upgrades accepted."),
+            "posmesh_realtime_events_received": (stats.events_received, "Order events from upstream."),
+            "posmesh_realtime_deliveries": (stats.deliveries, "Event frames queued to live sockets."),
+            "posmesh_realtime_upstream_reconnects": (stats.upstream_reconnects,
+                                                     "Upstream streams reopened."),
+            "posmesh_realtime_resyncs": (stats.resyncs, "resync_required sent."),
+            "posmesh_realtime_catchups": (stats.catchups_started, "Private catch-ups."),
+            "posmesh_realtime_ring_replays": (stats.ring_replays, "Resumes served from memory."),
+            "posmesh_realtime_slow_consumers": (counts.slow_consumers,
+                                                "Sockets closed as slow consumers (4008)."),
+            "posmesh_realtime_invalid_messages": (counts.invalid_messages,
+                                                  "Malformed client messages."),
+            "posmesh_realtime_revocation_closes": (counts.revocation_closes,
+                                                   "Sockets closed by a revocation."),
+            "posmesh_realtime_refused_origins": (counts.refused_origins,
+                                                 "Upgrades refused for their Origin."),
+            "posmesh_realtime_replaced": (counts.replaced, "Sockets replaced by a newer one of "
+                                          "their session."),
+            "posmesh_realtime_resumed": (counts.resumed, "Sockets started where their session's "
+                                         "previous socket got to."),
+            "posmesh_realtime_user_events": (counts.user_events, "User events written to "
+                                             "user-scoped sockets."),
         }
-        for name, (value, help_text) in gauges.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
-        for name, (value, help_text) in counters.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
-        lines += ["# HELP posmesh_realtime_auth_failures_total Failed authentications by code.",
-                  "# TYPE posmesh_realtime_auth_failures_total counter"]
-        for code, count in sorted(self.metrics.auth_failures.items()):
-            lines.append(f'posmesh_realtime_auth_failures_total{{code="{code}"}} {count}')
-        lines += ["# HELP posmesh_realtime_closes_total Sockets closed by this server, by code.",
-                  "# TYPE posmesh_realtime_closes_total counter"]
-        for code, count in sorted(self.metrics.closes.items()):
-            lines.append(f'posmesh_realtime_closes_total{{code="{code}"}} {count}')
-        return "\n".join(lines) + "\n"
+        for name, (value, documentation) in counters.items():
+            yield counter_family(name, documentation, value)
+        yield counter_family("posmesh_realtime_auth_failures", "Failed socket authentications "
+                             "by reason.", {(reason,): count for reason, count
+                                            in counts.auth_failures.items()}, ("reason",))
+        yield counter_family("posmesh_realtime_closes", "Sockets closed by this server, by "
+                             "close code.", {(str(code),): count for code, count
+                                             in counts.closes.items()}, ("code",))

@@ -22,16 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 import grpc
 
+from opentelemetry import trace
+
+from posmesh.common import telemetry
+from posmesh.common.metrics import FAST_BUCKETS, LoopHistogram, register
 from services.realtime import protocol
 from services.realtime.protocol import CloseCode
 
 log = logging.getLogger(__name__)
+
+_tracer = trace.get_tracer("posmesh.realtime.hub")
+FANOUT_SECONDS = register(LoopHistogram(
+    "posmesh_realtime_fanout_seconds", "Time to queue one order event on every live socket of "
+    "its restaurant in this process.", (), FAST_BUCKETS))
 
 RING_SIZE = 128  # recent frames kept per restaurant for cheap resumes
 LINGER_SECONDS = 30.0  # keep a feed this long after its last socket leaves (quick reconnects)
@@ -50,6 +60,7 @@ class FeedItem:
     frame: bytes = b""
     heartbeat: bool = False
     resync: bool = False
+    traceparent: str = ""  # the trace of the request that caused the event ('' if none)
 
 
 class FeedError(Exception):
@@ -115,7 +126,7 @@ class GrpcFeedSource:
                     event = response.event
                     sequence = event.sequence or int(event.id or 0)
                     yield FeedItem(sequence=sequence, frame=protocol.wire_text_frame(
-                        protocol.order_event_frame(event)))
+                        protocol.order_event_frame(event)), traceparent=response.traceparent)
                 elif response.resync_required:
                     yield FeedItem(sequence=_event_id(response.last_event_id), resync=True)
                     return
@@ -235,7 +246,7 @@ class RestaurantFeed:
                         if self.position is None and item.sequence is not None:
                             self.position = item.sequence  # a live-from-now stream's start
                     elif item.sequence is not None:
-                        self.publish(item.sequence, item.frame)
+                        self.publish(item.sequence, item.frame, item.traceparent)
             except asyncio.CancelledError:
                 raise
             except (grpc.aio.AioRpcError, FeedError) as exc:
@@ -268,10 +279,23 @@ class RestaurantFeed:
             conn.delivered = head or 0
             conn.send_resync()
 
-    def publish(self, sequence: int, frame: bytes) -> None:
-        """One event to every live socket (serialised once), and to the held queues."""
+    def publish(self, sequence: int, frame: bytes, traceparent: str = "") -> None:
+        """One event to every live socket (serialised once), and to the held queues. With the
+        trace context of the request that caused it, the delivery is a span of that trace."""
         if self.position is not None and sequence <= self.position:
             return  # already delivered (a reconnect replayed it)
+        parent = telemetry.context_of(traceparent)
+        if parent is None:
+            self._publish(sequence, frame)
+            return
+        with _tracer.start_as_current_span(
+                "realtime.deliver", context=parent, kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "websocket", "messaging.operation.type": "deliver",
+                            "posmesh.event.sequence": sequence}) as span:
+            delivered = self._publish(sequence, frame)
+            span.set_attribute("posmesh.sockets", delivered)
+
+    def _publish(self, sequence: int, frame: bytes) -> int:
         if self.position is not None and sequence != self.position + 1:
             log.warning("order feed for %s jumped from %s to %s", self.restaurant_id,
                         self.position, sequence)
@@ -280,12 +304,18 @@ class RestaurantFeed:
         stats = self.hub.stats
         stats.events_received += 1
         delivered = 0
+        started = time.perf_counter()
         for conn in tuple(self.live):
             if conn.delivered < sequence:
                 conn.delivered = sequence
                 if conn.push_event(frame):
                     delivered += 1
+        FANOUT_SECONDS.observe((), time.perf_counter() - started)
         stats.deliveries += delivered
+        self._hold_for_catching_up(sequence, frame)
+        return delivered
+
+    def _hold_for_catching_up(self, sequence: int, frame: bytes) -> None:
         for conn in tuple(self.catching):
             if sequence > conn.delivered and conn.pending is not None:
                 conn.pending.append((sequence, frame))

@@ -9,7 +9,7 @@ import logging
 
 from websockets.asyncio.server import serve as ws_serve
 
-from posmesh.common import clients, mesh_tls, security_events, telemetry
+from posmesh.common import clients, mesh_tls, metrics, security_events, telemetry
 from posmesh.common.authn import remote_authenticator
 from posmesh.common.admission import Admission
 from posmesh.common.interceptors import server_interceptors
@@ -49,6 +49,7 @@ async def serve(settings: Settings) -> None:
     registry = ConnectionRegistry(redis)
     gateway = RealtimeGateway(settings, authenticator=authenticator, redis=redis, hub=hub,
                               registry=registry, send_buffer_limit=settings.ws_send_buffer_bytes)
+    metrics.register(metrics.CallbackCollector("realtime-gateway", gateway.metric_families))
     for channel, handler in gateway.channel_handlers().items():
         listener.handle(channel, handler)
     auth.revocations.on_revoked(gateway.on_revoked_session)

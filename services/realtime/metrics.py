@@ -1,4 +1,5 @@
-"""Counters of the WebSocket side of one realtime process (shown on its /metrics page)."""
+"""Counters of the WebSocket side of one realtime process: plain integers on the hot path,
+exported at scrape time (RealtimeGateway.metric_families, posmesh/common/metrics.py)."""
 
 from __future__ import annotations
 

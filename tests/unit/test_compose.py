@@ -124,6 +124,50 @@ def test_the_compose_environment_renders_a_valid_edge_config(compose, tmp_path):
     envoy_config.validate(envoy_config.render(settings, tmp_path / "envoy"))
 
 
+METRICS_JOBS = {"auth", "staff", "orders", "realtime", "envoy"}
+
+
+def test_prometheus_scrapes_every_service_and_envoy_on_unpublished_metrics_ports(compose):
+    config = yaml.safe_load((ROOT / "observability" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: [target for static in job["static_configs"]
+                              for target in static["targets"]]
+            for job in config["scrape_configs"]}
+    assert set(jobs) == METRICS_JOBS
+    env = compose["services"]["auth"]["environment"]
+    render_env = compose["services"]["envoy-config"]["environment"]
+    for job, (target,) in jobs.items():
+        host, port = target.split(":")
+        spec = compose["services"][host]
+        setting = render_env["ENVOY_METRICS_ADDR"] if job == "envoy" else env[f"{job.upper()}_METRICS_ADDR"]
+        assert _port(setting) == int(port), job
+        assert port in spec["expose"], f"{job}'s metrics port is not on the compose network"
+        assert not any(str(published).endswith(f":{port}") for published in spec.get("ports", [])), \
+            f"{job}'s metrics port is published to the host"
+    assert config["rule_files"] == ["rules.yml"]
+    mount = compose["services"]["prometheus"]["volumes"][0].split(":")
+    assert (ROOT / mount[0]).resolve() == (ROOT / "observability" / "prometheus").resolve()
+    assert f"--config.file={mount[1]}/prometheus.yml" in compose["services"]["prometheus"]["command"]
+
+
+def test_grafana_is_provisioned_with_the_prometheus_source_and_the_dashboard(compose):
+    import json
+
+    grafana = compose["services"]["grafana"]
+    mounts = dict(volume.split(":")[:2] for volume in grafana["volumes"])
+    provisioning = ROOT / next(host for host, inside in mounts.items()
+                               if inside == "/etc/grafana/provisioning")
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (datasource,) = source["datasources"]
+    assert datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "posmesh.yml").read_text())
+    dashboards_dir = provider["providers"][0]["options"]["path"]
+    host_dir = ROOT / next(host for host, inside in mounts.items() if inside == dashboards_dir)
+    dashboard = json.loads((host_dir / "posmesh.json").read_text())
+    uids = {target["datasource"]["uid"] for panel in dashboard["panels"]
+            for target in panel.get("targets", [])}
+    assert uids == {datasource["uid"]}
+
+
 def _secrets(spec: dict) -> dict[str, str]:
     """target (the file name in /run/secrets) -> the secret mounted there."""
     found = {}
