@@ -2,8 +2,8 @@
 Debian's Chromium driven by playwright-core (tests/browser/kitchen_screen.mjs) against the stack.
 It pairs with a code (and says why a wrong one is refused), shows a ticket curled in live over the
 WebSocket, bumps it through the API, resumes from its last event id after a network drop, and
-shows that a manager revoked it. Needs `chromium` (Debian) and Node; playwright-core is installed
-into build/browser on first run (npm)."""
+shows that a manager revoked it. Chromium and Node come from Debian (installed when missing);
+playwright-core is installed into build/browser on first run (npm)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
+from tests.support.debian import ensure_debian_package
 from tests.support.devices import pairing_code
 from tests.support.orders import add_menu_item, open_restaurant
 
 ROOT = Path(__file__).resolve().parents[2]
 BROWSER_DIR = ROOT / "build" / "browser"
 SCRIPT = ROOT / "tests" / "browser" / "kitchen_screen.mjs"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 async def _run(*command: str, env: dict | None = None, timeout: float) -> tuple[int, str, str]:
@@ -29,19 +29,22 @@ async def _run(*command: str, env: dict | None = None, timeout: float) -> tuple[
     return process.returncode, out.decode(), err.decode()
 
 
-async def _playwright() -> None:
-    assert Path(CHROMIUM).exists(), "this test needs Debian's chromium: apt-get install chromium"
-    assert shutil.which("node"), "this test needs Node.js (Debian's nodejs)"
+async def _playwright() -> str:
+    """Chromium's path, once it and playwright-core are installed."""
+    chromium, _ = await asyncio.to_thread(ensure_debian_package, "chromium", "chromium", "node")
+    if not shutil.which("npm"):
+        await asyncio.to_thread(ensure_debian_package, "npm", "npm")
     if not (BROWSER_DIR / "node_modules" / "playwright-core").exists():
         code, out, err = await _run("npm", "install", "--no-save", "--no-audit", "--no-fund",
                                     "--prefix", str(BROWSER_DIR), "playwright-core@1",
                                     timeout=300)
         assert code == 0, f"npm install playwright-core failed: {err or out}"
+    return chromium
 
 
 async def test_the_kitchen_screen_pairs_shows_tickets_live_bumps_resumes_and_shows_revocation(
         stack, edge):
-    await _playwright()
+    chromium = await _playwright()
     party = await open_restaurant(edge)
     dish = await add_menu_item(edge, party.manager, name="Kitchen burger")
     code = await pairing_code(edge, party.manager, "KITCHEN_SCREEN", "Pass")
@@ -52,7 +55,7 @@ async def test_the_kitchen_screen_pairs_shows_tickets_live_bumps_resumes_and_sho
            "STAFF_TOKEN": party.staff.access_token, "MANAGER_TOKEN": party.manager.access_token,
            "MENU_ITEM_ID": dish["id"], "RESTAURANT_ID": party.restaurant_id,
            "NODE_EXTRA_CA_CERTS": str(stack.ca_file), "NODE_PATH": str(BROWSER_DIR / "node_modules"),
-           "CHROMIUM": CHROMIUM}
+           "CHROMIUM": chromium}
     script = BROWSER_DIR / "kitchen_screen.mjs"  # beside its node_modules, so the import resolves
     shutil.copyfile(SCRIPT, script)
     code_, out, err = await _run("node", str(script), env=env, timeout=120)

@@ -4,11 +4,10 @@ dashboard, and the metric names their queries use."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
+
+from tests.support.debian import ensure_debian_package
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"
@@ -22,23 +21,7 @@ _METRIC = re.compile(r"\b((?:posmesh|grpc_server|envoy)_[a-zA-Z0-9_]+)")
 
 def ensure_prometheus_tools() -> tuple[str, str]:
     """(promtool, prometheus) executables; installs the Debian package when they are missing."""
-    promtool, server = shutil.which("promtool"), shutil.which("prometheus")
-    if promtool and server:
-        return promtool, server
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError("promtool/prometheus missing and not installable here: "
-                           "`apt-get install prometheus` (Debian) as root")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "install", "-y", "--no-install-recommends", "prometheus"],
-                 ["apt-get", "update"],
-                 ["apt-get", "install", "-y", "--no-install-recommends", "prometheus"]):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode == 0 and argv[1] == "install":
-            break
-    promtool, server = shutil.which("promtool"), shutil.which("prometheus")
-    if not (promtool and server):
-        raise RuntimeError(f"installing Debian's prometheus failed:\n{result.stdout[-2000:]}"
-                           f"{result.stderr[-2000:]}")
+    promtool, server = ensure_debian_package("prometheus", "promtool", "prometheus")
     return promtool, server
 
 
