@@ -1,14 +1,14 @@
 """Manager approvals spent on order changes (each is single-use).
 
-Revision ID: 0002_spent_approvals
-Revises: 0001_orders_schema
+Revision ID: 0003_spent_approvals
+Revises: 0002_event_trace
 Create Date: 2026-11-30
 """
 
 from alembic import op
 
-revision = "0002_spent_approvals"
-down_revision = "0001_orders_schema"
+revision = "0003_spent_approvals"
+down_revision = "0002_event_trace"
 branch_labels = None
 depends_on = None
 
