@@ -87,6 +87,8 @@ class System:
 def bench_settings(data_dir: Path, replicas: int | None = None) -> Settings:
     """`replicas`: processes each of auth, staff and orders (None: the default, one per core)."""
     edge, admin, auth, staff, orders, realtime, realtime_ws = free_ports(7)
+    # Metrics pages on free ports too: a `posmesh run` on this machine holds the defaults.
+    metrics = [f"{LOOPBACK}:{port}" for port in free_ports(5)]
     values: dict[str, object] = {
         "POSMESH_DATA_DIR": str(data_dir),
         "EDGE_HOST": LOOPBACK,
@@ -101,6 +103,9 @@ def bench_settings(data_dir: Path, replicas: int | None = None) -> Settings:
         "DATABASE_URL": os.environ.get("DATABASE_URL") or None,
         "REDIS_URL": os.environ.get("REDIS_URL") or None,
         "OTEL_EXPORTER_OTLP_ENDPOINT": None,
+        "AUTH_METRICS_ADDR": metrics[0], "STAFF_METRICS_ADDR": metrics[1],
+        "ORDERS_METRICS_ADDR": metrics[2], "REALTIME_METRICS_ADDR": metrics[3],
+        "ENVOY_METRICS_ADDR": metrics[4],
         **BENCH_OVERRIDES,
     }
     if replicas is not None:

@@ -203,6 +203,12 @@ def _cli_env(folder: Path, database_url: str | None) -> dict[str, str]:
         "REALTIME_WS_ADDR": settings.realtime_ws_addr,
         "REALTIME_WS_ADDRS": settings.realtime_ws_addr,
         "AUTH_REPLICAS": "2", "STAFF_REPLICAS": str(STAFF_REPLICAS), "ORDERS_REPLICAS": "2",
+        # Free ports, not the defaults (9101...): another stack on this machine may hold those.
+        "AUTH_METRICS_ADDR": settings.auth_metrics_addr,
+        "STAFF_METRICS_ADDR": settings.staff_metrics_addr,
+        "ORDERS_METRICS_ADDR": settings.orders_metrics_addr,
+        "REALTIME_METRICS_ADDR": settings.realtime_metrics_addr,
+        "ENVOY_METRICS_ADDR": settings.envoy_metrics_addr,
     })
     if database_url:
         env["DATABASE_URL"] = database_url

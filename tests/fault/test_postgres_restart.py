@@ -78,14 +78,17 @@ def unhandled_errors(stack) -> str:
 # new orders, is far beyond what it admits — certainly so while PostgreSQL restarts midway.
 BURST_RATE = 150.0
 BURST_SECONDS = 4.0
-SMALL_ADMISSION_LIMIT = 4
+# One call in flight per priority and process (one process of each service): at this rate, with
+# requests taking milliseconds each, the edge refuses some whatever the machine's speed.
+SMALL_ADMISSION_LIMIT = 1
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def small_admission():
     queue_ms = Settings.model_fields["admission_max_queue_ms"].default
     async with own_stack(embedded_servers=True, admission_max_in_flight=SMALL_ADMISSION_LIMIT,
-                         admission_max_queue_ms=queue_ms) as own:
+                         admission_max_queue_ms=queue_ms, auth_replicas=1, staff_replicas=1,
+                         orders_replicas=1) as own:
         async with edge_client(own) as client:
             yield own, client
 
