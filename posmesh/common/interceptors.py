@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from posmesh.common import callers, context, mesh_tls, metrics, permissions, security_events
 from posmesh.common.admission import REQUEST_START_HEADER, Admission, deadline_exceeded, queued_seconds
 from posmesh.common.authn import Authenticator
+from posmesh.common.database_errors import database_error
 from posmesh.common.errors import (
     ERROR_DOMAIN,
     ApiError,
@@ -62,27 +63,10 @@ async def abort(ctx: grpc.aio.ServicerContext, error: ApiError) -> None:
 
 def infrastructure_error(exc: BaseException) -> ApiError | None:
     """A failing database or Redis is a retryable UNAVAILABLE, never an opaque INTERNAL."""
-    import asyncpg.exceptions
     import redis.exceptions
-    import sqlalchemy.exc
 
-    if isinstance(exc, sqlalchemy.exc.TimeoutError):
-        return Unavailable("DATABASE_BUSY", "the database connection pool is exhausted; retry shortly",
-                           retryable="true")
-    if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
-        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-    ):
-        return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
-                           retryable="true")
-    # Raw asyncpg (the orders hot path), or asyncpg's error under SQLAlchemy's wrapper when
-    # SQLAlchemy does not know it as a disconnect (a backend ended by an immediate stop): a lost
-    # connection, a server shutting down, starting up or out of resources.
-    lost = (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.PostgresSystemError,
-            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
-    if any(isinstance(cause, lost) for cause in _causes(exc)):
-        return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
-                           retryable="true")
+    if (error := database_error(exc)) is not None:
+        return error
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return Unavailable("REDIS_UNAVAILABLE", "the cache is unavailable; retry shortly",
                            retryable="true")
@@ -90,19 +74,6 @@ def infrastructure_error(exc: BaseException) -> ApiError | None:
         return Unavailable("DEPENDENCY_UNAVAILABLE", "a dependency is unavailable; retry shortly",
                            retryable="true")
     return None
-
-
-def _causes(exc: BaseException, depth: int = 4):
-    """The exception and what it wraps: SQLAlchemy's `orig`, and the chained cause."""
-    seen: list[BaseException] = []
-    pending: list[BaseException | None] = [exc]
-    while pending and len(seen) < depth * 3:
-        current = pending.pop()
-        if current is None or any(current is known for known in seen):
-            continue
-        seen.append(current)
-        pending += [getattr(current, "orig", None), current.__cause__]
-    return seen
 
 
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:

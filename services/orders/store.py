@@ -25,6 +25,7 @@ import asyncpg
 from opentelemetry import trace
 
 from posmesh.common import telemetry
+from posmesh.common.database_errors import database_error
 from posmesh.common.errors import AlreadyExists, Unavailable
 from posmesh.common.metrics import queue_waiters
 from posmesh.common.settings import Settings
@@ -46,17 +47,6 @@ _ACTIVE_PREDICATE = "status NOT IN ('PAID', 'CANCELLED')"
 RELAY_LOCK_KEY = "posmesh-orders-relay"
 NOTIFY_CHANNEL = "orders_events"
 
-_UNAVAILABLE_ERRORS = (
-    asyncpg.exceptions.PostgresConnectionError,
-    # Class 57: shutting down, starting up, or a backend killed by a crash or an immediate stop.
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, out of memory
-    asyncpg.exceptions.PostgresSystemError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.InternalClientError,  # a connection broken mid-protocol
-    OSError,
-    EOFError,  # the server closed the socket mid-read
-)
 
 
 def dsn(settings: Settings) -> str:
@@ -94,19 +84,13 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 
 def translate(exc: BaseException) -> Exception | None:
     """The ApiError for a database failure, or None when it is not one."""
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):  # no pooled connection came free in time
         return Unavailable("DATABASE_BUSY", "no database connection was free in time; retry shortly",
                            retryable="true")
-    if isinstance(exc, asyncpg.exceptions.QueryCanceledError):
-        return Unavailable("DATABASE_TIMEOUT", "the database took too long to answer; retry shortly",
-                           retryable="true")
-    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
-        return Unavailable("DATABASE_CONFLICT", "the change collided with another one; retry",
-                           retryable="true")
-    if isinstance(exc, _UNAVAILABLE_ERRORS):
+    if isinstance(exc, (OSError, EOFError)):  # the server's socket went away mid-read
         return Unavailable("DATABASE_UNAVAILABLE", "the database is unavailable; retry shortly",
                            retryable="true")
-    return None
+    return database_error(exc)
 
 
 @dataclass(frozen=True, slots=True)

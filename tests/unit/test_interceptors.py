@@ -230,3 +230,19 @@ def test_an_outage_wrapped_by_sqlalchemy_is_a_retryable_database_unavailable():
 
 def test_an_asyncpg_query_error_is_not_mistaken_for_an_outage():
     assert infrastructure_error(asyncpg.exceptions.UniqueViolationError("duplicate")) is None
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
+     "DATABASE_TIMEOUT"),
+    (asyncpg.exceptions.SerializationError("could not serialize access"), "DATABASE_CONFLICT"),
+    (asyncpg.exceptions.DeadlockDetectedError("deadlock detected"), "DATABASE_CONFLICT"),
+])
+def test_a_statement_timeout_or_a_collision_is_retryable_with_its_own_reason(exc, reason):
+    """One mapping (posmesh/common/database_errors.py) for raw asyncpg and under SQLAlchemy."""
+    adapted = Exception("adapted by sqlalchemy")
+    adapted.__cause__ = exc
+    for raised in (exc, sqlalchemy.exc.DBAPIError("UPDATE ...", {}, adapted)):
+        error = infrastructure_error(raised)
+        assert error is not None and error.code == grpc.StatusCode.UNAVAILABLE
+        assert error.reason == reason
