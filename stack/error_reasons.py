@@ -33,9 +33,9 @@ HTTP_STATUS_OF_CODE: dict[str, int] = {
 }
 
 # What the shared interceptor (posmesh/common/interceptors.py) can answer for any RPC: a request
-# it cannot decode, a bug, a failing database or Redis.
+# it cannot decode, a bug, a failing, slow or colliding database, or Redis.
 EVERY_RPC = ("INVALID_ENCODING", "INTERNAL", "DATABASE_UNAVAILABLE", "DATABASE_BUSY",
-             "REDIS_UNAVAILABLE", "DEPENDENCY_UNAVAILABLE")
+             "DATABASE_TIMEOUT", "DATABASE_CONFLICT", "REDIS_UNAVAILABLE", "DEPENDENCY_UNAVAILABLE")
 # What admission control and deadlines (posmesh/common/admission.py) add to every unary RPC that
 # has a priority: a refusal at capacity, a deadline that passed, a request the service abandoned.
 ADMITTED_UNARY = ("OVERLOADED", "DEADLINE_EXCEEDED", "SERVICE_UNAVAILABLE")

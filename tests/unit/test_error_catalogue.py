@@ -16,7 +16,8 @@ from tests.unit.reason_scan import ROOT, scan
 
 TEMPLATE = ROOT / "envoy" / "envoy.yaml.j2"
 # The modules whose errors every RPC can meet (the generator implies them from the access kind).
-SHARED_MODULES = ("interceptors.py", "tokens.py", "authn.py", "context.py", "admission.py")
+SHARED_MODULES = ("interceptors.py", "tokens.py", "authn.py", "context.py", "admission.py",
+                  "database_errors.py")
 # gRPC code numbers as the edge template writes them.
 CODE_NUMBERS = {"UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
                 "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
