@@ -21,6 +21,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -436,20 +437,29 @@ class Bench:
             await self.close_orders()
         self.results["mesh_tls"] = results
 
-    async def _mesh_tls_round(self, scenario: str, targets: tuple[Target, Target], stacks,
-                              seconds: float, number: int) -> mesh_cost.Round:
-        rate = self.profile.mesh_tls_rate
+    async def _paired_http(self, scenario: str, targets: tuple[Target, Target], rate: float,
+                           seconds: float, number: int, measure: Callable[[], object]):
+        """The same scenario through both targets at the same moments: the same seed, so both
+        generators send the same sequence of requests, and the same start. Which generator
+        process serves which target alternates by round, so neither is always served first.
+        Returns the two outcomes in target order and `measure()` taken before and after."""
         start_at = time.monotonic() + 1.0
         specs = [HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=1,
                           world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF,
                           start_at=start_at)
                  for target in targets]
         order = [0, 1] if number % 2 == 0 else [1, 0]
-        pids = [mesh_cost.stack_pids(stack) for stack in stacks]
-        before = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
+        before = measure()
         outcomes = await self._pool(run_http, *(specs[k] for k in order))
-        after = [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids]
-        mtls, plain = outcomes[order.index(0)], outcomes[order.index(1)]
+        after = measure()
+        return (outcomes[order.index(0)], outcomes[order.index(1)]), before, after
+
+    async def _mesh_tls_round(self, scenario: str, targets: tuple[Target, Target], stacks,
+                              seconds: float, number: int) -> mesh_cost.Round:
+        pids = [mesh_cost.stack_pids(stack) for stack in stacks]
+        (mtls, plain), before, after = await self._paired_http(
+            scenario, targets, self.profile.mesh_tls_rate, seconds, number,
+            lambda: [sum(edge_check.process_cpu_seconds(pid) for pid in group) for group in pids])
         return mesh_cost.Round(
             mtls_requests=len(mtls.recorder.ok_latencies),
             plain_requests=len(plain.recorder.ok_latencies),
@@ -461,21 +471,10 @@ class Bench:
     async def _edge_check_round(self, scenario: str, targets: tuple[Target, Target],
                                 pids: tuple[int, int], seconds: float, number: int
                                 ) -> edge_check.Round:
-        rate = self.profile.edge_check_rate
-        start_at = time.monotonic() + 1.0
-        # The same seed: both generators send the same sequence of requests. Which generator
-        # process serves which Envoy alternates, so neither Envoy is always the first served.
-        specs = [HttpLoad(scenario, target, rate=rate, duration=seconds, warmup=0, connections=1,
-                          world=self.world, seed=zlib.crc32(scenario.encode()) & 0xFFFF,
-                          start_at=start_at)
-                 for target in targets]
-        order = [0, 1] if number % 2 == 0 else [1, 0]
-        envoys_before = [edge_check.process_cpu_seconds(pid) for pid in pids]
-        parts_before = self.cpu_seconds()
-        outcomes = await self._pool(run_http, *(specs[k] for k in order))
-        checked, unchecked = (outcomes[order.index(0)], outcomes[order.index(1)])
-        envoys_after = [edge_check.process_cpu_seconds(pid) for pid in pids]
-        parts_after = self.cpu_seconds()
+        (checked, unchecked), before, after = await self._paired_http(
+            scenario, targets, self.profile.edge_check_rate, seconds, number,
+            lambda: ([edge_check.process_cpu_seconds(pid) for pid in pids], self.cpu_seconds()))
+        (envoys_before, parts_before), (envoys_after, parts_after) = before, after
         services = sum(parts_after[name] - parts_before.get(name, 0.0) for name in parts_after
                        if name not in ("envoy", "bench supervisor", "bench generators"))
         return edge_check.Round(
