@@ -39,7 +39,12 @@ async def start_plaintext_twin(stack: Stack) -> tuple[Stack, Path]:
     # running stack's services.
     (folder / "secrets").symlink_to(stack.secrets_dir, target_is_directory=True)
     edge, admin, auth, staff, orders, realtime, realtime_ws = free_ports(7)
+    metrics = [f"{LOOPBACK}:{port}" for port in free_ports(5)]
     settings = stack.settings.model_copy(update={
+        # Metrics pages of its own: the bench stack's processes hold theirs.
+        "auth_metrics_addr": metrics[0], "staff_metrics_addr": metrics[1],
+        "orders_metrics_addr": metrics[2], "realtime_metrics_addr": metrics[3],
+        "envoy_metrics_addr": metrics[4],
         "mesh_tls": False, "data_dir": folder, "jwt_keys_dir": stack.settings.keys_dir,
         "edge_port": edge, "envoy_admin_port": admin,
         "auth_addr": f"{LOOPBACK}:{auth}", "staff_addr": f"{LOOPBACK}:{staff}",
